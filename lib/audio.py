@@ -1,0 +1,336 @@
+"""Audio decoding and encoding without torchaudio's backends.
+
+wav/flac/ogg are read with soundfile (libsndfile); everything else (mp3, mp4/m4a, webm/opus, ...)
+and anything soundfile cannot open goes through PyAV, which bundles its own FFmpeg.
+
+Times are in **seconds** everywhere in this module's interface; an excerpt is located by time
+in the file's own sample rate and only that excerpt is decoded (the original code applied
+16 kHz sample offsets at the file's native rate).
+
+Every failure to read a file raises ``AudioError``, whose message names the file and the reason.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".mp4", ".m4a", ".webm", ".opus", ".aac")
+
+# how much shorter than its header says a decoded file may be before it counts as truncated
+TRUNCATION_TOLERANCE_S = 0.5
+TRUNCATION_TOLERANCE_REL = 0.02
+# decode from a little before the requested start: some demuxers seek only approximately
+SEEK_MARGIN_S = 0.5
+WAV_TRUNCATED = "truncated: the WAV header declares more audio data than the file holds"
+
+
+class AudioError(Exception):
+    """A file could not be read as audio. ``path`` and ``reason`` are kept as attributes."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    samplerate: int  # Hz, native rate of the file
+    duration: float  # seconds, as declared by the header
+    channels: int
+
+
+def _describe(err):
+    """Short text for a decoder exception (FFmpeg's own message, without the path repeated)."""
+    if isinstance(err, av.error.FFmpegError) and err.strerror:
+        return err.strerror
+    return f"{type(err).__name__}: {err}"
+
+
+def _check_file(path):
+    if not os.path.exists(path):
+        raise AudioError(path, "file not found")
+    if os.path.isdir(path):
+        raise AudioError(path, "is a directory, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _uses_soundfile(path):
+    return os.path.splitext(str(path))[1].lower() in SOUNDFILE_EXTENSIONS
+
+
+def _av_audio_stream(container, path):
+    if not container.streams.audio:
+        raise AudioError(path, "no audio stream in the file")
+    return container.streams.audio[0]
+
+
+def _av_declared_duration(container, stream):
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def get_info(path):
+    """Sample rate, duration (s) and channel count from the header, without decoding."""
+    path = str(path)
+    _check_file(path)
+    if _uses_soundfile(path):
+        try:
+            info = sf.info(path)
+        except Exception:  # mislabelled or exotic file: let FFmpeg have a go
+            pass
+        else:
+            if info.frames <= 0:
+                raise AudioError(path, "no audio samples")
+            if info.format == "WAV" and _wav_missing_bytes(path) > 0:
+                raise AudioError(path, WAV_TRUNCATED)
+            return AudioInfo(int(info.samplerate), info.frames / info.samplerate, int(info.channels))
+    try:
+        with av.open(path) as container:
+            stream = _av_audio_stream(container, path)
+            duration = _av_declared_duration(container, stream)
+            samplerate = int(stream.rate or stream.codec_context.sample_rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+    except AudioError:
+        raise
+    except Exception as err:
+        raise AudioError(path, f"not a readable audio file ({_describe(err)})") from err
+    if samplerate <= 0 or channels <= 0:
+        raise AudioError(path, f"invalid header (rate {samplerate}, channels {channels})")
+    if duration is None:  # no duration in the header (rare raw streams): count the samples
+        duration = load_audio(path, samplerate=None, mono=True).shape[-1] / samplerate
+    if duration <= 0:
+        raise AudioError(path, "no audio samples")
+    return AudioInfo(samplerate, duration, channels)
+
+
+def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
+    """Decode an excerpt of a file as float32.
+
+    Args:
+        path: audio file.
+        samplerate: output rate in Hz (None keeps the native rate).
+        start: excerpt start in seconds.
+        duration: excerpt length in seconds (None = until the end of the file).
+        mono: average the channels.
+
+    Returns:
+        (T,) array if ``mono`` else (channels, T). T = round(duration * samplerate) unless the file
+        ends earlier. Resampled audio is scaled down if resampling pushed its peak above 1.
+    """
+    path = str(path)
+    _check_file(path)
+    start = float(start)
+    if not start >= 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+    native = None
+    if _uses_soundfile(path):
+        native = _read_soundfile(path, start, duration)
+    if native is None:
+        native = _read_pyav(path, start, duration)
+    x, rate = native  # (channels, T) at the native rate
+    if x.shape[-1] == 0:
+        raise AudioError(path, f"no audio samples from {start:.2f} s on")
+    if mono:
+        x = x.mean(0, keepdims=True)
+    if samplerate is not None and int(samplerate) != rate:
+        x = _resample(x, rate, int(samplerate))
+        if duration is not None:
+            x = x[:, : round(duration * samplerate)]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x[0] if mono else x
+
+
+def _resample(x, rate_in, rate_out):
+    y = soxr.resample(x.T, rate_in, rate_out).T
+    if y.ndim == 1:
+        y = y[None]
+    peak = np.abs(y).max(axis=-1, keepdims=True) if y.shape[-1] > 0 else 1.0
+    return y / np.maximum(1.0, peak)
+
+
+def _raise_if_truncated(path, got_end, want_end, declared):
+    """got_end: time (s) where decoding stopped; want_end: where it should have (None = file end)."""
+    tolerance = TRUNCATION_TOLERANCE_S + TRUNCATION_TOLERANCE_REL * declared
+    expected = declared if want_end is None else min(want_end, declared)
+    if got_end < expected - tolerance:
+        raise AudioError(
+            path,
+            f"truncated: audio ends at {got_end:.2f} s but the header declares {declared:.2f} s",
+        )
+
+
+def _wav_missing_bytes(path):
+    """Bytes that a RIFF/WAVE file's ``data`` chunk declares beyond the end of the file.
+
+    libsndfile silently shortens such files to what is there, so a truncated download would
+    otherwise look like a shorter, valid file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return 0
+            ident, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if ident == b"data":
+                if length in (0, 0xFFFFFFFF):  # streaming writers leave the size open
+                    return 0
+                return max(0, f.tell() + length - size)
+            f.seek(length + (length & 1), os.SEEK_CUR)
+
+
+def _read_soundfile(path, start, duration):
+    """(channels, T) float32 and rate, or None if libsndfile cannot open the file."""
+    try:
+        handle = sf.SoundFile(path)
+    except Exception:
+        return None
+    if handle.format == "WAV" and _wav_missing_bytes(path) > 0:
+        handle.close()
+        raise AudioError(path, WAV_TRUNCATED)
+    with handle:
+        rate, total = handle.samplerate, handle.frames
+        first = round(start * rate)
+        if first >= total:
+            raise AudioError(path, f"start {start:.2f} s is beyond the end ({total / rate:.2f} s)")
+        count = -1 if duration is None else math.ceil(duration * rate)
+        try:
+            handle.seek(first)
+            data = handle.read(count, dtype="float32", always_2d=True)
+        except Exception as err:
+            raise AudioError(path, f"decoding failed ({_describe(err)})") from err
+    got_end = (first + len(data)) / rate
+    _raise_if_truncated(path, got_end, None if duration is None else start + duration, total / rate)
+    return data.T, rate
+
+
+def _read_pyav(path, start, duration):
+    try:
+        container = av.open(path)
+    except Exception as err:
+        raise AudioError(path, f"not a readable audio file ({_describe(err)})") from err
+    with container:
+        stream = _av_audio_stream(container, path)
+        declared = _av_declared_duration(container, stream)
+        try:
+            x, rate, got_end = _decode_excerpt(container, stream, start, duration)
+            if x is None:  # the seek overshot the start: decode from the beginning instead
+                container.seek(0, stream=stream)
+                x, rate, got_end = _decode_excerpt(container, stream, start, duration, seek=False)
+        except AudioError:
+            raise
+        except Exception as err:
+            raise AudioError(path, f"decoding failed ({_describe(err)})") from err
+    if rate is None or x.shape[-1] == 0:
+        extra = f" (file is {declared:.2f} s long)" if declared else ""
+        raise AudioError(path, f"no audio samples from {start:.2f} s on{extra}")
+    if declared:
+        _raise_if_truncated(path, got_end, None if duration is None else start + duration, declared)
+    return x, rate
+
+
+def _decode_excerpt(container, stream, start, duration, seek=True):
+    """Decode [start, start + duration) -> ((channels, T), rate, end time), or (None, ...) when a
+    seek landed after ``start``."""
+    if seek and start > SEEK_MARGIN_S and stream.time_base is not None:
+        target = int((start - SEEK_MARGIN_S) / stream.time_base)
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+    to_float = av.AudioResampler(format="fltp")  # keeps layout and rate
+    # time 0 of the audio is the stream's start time (mp3 encoder delay shifts it)
+    origin = stream.start_time or 0
+    chunks, kept, rate, want, position = [], 0, None, None, None
+    end_time = start
+    for frame in container.decode(stream):
+        rate = frame.sample_rate
+        if want is None and duration is not None:
+            want = math.ceil(duration * rate)
+        if position is not None:  # counting samples avoids coarse timestamps (webm: 1 ms)
+            t0 = position
+        elif frame.pts is not None and frame.time_base is not None:
+            t0 = float((frame.pts - origin) * frame.time_base)
+        else:
+            t0 = 0.0
+        if not chunks and t0 > start + 1.0 / rate and seek and start > SEEK_MARGIN_S:
+            return None, rate, start
+        position = t0 + frame.samples / rate
+        if position <= start:
+            continue
+        data = np.concatenate([f.to_ndarray() for f in to_float.resample(frame)], axis=-1)
+        skip = max(0, round((start - t0) * rate))
+        data = data[:, skip:]
+        if want is not None:
+            data = data[:, : want - kept]
+        chunks.append(data)
+        kept += data.shape[-1]
+        end_time = t0 + (skip + data.shape[-1]) / rate
+        if want is not None and kept >= want:
+            break
+    if not chunks:
+        return np.zeros((1, 0), np.float32), rate, start
+    return np.concatenate(chunks, axis=-1), rate, end_time
+
+
+###################################################################################################
+# Writing (test fixtures and the demo corpus)
+###################################################################################################
+
+# extension -> (container format, codec, sample format)
+_AV_WRITERS = {
+    ".mp3": ("mp3", "libmp3lame", "fltp"),
+    ".m4a": ("mp4", "aac", "fltp"),
+    ".mp4": ("mp4", "aac", "fltp"),
+    ".webm": ("webm", "libopus", "flt"),
+    ".opus": ("ogg", "libopus", "flt"),
+}
+
+
+def write_audio(path, x, samplerate, bitrate=128000):
+    """Write float audio (T,) or (channels, T) in [-1, 1]; the format follows the extension."""
+    path = str(path)
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    ext = os.path.splitext(path)[1].lower()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if ext in SOUNDFILE_EXTENSIONS:
+        subtype = "VORBIS" if ext == ".ogg" else None
+        sf.write(path, x.T, samplerate, subtype=subtype)
+        return
+    if ext not in _AV_WRITERS:
+        raise ValueError(f"{path}: cannot write audio with extension {ext!r}")
+    fmt, codec, sample_fmt = _AV_WRITERS[ext]
+    rate = 48000 if codec == "libopus" else int(samplerate)
+    if rate != samplerate:
+        x = soxr.resample(x.T, samplerate, rate).T.reshape(x.shape[0], -1).astype(np.float32)
+    layout = "mono" if x.shape[0] == 1 else "stereo"
+    with av.open(path, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        stream.bit_rate = bitrate
+        hop = 4096
+        for i in range(0, x.shape[1], hop):
+            block = x[:, i : i + hop]
+            if sample_fmt == "flt":  # packed: one row of interleaved samples
+                block = block.T.reshape(1, -1)
+            block = np.ascontiguousarray(block)
+            frame = av.AudioFrame.from_ndarray(block, format=sample_fmt, layout=layout)
+            frame.sample_rate = rate
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
