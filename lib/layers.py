@@ -1,0 +1,167 @@
+"""Neural-network blocks shared by the models. Attribute names follow the original code so that
+its checkpoints load (``gain``/``bias``, ``bn``/``inst``, ``conv``, ``convs``/``skip``, ``p``)."""
+
+import math
+
+import torch
+from nnAudio.features import CQT1992v2
+from torch import nn
+
+CQT_FMIN = 32.70  # Hz, C1
+
+
+def make_cqt(sr, hoplen, noctaves, nbinsoct=12, fscale=1.0):
+    """nnAudio constant-Q transform, magnitude output, (N, T samples) -> (N, bins, frames).
+
+    ``hoplen`` is in seconds (hop in samples = int(hoplen * sr)); kernels are Hann-windowed,
+    L1-normalised and centred with reflect padding; frames = floor(T / hop) + 1. The kernels are
+    (non-trainable) buffers, as in the original, so its state dicts load unchanged.
+    """
+    return CQT1992v2(
+        sr=sr,
+        hop_length=int(hoplen * sr),
+        fmin=CQT_FMIN,
+        n_bins=int(noctaves * nbinsoct),
+        bins_per_octave=int(nbinsoct),
+        filter_scale=fscale,
+        norm=1,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        trainable=False,
+        output_format="Magnitude",
+        verbose=False,
+    )
+
+
+class CQTPrepare(nn.Module):
+    """Compress and normalise a CQT magnitude (N, 1, F, T), then a learnable scalar affine map.
+
+    ``noise`` says when U(0, eps) noise is added before a second normalisation: "train" (default;
+    evaluation is deterministic), "always" (the original's behaviour: embeddings varied by ~1e-6
+    between identical calls) or "never".
+    """
+
+    NORMS = ("max2d", "max1d", "mean2d")
+    NOISE = ("train", "always", "never")
+
+    def __init__(self, pow=0.5, norm="max2d", noise="train", affine=True, eps=1e-6):
+        super().__init__()
+        if norm not in self.NORMS:
+            raise ValueError(f"norm must be one of {self.NORMS}, got {norm!r}")
+        if noise is True:
+            noise = "train"
+        elif noise is False:
+            noise = "never"
+        if noise not in self.NOISE:
+            raise ValueError(f"noise must be one of {self.NOISE}, got {noise!r}")
+        self.pow, self.norm, self.noise, self.eps = pow, norm, noise, eps
+        if affine:
+            self.gain = nn.Parameter(torch.ones(1))
+            self.bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.gain = self.bias = None
+
+    def _normalise(self, h):
+        h = h - h.amin(dim=(-2, -1), keepdim=True)
+        if self.norm == "max2d":
+            scale = h.amax(dim=(-2, -1), keepdim=True)
+        elif self.norm == "max1d":
+            scale = h.amax(dim=-2, keepdim=True)
+        else:
+            scale = h.mean(dim=(-2, -1), keepdim=True)
+        return h / (scale + self.eps)
+
+    def forward(self, h):
+        h = self._normalise(h.clamp(min=0).pow(self.pow))
+        if self.noise == "always" or (self.noise == "train" and self.training):
+            h = h + self.eps * torch.rand_like(h)
+        h = self._normalise(h)
+        if self.gain is not None:
+            h = self.gain * h + self.bias
+        return h
+
+
+class InstanceBatchNorm2d(nn.Module):
+    """IBN: BatchNorm on the first half of the channels, affine InstanceNorm on the second."""
+
+    def __init__(self, ncha):
+        super().__init__()
+        if ncha % 2:
+            raise ValueError(f"InstanceBatchNorm2d needs an even channel count, got {ncha}")
+        self.half = ncha // 2
+        self.bn = nn.BatchNorm2d(self.half)
+        self.inst = nn.InstanceNorm2d(self.half, affine=True)
+
+    def forward(self, h):
+        a, b = h.split(self.half, dim=1)
+        return torch.cat([self.bn(a), self.inst(b.contiguous())], dim=1)
+
+
+class PadConv2d(nn.Module):
+    """Conv2d with 'same'-style padding k // 2 for odd kernels."""
+
+    def __init__(self, cin, cout, k, stride=1, bias=True):
+        super().__init__()
+        if k % 2 == 0:
+            raise ValueError(f"PadConv2d needs an odd kernel size, got {k}")
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+
+    def forward(self, h):
+        return self.conv(h)
+
+
+class GeMPool(nn.Module):
+    """Generalised-mean pooling over all spatial positions: (N, C, ...) -> (N, C).
+
+    The exponent is p = 1 + softplus(theta), one learnable theta per ``ncha`` (shared by all
+    channels when ``ncha`` = 1), initialised so that p = ``init``.
+    """
+
+    def __init__(self, ncha=1, init=3.0, eps=1e-6):
+        super().__init__()
+        theta = math.log(math.expm1(init - 1))
+        self.p = nn.Parameter(torch.full((1, ncha, 1), theta))
+        self.eps = eps
+
+    def forward(self, h):
+        h = h.flatten(2)
+        p = 1 + nn.functional.softplus(self.p)
+        return h.clamp(min=self.eps).pow(p).mean(-1).pow(1 / p.squeeze(-1))
+
+
+def _even_width(cin, cout, factor):
+    mid = int(max(cin, cout) * factor)
+    return mid + (mid % 2)
+
+
+class MyIBNResBlock(nn.Module):
+    """Pre-activation residual block with an IBN first norm and a ReZero-style gain (init 0).
+
+    main: IBN(cin) - ReLU - conv k (stride) - BN - ReLU - conv k;  skip: identity when shapes
+    match, else BN - ReLU - conv k (stride). Output = gain * main + skip.
+    """
+
+    def __init__(self, cin, cout, factor=0.5, k=3, stride=1, ibn=True):
+        super().__init__()
+        mid = _even_width(cin, cout, factor)
+        self.convs = nn.Sequential(
+            InstanceBatchNorm2d(cin) if ibn else nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            PadConv2d(cin, mid, k, stride=stride, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            PadConv2d(mid, cout, k, bias=False),
+        )
+        if cin == cout and stride == 1:
+            self.skip = nn.Identity()
+        else:
+            self.skip = nn.Sequential(
+                nn.BatchNorm2d(cin),
+                nn.ReLU(inplace=True),
+                PadConv2d(cin, cout, k, stride=stride, bias=False),
+            )
+        self.gain = nn.Parameter(torch.zeros(1))
+
+    def forward(self, h):
+        return self.gain * self.convs(h) + self.skip(h)

@@ -1,0 +1,153 @@
+"""CLEWS: segment embeddings trained with segment-distance reductions and a decoupled contrastive
+loss (alignment of positives + uniformity of negatives on squared Euclidean distances).
+
+Shapes: waveforms (B, T) at ``sr``; CQT shingles (B, S, F, T'); embeddings (B, S, zdim).
+"""
+
+import math
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lib import tensor_ops
+from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock, make_cqt
+
+LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
+
+
+class Model(nn.Module):
+    def __init__(self, conf, sr=16000, eps=1e-6):
+        super().__init__()
+        self.conf = conf if isinstance(conf, DictConfig) else OmegaConf.create(conf)
+        self.sr = sr
+        self.eps = eps
+        self.minlen = float(self.conf.shingling.len)  # shorter shingles are repeat-padded to this
+
+        cqt = self.conf.cqt
+        self.cqt = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.nbinsoct, cqt.fscale)
+        self.cqtpool = nn.AvgPool1d(cqt.pool, stride=cqt.pool)
+
+        nc1, nc2 = self.conf.frontend.channels
+        self.frontend = nn.Sequential(
+            CQTPrepare(pow=self.conf.frontend.cqtpow),
+            nn.Conv2d(1, nc1, (12, 3), stride=(1, 2), bias=False),
+            nn.BatchNorm2d(nc1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(nc1, nc2, (12, 3), stride=2, bias=False),
+        )
+        bb = self.conf.backbone
+        blocks, cin = [], nc2
+        for nblocks, cout, down in zip(bb.blocks, bb.channels, bb.down):
+            for i in range(nblocks):
+                blocks.append(MyIBNResBlock(cin, cout, stride=down if i == 0 else 1))
+                cin = cout
+        self.backbone = nn.Sequential(*blocks)
+        self.pool = GeMPool()
+        self.proj = nn.Sequential(nn.BatchNorm1d(cin), nn.Linear(cin, self.conf.zdim, bias=False))
+
+    # ---------------------------------------------------------------------------------------------
+
+    def get_shingle_params(self):
+        """Training shingle (length, hop) in seconds."""
+        return float(self.conf.shingling.len), float(self.conf.shingling.hop)
+
+    def prepare(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training."""
+        slen, shop = self.get_shingle_params()
+        slen = slen if shingle_len is None else float(shingle_len)
+        shop = shop if shingle_hop is None else float(shingle_hop)
+        h = tensor_ops.get_frames(h, int(self.sr * slen), int(self.sr * shop), pad_mode="repeat")
+        h = tensor_ops.force_length(
+            h, int(self.sr * self.minlen), dim=-1, pad_mode="repeat", allow_longer=True
+        )
+        nb, ns, nt = h.shape
+        h = self.cqtpool(self.cqt(h.reshape(nb * ns, nt)))
+        return h.view(nb, ns, h.size(-2), h.size(-1))
+
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
+        nb, ns, nf, nt = h.shape
+        h = self.frontend(h.reshape(nb * ns, 1, nf, nt))
+        h = self.backbone(h)
+        h = self.proj(self.pool(h))
+        return h.view(nb, ns, -1), None
+
+    def forward(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> embeddings (B, S, zdim)."""
+        with torch.inference_mode():
+            h = self.prepare(h, shingle_len=shingle_len, shingle_hop=shingle_hop)
+        z, _ = self.embed(h.clone())
+        return z
+
+    # ---------------------------------------------------------------------------------------------
+
+    def segment_distances(self, z1, z2):
+        """All squared-Euclidean/D segment distances: (B1, S1, D), (B2, S2, D) -> (B1, B2, S1, S2)."""
+        b1, s1, dim = z1.shape
+        b2, s2, _ = z2.shape
+        dist = tensor_ops.pairwise_distance_matrix(
+            z1.reshape(b1 * s1, dim), z2.reshape(b2 * s2, dim), mode="nsqeuc"
+        )
+        return dist.view(b1, s1, b2, s2).permute(0, 2, 1, 3)
+
+    def loss(self, labels, ids, z, extra=None, numerically_friendly=True):
+        """CLEWS loss for embeddings z (B, S, D) of B tracks with clique ``labels`` (B,) and song
+        ``ids`` (B,). Returns (loss, dict of detached scalars for logging).
+
+        Positives: same clique, different song; negatives: different clique. Alignment = mean
+        over positives of the ``redux.pos`` track distance; uniformity = log(eps + mean over
+        negatives of exp(-gamma * ``redux.neg`` distance)). The numerically friendly form computes
+        the same value plus the constant log(1 / eps) (same gradients), as the original reports.
+        """
+        nb = z.size(0)
+        if nb < 4:
+            raise ValueError(f"the CLEWS loss needs at least 4 tracks per batch, got {nb}")
+        if bool((labels == labels[0]).all()):
+            # a batch of one clique has no negatives: treat a few tracks as another clique
+            labels = labels.clone()
+            labels[: max(2, int(0.01 * nb))] = -1
+        conf = self.conf.loss
+        dist = self.segment_distances(z, z)
+        dpos = tensor_ops.distance_tensor_redux(dist, conf.redux.pos)
+        dneg = tensor_ops.distance_tensor_redux(dist, conf.redux.neg)
+        same = labels[:, None] == labels[None, :]
+        positive = same & (ids[:, None] != ids[None, :])
+        negative = ~same
+
+        align = tensor_ops.mmean(dpos, ~positive, eps=1e-6)
+        gamma, epsilon = float(conf.gamma), float(conf.epsilon)
+        if numerically_friendly:
+            base = LOSS_FRIENDLY_BASE
+            beta = 1 / (epsilon * math.exp(base))
+            uniform = torch.log1p(beta * tensor_ops.mmean(torch.exp(base - gamma * dneg), ~negative))
+        else:
+            uniform = torch.log(epsilon + tensor_ops.mmean(torch.exp(-gamma * dneg), ~negative))
+        total = align + uniform
+
+        with torch.no_grad():
+            logdict = {
+                "l_main": total.detach(),
+                "l_cent": align.detach(),
+                "l_cont": uniform.detach(),
+                "v_dpos": align.detach(),
+                "v_dneg": tensor_ops.mmean(dneg, ~negative, eps=1e-6),
+                "v_zmax": z.abs().max(),
+                "v_zmean": z.mean(),
+                "v_zstd": z.std(),
+            }
+        return total, logdict
+
+    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
+        """Track distances (Bq, Bc) between query (Bq, Sq, D) and candidate (Bc, Sc, D) segment
+        embeddings; masks (Bq, Sq) / (Bc, Sc) are True for invalid segments."""
+        dist = self.segment_distances(q.float(), c.float())
+        mask = None
+        if qmask is not None or cmask is not None:
+            if qmask is None:
+                qmask = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
+            if cmask is None:
+                cmask = torch.zeros(c.shape[:2], dtype=torch.bool, device=c.device)
+            mask = qmask[:, None, :, None] | cmask[None, :, None, :]
+        redux = self.conf.loss.redux.pos if redux_strategy is None else redux_strategy
+        return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)

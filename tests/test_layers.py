@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from lib.layers import CQTPrepare, GeMPool, InstanceBatchNorm2d, MyIBNResBlock, PadConv2d, make_cqt
+
+
+def test_cqt_frames_and_pitch():
+    sr = 16000
+    cqt = make_cqt(sr, hoplen=0.02, noctaves=7)
+    t = torch.arange(sr * 2) / sr
+    spec = cqt(torch.sin(2 * math.pi * 440 * t)[None])
+    assert spec.shape == (1, 84, 2 * sr // 320 + 1)
+    assert cqt.cqt_kernels_real.shape == (84, 1, 16384)
+    peak_bin = spec[0, :, 20:-20].mean(-1).argmax().item()
+    assert peak_bin == round(12 * math.log2(440 / 32.70))  # A4 above C1
+    assert sum(p.numel() for p in cqt.parameters() if p.requires_grad) == 0
+
+
+def test_cqt_prepare_normalises_and_is_deterministic_in_eval():
+    prep = CQTPrepare(pow=0.5).eval()
+    h = torch.rand(3, 1, 84, 50) * 7
+    out = prep(h)
+    assert torch.equal(out, prep(h))
+    flat = out.flatten(1)
+    assert torch.allclose(flat.min(1).values, torch.zeros(3), atol=1e-6)
+    assert torch.allclose(flat.max(1).values, torch.ones(3), atol=1e-5)
+    prep.train()
+    assert not torch.equal(prep(h), prep(h))  # U(0, eps) noise while training
+    assert (prep(h) - out).abs().max() < 1e-5
+    with pytest.raises(ValueError):
+        CQTPrepare(noise="sometimes")
+
+
+def test_instance_batch_norm_halves():
+    torch.manual_seed(0)
+    ibn = InstanceBatchNorm2d(8).train()
+    h = torch.randn(4, 8, 5, 6) * 3 + 1
+    out = ibn(h)
+    ref_bn = torch.nn.functional.batch_norm(h[:, :4], None, None, training=True)
+    ref_in = torch.nn.functional.instance_norm(h[:, 4:])
+    assert torch.allclose(out[:, :4], ref_bn, atol=1e-5)
+    assert torch.allclose(out[:, 4:], ref_in, atol=1e-5)
+    with pytest.raises(ValueError):
+        InstanceBatchNorm2d(7)
+
+
+def test_gem_pool():
+    pool = GeMPool()
+    assert (1 + torch.nn.functional.softplus(pool.p)).item() == pytest.approx(3.0)
+    h = torch.rand(2, 5, 3, 4) + 0.1
+    want = h.flatten(2).pow(3).mean(-1).pow(1 / 3)
+    assert torch.allclose(pool(h), want, atol=1e-6)
+    assert pool.p.shape == (1, 1, 1)
+
+
+def test_resblock_starts_as_its_skip_path_and_downsamples():
+    torch.manual_seed(0)
+    h = torch.randn(2, 16, 9, 11)
+    same = MyIBNResBlock(16, 16).eval()
+    assert isinstance(same.skip, torch.nn.Identity)
+    assert torch.equal(same(h), h)  # gain is initialised to 0
+    down = MyIBNResBlock(16, 32, stride=2).eval()
+    out = down(h)
+    assert out.shape == (2, 32, 5, 6)
+    assert torch.allclose(out, down.skip(h))
+    # mid width: int(max(cin, cout) * 0.5) rounded up to even
+    assert down.convs[2].conv.out_channels == 16
+    assert MyIBNResBlock(18, 18).convs[2].conv.out_channels == 10
+    assert PadConv2d(3, 4, 5)(torch.randn(1, 3, 7, 7)).shape == (1, 4, 7, 7)
