@@ -246,9 +246,10 @@ def _read_pyav(path, start, duration):
 
 
 def _decode_excerpt(container, stream, start, duration, seek=True):
-    """Decode [start, start + duration) -> ((channels, T), rate, end time), or (None, ...) when a
-    seek landed after ``start``."""
-    if seek and start > SEEK_MARGIN_S and stream.time_base is not None:
+    """Decode [start, start + duration) -> ((channels, T), rate, end time), or (None, ...) when
+    after a seek the position is unknown or past ``start`` (the caller then decodes from 0)."""
+    seeked = seek and start > SEEK_MARGIN_S and stream.time_base is not None
+    if seeked:
         target = int((start - SEEK_MARGIN_S) / stream.time_base)
         container.seek(target, stream=stream, backward=True, any_frame=False)
     to_float = av.AudioResampler(format="fltp")  # keeps layout and rate
@@ -264,9 +265,11 @@ def _decode_excerpt(container, stream, start, duration, seek=True):
             t0 = position
         elif frame.pts is not None and frame.time_base is not None:
             t0 = float((frame.pts - origin) * frame.time_base)
+        elif seeked:  # no timestamps to tell where the seek landed
+            return None, rate, start
         else:
             t0 = 0.0
-        if not chunks and t0 > start + 1.0 / rate and seek and start > SEEK_MARGIN_S:
+        if seeked and not chunks and t0 > start + 1.0 / rate:
             return None, rate, start
         position = t0 + frame.samples / rate
         if position <= start:
