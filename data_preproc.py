@@ -1,9 +1,141 @@
-"""Entry point reserved by the project layout; it is built in issue #3 (Data).
+"""Build a dataset's metadata file after checking every audio file.
 
-Until then it refuses to run (exit status 1) instead of pretending to work.
+    python data_preproc.py --dataset=DVI2 --path_meta=data/dvi2/ --path_audio=data/dvi2/audio/mp4/ \
+        --ext_in=mp4 --fn_out=cache/metadata-dvi2.pt --njobs=16
+
+Every version left out (missing file, undecodable, too short, no metadata, clique left with one
+version) is listed with its reason in <fn_out without .pt>.rejected.tsv.
 """
 
+import argparse
+import os
 import sys
 
+from lib import preproc
+
+DATASETS = list(preproc.DATASETS) + ["folder"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument(
+        "--path_meta",
+        default=None,
+        help="folder with the split/metadata files (not used by 'folder')",
+    )
+    parser.add_argument(
+        "--path_audio", required=True, help="audio root; stored file names are relative to it"
+    )
+    parser.add_argument("--ext_in", required=True, help="audio extension, e.g. mp3, mp4, m4a")
+    parser.add_argument(
+        "--fn_out", required=True, help="output metadata file, e.g. cache/metadata-dvi2.pt"
+    )
+    parser.add_argument(
+        "--njobs", type=int, default=-1, help="parallel workers (-1 = all cores, 1 = sequential)"
+    )
+    parser.add_argument(
+        "--check",
+        choices=preproc.CHECK_MODES,
+        default="quick",
+        help="quick: header plus short probes at the start and near the end; full: decode all",
+    )
+    parser.add_argument(
+        "--min_duration", type=float, default=1.0, help="seconds; shorter files are rejected"
+    )
+    parser.add_argument(
+        "--split",
+        default="0.8,0.1,0.1",
+        help="'folder' only: train,valid,test fractions of the works, or 'test' for all in test",
+    )
+    parser.add_argument("--seed", type=int, default=43, help="'folder' only: seed of the split")
+    args = parser.parse_args(argv)
+    try:
+        args.ext_in = preproc.clean_extension(args.ext_in)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.dataset != "folder" and not args.path_meta:
+        parser.error(f"--path_meta is required for --dataset={args.dataset}")
+    if args.njobs == 0 or args.njobs < -1:
+        parser.error("--njobs must be -1 (all cores) or >= 1")
+    args.fractions = _fractions(parser, args.split)
+    return args
+
+
+def _fractions(parser, text):
+    if text.strip() == "test":
+        return (0.0, 0.0, 1.0)
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        parser.error(
+            f"--split needs three non-negative fractions like 0.8,0.1,0.1, or 'test'; got {text!r}"
+        )
+    return values
+
+
+def _percent(new, old):
+    return {s: round(100 * new[s] / old[s], 1) if old[s] else None for s in preproc.SPLITS}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print("=" * 100)
+    print(args)
+    print("=" * 100)
+
+    print(f"Load {args.dataset}")
+    if args.dataset == "folder":
+        parsed = preproc.parse_folder(args.path_audio, args.ext_in, args.fractions, args.seed)
+    else:
+        parsed = preproc.DATASETS[args.dataset](args.path_meta, args.path_audio, args.ext_in)
+    before = preproc.split_counts(parsed.splits)
+    ncliques = sum(len(c) for c in parsed.splits.values())
+    print(f"  Found {sum(before.values())} versions in {ncliques} cliques")
+    print(f"  Contains: {before}")
+    if parsed.rejected:
+        print(f"  ({len(parsed.rejected)} split entries without metadata)")
+
+    good, bad = preproc.check_all(
+        parsed, args.path_audio, args.check, args.njobs, args.min_duration
+    )
+    checked = len(good) + len(bad)
+    print(
+        f"  Usable audio: {len(good)} of {checked} files ({100 * len(good) / max(checked, 1):.1f}%)"
+    )
+
+    print("Filter split")
+    info, splits, rejected = preproc.filter_splits(parsed, good, bad)
+    after = preproc.split_counts(splits)
+    print(f"  Contains: {after}")
+    print(f"  Percent: {_percent(after, before)}")
+    print(f"  Cliques: { {s: len(splits[s]) for s in preproc.SPLITS} }")
+
+    report = preproc.report_path(args.fn_out)
+    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+    preproc.write_report(report, rejected)
+    print(f"  {len(rejected)} versions left out, with reasons, in {report}")
+    if not info:
+        print(f"error: no usable versions: nothing written to {args.fn_out}", file=sys.stderr)
+        return 1
+
+    print(f"Save {args.fn_out}")
+    about = {
+        k: getattr(args, k)
+        for k in ("dataset", "path_meta", "path_audio", "ext_in", "check", "min_duration")
+    }
+    preproc.save_metadata(args.fn_out, info, splits, about)
+    print("Done!")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit("data_preproc.py is not available yet: it is being built in issue #3 (Data).")
+    try:
+        sys.exit(main())
+    except preproc.DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

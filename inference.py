@@ -1,4 +1,4 @@
-"""Entry point reserved by the project layout; it is built in issue #7 (Inference and catalogue matching).
+"""Entry point reserved by the project layout; it is built in issue #7.
 
 Until then it refuses to run (exit status 1) instead of pretending to work.
 """
@@ -6,4 +6,4 @@ Until then it refuses to run (exit status 1) instead of pretending to work.
 import sys
 
 if __name__ == "__main__":
-    sys.exit("inference.py is not available yet: it is being built in issue #7 (Inference and catalogue matching).")
+    sys.exit("inference.py is not available yet: it is being built in issue #7.")

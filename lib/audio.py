@@ -94,7 +94,9 @@ def get_info(path):
                 raise AudioError(path, "no audio samples")
             if info.format == "WAV" and _wav_missing_bytes(path) > 0:
                 raise AudioError(path, WAV_TRUNCATED)
-            return AudioInfo(int(info.samplerate), info.frames / info.samplerate, int(info.channels))
+            return AudioInfo(
+                int(info.samplerate), info.frames / info.samplerate, int(info.channels)
+            )
     try:
         with av.open(path) as container:
             stream = _av_audio_stream(container, path)
@@ -162,7 +164,7 @@ def _resample(x, rate_in, rate_out):
 
 
 def _raise_if_truncated(path, got_end, want_end, declared):
-    """got_end: time (s) where decoding stopped; want_end: where it should have (None = file end)."""
+    """got_end: time (s) where decoding stopped; want_end: where it should (None = file end)."""
     tolerance = TRUNCATION_TOLERANCE_S + TRUNCATION_TOLERANCE_REL * declared
     expected = declared if want_end is None else min(want_end, declared)
     if got_end < expected - tolerance:

@@ -11,6 +11,7 @@ call, an arbitrary class) is refused with ``CheckpointError`` before anything ru
 
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import typing
@@ -25,6 +26,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 STATE_KEYS = ("model", "optim", "sched", "conf", "epoch", "lr", "cost_best")
 # wrappers that DDP / Fabric / torch.compile put in front of parameter names
 WRAPPER_PREFIXES = ("module.", "_forward_module.", "_orig_mod.")
+PICKLE_OPCODES = {op.code for op in pickletools.opcodes}
 
 
 def _numpy_globals():
@@ -67,18 +69,23 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(state, path):
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed to
-    disk, then renamed over the target. An interrupted save leaves the previous file intact."""
-    path = os.fspath(path)
+    """Write a checkpoint dict atomically, with its config (if any) as plain data."""
     state = dict(state)
     if isinstance(state.get("conf"), (DictConfig, ListConfig)):
         state["conf"] = OmegaConf.to_container(state["conf"], resolve=True)
+    atomic_torch_save(state, path)
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``. An interrupted or failed save leaves the previous file intact and no temporary."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -102,31 +109,38 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
+def safe_torch_load(path, map_location="cpu", error=None, what="checkpoint"):
+    """``torch.load(weights_only=True)`` with ``ALLOWED_GLOBALS``; every failure becomes ``error``
+    (default ``CheckpointError``) with a message naming the file and the problem."""
+    error = error or CheckpointError
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} file not found")
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        offending = _offending_global(err) if isinstance(err, pickle.UnpicklingError) else None
+        if offending:
+            raise error(
+                f"{path}: refused to load: it contains {offending}, which is not plain data "
+                "(only tensors, containers, configs and numbers are accepted)"
+            ) from err
+        detail = type(err).__name__
+        if not isinstance(err, pickle.UnpicklingError):  # torch's text there is only advice
+            detail += f": {_last_line(err)}"
+        raise error(
+            f"{path}: not a readable {what} (corrupt or not a torch file; {detail})"
+        ) from err
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint written by this project or by the original CLEWS code.
 
     Returns a dict; ``conf``, when present, is an OmegaConf ``DictConfig``.
     Raises ``CheckpointError`` for a missing, unreadable or untrusted file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        offending = _offending_global(err) if isinstance(err, pickle.UnpicklingError) else None
-        if offending:
-            raise CheckpointError(
-                f"{path}: refused to load: it contains a pickled reference to {offending}, which "
-                "is not plain data (only tensors, containers, configs and numbers are accepted)"
-            ) from err
-        detail = type(err).__name__
-        if not isinstance(err, pickle.UnpicklingError):  # torch's text there is only advice
-            detail += f": {_last_line(err)}"
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt or not a torch file; {detail})"
-        ) from err
+    state = safe_torch_load(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of states, found {type(state).__name__}")
     if isinstance(state.get("conf"), dict):
@@ -135,9 +149,16 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def _offending_global(err):
-    """The class or function named in torch's refusal message (e.g. "posix.system"), or None."""
-    match = re.search(r"GLOBAL ([\w.]+)", str(err))
-    return match.group(1) if match else None
+    """What torch's weights-only unpickler refused: a named class/function or a pickle
+    instruction outside its safe subset. None when the error is something else."""
+    text = str(err)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"a pickled reference to {match.group(1)}"
+    match = re.search(r"Unsupported operand (\d+)", text)
+    if match and chr(int(match.group(1))) in PICKLE_OPCODES:  # else: not a pickle at all
+        return f"a pickle instruction outside the safe subset (opcode {match.group(1)})"
+    return None
 
 
 def _last_line(err):
@@ -183,9 +204,15 @@ def load_model_state(model, state, source="checkpoint"):
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected or mismatched:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape", mismatched),
+        ):
             if keys:
-                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                shown = ", ".join(keys[:5]) + (
+                    f", ... ({len(keys)} in all)" if len(keys) > 5 else ""
+                )
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(
             f"{source}: weights do not fit {type(model).__module__}.{type(model).__name__} "

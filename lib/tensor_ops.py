@@ -203,7 +203,7 @@ def mmax(x, mask=None, dim=None, keepdim=False, ctt=-INF):
 
 
 def mrand(x, mask=None, dim=-1, keepdim=False, ctt=INF):
-    """Value of one uniformly chosen included entry along ``dim``; ``ctt`` where none is included."""
+    """Value of one uniformly chosen included entry along ``dim``; ``ctt`` where there is none."""
     if mask is None:
         mask = torch.zeros_like(x, dtype=torch.bool)
     score = torch.rand_like(x, dtype=torch.float32).masked_fill(mask, 2.0)

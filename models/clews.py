@@ -83,7 +83,7 @@ class Model(nn.Module):
     # ---------------------------------------------------------------------------------------------
 
     def segment_distances(self, z1, z2):
-        """All squared-Euclidean/D segment distances: (B1, S1, D), (B2, S2, D) -> (B1, B2, S1, S2)."""
+        """Squared Euclidean / D of all segment pairs: (B1,S1,D), (B2,S2,D) -> (B1,B2,S1,S2)."""
         b1, s1, dim = z1.shape
         b2, s2, _ = z2.shape
         dist = tensor_ops.pairwise_distance_matrix(
@@ -120,7 +120,9 @@ class Model(nn.Module):
         if numerically_friendly:
             base = LOSS_FRIENDLY_BASE
             beta = 1 / (epsilon * math.exp(base))
-            uniform = torch.log1p(beta * tensor_ops.mmean(torch.exp(base - gamma * dneg), ~negative))
+            uniform = torch.log1p(
+                beta * tensor_ops.mmean(torch.exp(base - gamma * dneg), ~negative)
+            )
         else:
             uniform = torch.log(epsilon + tensor_ops.mmean(torch.exp(-gamma * dneg), ~negative))
         total = align + uniform

@@ -65,7 +65,9 @@ def test_excerpt_is_decoded_at_the_right_time(audio_dir, ext, start):
 
 def test_excerpt_of_wav_is_sample_exact_at_native_rate(audio_dir):
     full = load_audio(audio_dir / "noise.wav", samplerate=None, mono=False)
-    part = load_audio(audio_dir / "noise.wav", samplerate=None, start=12.5, duration=0.5, mono=False)
+    part = load_audio(
+        audio_dir / "noise.wav", samplerate=None, start=12.5, duration=0.5, mono=False
+    )
     assert full.shape == (2, RATE * SECONDS)
     first = round(12.5 * RATE)
     np.testing.assert_array_equal(part, full[:, first : first + round(0.5 * RATE)])

@@ -89,7 +89,9 @@ def test_original_format_with_pickled_dictconfig_loads(tmp_path, tiny_model):
         path,
     )
     loaded = load_checkpoint(path)
-    assert loaded["conf"].jobname == "shs-clews" and loaded["conf"].data.path.meta.endswith("shs.pt")
+    assert loaded["conf"].jobname == "shs-clews" and loaded["conf"].data.path.meta.endswith(
+        "shs.pt"
+    )
     assert float(loaded["cost_best"]) == pytest.approx(0.731)
     fresh = Model(loaded["conf"].model)
     load_model_state(fresh, loaded)

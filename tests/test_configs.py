@@ -15,12 +15,19 @@ def test_original_values(path):
     ]:
         assert isinstance(value, float) and value == want
     assert conf.seed == 43 and conf.fabric.precision == "32"
-    assert conf.data.samplerate == 16000 and conf.data.audiolen == 150 and conf.data.n_per_class == 4
+    assert (
+        conf.data.samplerate == 16000 and conf.data.audiolen == 150 and conf.data.n_per_class == 4
+    )
     assert conf.data.pad_mode == "repeat" and conf.data.p_samesong == 0 and conf.data.maxlen is None
     assert conf.training.batchsize == 25 and conf.training.optim.sched == "plateau_10"
     model = conf.model
     assert model.name == "clews" and (model.shingling.len, model.shingling.hop) == (20, 20)
-    assert (model.cqt.hoplen, model.cqt.noctaves, model.cqt.nbinsoct, model.cqt.pool) == (0.02, 7, 12, 5)
+    assert (model.cqt.hoplen, model.cqt.noctaves, model.cqt.nbinsoct, model.cqt.pool) == (
+        0.02,
+        7,
+        12,
+        5,
+    )
     assert list(model.backbone.blocks) == [3, 4, 6, 3]
     assert list(model.backbone.channels) == [256, 512, 1024, 2048]
     assert list(model.backbone.down) == [1, 2, 2, 1]
@@ -32,7 +39,15 @@ def test_dataset_specific_values():
     shs, dvi = (OmegaConf.load(p) for p in CONFIGS)
     assert (shs.model.zdim, dvi.model.zdim) == (2048, 1024)
     assert shs.path.meta == "cache/metadata-shs.pt" and dvi.path.meta == "cache/metadata-dvi.pt"
-    assert [shs.augmentations[k].p for k in ("specaugment", "timestretch", "pitchtranspose")] == [0.4, 0.3, 0.5]
-    assert [dvi.augmentations[k].p for k in ("specaugment", "timestretch", "pitchtranspose")] == [0.1, 0.1, 0.1]
+    assert [shs.augmentations[k].p for k in ("specaugment", "timestretch", "pitchtranspose")] == [
+        0.4,
+        0.3,
+        0.5,
+    ]
+    assert [dvi.augmentations[k].p for k in ("specaugment", "timestretch", "pitchtranspose")] == [
+        0.1,
+        0.1,
+        0.1,
+    ]
     assert (shs.training.monitor.quantity, shs.training.monitor.mode) == ("m_MAP", "max")
     assert (dvi.training.monitor.quantity, dvi.training.monitor.mode) == ("m_COMP", "min")

@@ -19,7 +19,7 @@ def test_golden_example():
 
 
 def test_excluded_query_is_not_an_irrelevant_item():
-    # the query itself sits at distance 0; the original counted it as irrelevant: ARP 75 instead of 100
+    # the query itself sits at distance 0; the original counted it as irrelevant (ARP 75, not 100)
     d = GOLDEN_D + [0.0]
     rel = GOLDEN_REL + [False]
     exclude = [False] * 5 + [True]

@@ -39,7 +39,9 @@ def test_copies_the_three_datasets(tmp_path):
 
 def test_path_argument_and_old_val_spelling(tmp_path):
     repo = _fake_repo(tmp_path / "elsewhere", valid_name="val")
-    run = subprocess.run(["bash", str(SCRIPT), str(repo)], cwd=tmp_path, capture_output=True, text=True)
+    run = subprocess.run(
+        ["bash", str(SCRIPT), str(repo)], cwd=tmp_path, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert _version(tmp_path / "data" / "dvi2" / "valid.json") == "plain-val"
 

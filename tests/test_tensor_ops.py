@@ -7,7 +7,6 @@ import torch
 from lib import tensor_ops as T
 from lib.tensor_ops import INF, distance_tensor_redux, force_length, get_frames
 
-
 # --------------------------------------------------------------------------------------------------
 # force_length
 # --------------------------------------------------------------------------------------------------
@@ -22,7 +21,7 @@ def test_force_length_repeat_and_zeros_examples():
 
 
 def test_force_length_along_inner_dim():
-    # the original checked the last dimension when cutting: (1,3,4) padded to 5 on dim 1 gave (1,6,4)
+    # the original checked the last dim when cutting: (1,3,4) padded to 5 on dim 1 gave (1,6,4)
     x = torch.randn(1, 3, 4)
     y = force_length(x, 5, dim=1, pad_mode="zeros")
     assert y.shape == (1, 5, 4)
@@ -77,9 +76,9 @@ def test_get_frames_counts_and_padding():
     assert frames.shape == (1, 40) and frames[0, 30:].tolist() == list(range(1, 11))
     batch = get_frames(torch.randn(3, 30), 10, 10)
     assert batch.shape == (3, 3, 10)
-    for s, l, h in [(100, 20, 20), (150, 20, 10), (33, 5, 4)]:
-        n = get_frames(torch.zeros(s), l, h).shape[0]
-        assert n == max(math.ceil((s - l) / h), 0) + 1
+    for size, length, hop in [(100, 20, 20), (150, 20, 10), (33, 5, 4)]:
+        n = get_frames(torch.zeros(size), length, hop).shape[0]
+        assert n == max(math.ceil((size - length) / hop), 0) + 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +181,7 @@ def test_redux_golden_values(redux):
 
 
 def test_bestmin_differs_from_best():
-    # the original's bestmin was unreachable and behaved as best: here D has row minima 0.1, 0.3, 0.35
+    # the original's bestmin was unreachable and behaved as best; row minima: 0.1, 0.3, 0.35
     assert distance_tensor_redux(D, "best-2").item() == pytest.approx(0.15)
     assert distance_tensor_redux(D, "bestmin-2").item() == pytest.approx(0.2)
 
@@ -194,8 +193,24 @@ def test_randmin_picks_a_valid_row_minimum():
 
 
 ALL_REDUX = [
-    "min", "max", "mean", "minmean", "meanmin", "randmin", "bpwr", "bpwr-3", "best", "best-4",
-    "worst", "worst-3", "bestmin", "bestmin-2", "smin", "smeanmin", "sminmean", "sbpwr-2",
+    "min",
+    "max",
+    "mean",
+    "minmean",
+    "meanmin",
+    "randmin",
+    "bpwr",
+    "bpwr-3",
+    "best",
+    "best-4",
+    "worst",
+    "worst-3",
+    "bestmin",
+    "bestmin-2",
+    "smin",
+    "smeanmin",
+    "sminmean",
+    "sbpwr-2",
 ]
 
 

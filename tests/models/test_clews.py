@@ -141,10 +141,17 @@ def _plain_clews_loss(labels, ids, z, conf):
                     dist[a, b, i, j] = ((z[a, i] - z[b, j]) ** 2).sum() / dim
     pos = tensor_ops.distance_tensor_redux(dist, conf.loss.redux.pos, eps=0)
     neg = tensor_ops.distance_tensor_redux(dist, conf.loss.redux.neg, eps=0)
-    dpos = [pos[a, b] for a in range(nb) for b in range(nb) if labels[a] == labels[b] and ids[a] != ids[b]]
+    dpos = [
+        pos[a, b]
+        for a in range(nb)
+        for b in range(nb)
+        if labels[a] == labels[b] and ids[a] != ids[b]
+    ]
     dneg = [neg[a, b] for a in range(nb) for b in range(nb) if labels[a] != labels[b]]
     align = sum(dpos) / len(dpos)
-    uniform = math.log(conf.loss.epsilon + sum(math.exp(-conf.loss.gamma * d) for d in dneg) / len(dneg))
+    uniform = math.log(
+        conf.loss.epsilon + sum(math.exp(-conf.loss.gamma * d) for d in dneg) / len(dneg)
+    )
     return float(align), uniform
 
 
@@ -163,7 +170,16 @@ def test_loss_hand_computed_case():
     friendly, logs_f = model.loss(labels, ids, z)
     # the friendly form is the same loss shifted by log(1 / eps)
     assert friendly.item() == pytest.approx(loss.item() + math.log(1e6), abs=1e-4)
-    assert set(logs_f) == {"l_main", "l_cent", "l_cont", "v_dpos", "v_dneg", "v_zmax", "v_zmean", "v_zstd"}
+    assert set(logs_f) == {
+        "l_main",
+        "l_cent",
+        "l_cont",
+        "v_dpos",
+        "v_dneg",
+        "v_zmax",
+        "v_zmean",
+        "v_zstd",
+    }
     assert logs_f["v_zmax"].item() == 5.0
 
 

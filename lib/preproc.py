@@ -1,0 +1,455 @@
+"""Building the metadata file of a dataset: parse its split files, check every audio file, keep
+the cliques that still have two versions, and report everything that was left out and why.
+
+Metadata file (torch file of plain Python values, readable with ``weights_only=True``)::
+
+    {"info": {key: {"id", "clique", "version", "artist", "title", "filename",
+                    "samplerate", "length", "channels"}},
+     "split": {"train": {clique: [key, ...]}, "valid": {...}, "test": {...}},
+     "about": {how it was made}}
+
+``filename`` is relative to the audio root; ``length`` is in seconds (from the header);
+``samplerate`` is the file's native rate. The original's ``[info, splits]`` list is read too.
+"""
+
+import csv
+import glob
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+from lib.audio import AUDIO_EXTENSIONS, AudioError, get_info, load_audio
+from lib.checkpoint import atomic_torch_save, safe_torch_load
+
+SPLITS = ("train", "valid", "test")
+CHECK_MODES = ("quick", "full")
+QUICK_CHECK_SECONDS = 1.0  # length of each decoded probe in the quick check
+
+
+class DatasetError(Exception):
+    """A metadata or split file is missing or malformed; the message names the file."""
+
+
+@dataclass
+class Parsed:
+    """What a parser found: songs, splits (in file order) and versions it had to leave out."""
+
+    info: dict = field(default_factory=dict)  # key -> song dict
+    splits: dict = field(default_factory=lambda: {s: {} for s in SPLITS})
+    rejected: list = field(default_factory=list)  # (split, clique, key, filename, reason)
+
+    def add(self, split, clique, key, version, filename, artist=None, title=None):
+        if key not in self.info:
+            self.info[key] = {
+                "id": len(self.info),
+                "clique": str(clique),
+                "version": str(version),
+                "artist": artist,
+                "title": title,
+                "filename": filename,
+            }
+        versions = self.splits[split].setdefault(str(clique), [])
+        if key not in versions:
+            versions.append(key)
+
+
+def clean_extension(ext):
+    """'mp4/', '.mp3', 'm4a' -> 'mp4', 'mp3', 'm4a' (the fork's README writes --ext_in=mp4/)."""
+    cleaned = str(ext).strip().strip("/").lstrip(".")
+    if not cleaned or "/" in cleaned:
+        raise ValueError(f"invalid audio extension {ext!r}")
+    return cleaned
+
+
+###################################################################################################
+# Parsers
+###################################################################################################
+
+
+def _read_tsv(path, min_columns):
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for lineno, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) < min_columns:
+                raise DatasetError(
+                    f"{path}:{lineno}: expected at least {min_columns} tab-separated columns, "
+                    f"found {len(row)}"
+                )
+            rows.append([cell.strip() for cell in row])
+    return rows
+
+
+def parse_shs100k(path_meta, path_audio, ext):
+    """SHS100K: ``list`` (clique, version, title, performer, ...) and SHS100K-TRAIN/VAL/TEST."""
+    songs = {}
+    for clique, version, title, artist, *_ in _read_tsv(os.path.join(path_meta, "list"), 4):
+        songs[f"{clique}-{version}"] = (clique, version, title, artist)
+    parsed = Parsed()
+    # ids follow the order of the `list` file, as in the original
+    order = {key: i for i, key in enumerate(songs)}
+    for split, name in zip(SPLITS, ("SHS100K-TRAIN", "SHS100K-VAL", "SHS100K-TEST")):
+        cliques = {}
+        for clique, version, *_ in _read_tsv(os.path.join(path_meta, name), 2):
+            cliques.setdefault(clique, set()).add(version)
+        for clique, versions in cliques.items():
+            for version in sorted(versions):
+                key = f"{clique}-{version}"
+                filename = f"{key[:2]}/{key}.{ext}"
+                if key not in songs:
+                    parsed.rejected.append(
+                        (
+                            split,
+                            clique,
+                            key,
+                            filename,
+                            f"no metadata: {key} is not in {name}'s list file",
+                        )
+                    )
+                    continue
+                _, _, title, artist = songs[key]
+                parsed.add(split, clique, key, version, filename, artist=artist, title=title)
+                parsed.info[key]["id"] = order[key]
+    return parsed
+
+
+def _load_json(path):
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise DatasetError(f"{path}: expected an object mapping clique ids to lists of versions")
+    return data
+
+
+def _folder_variants(prefix):
+    """Spellings of the two-character audio sub-folder the original tried, in its order."""
+    a, b = prefix[:1], prefix[1:2]
+    variants = [
+        prefix,
+        prefix.upper(),
+        a.upper() + b.lower(),
+        a.lower() + b.upper(),
+        prefix.lower(),
+    ]
+    return list(dict.fromkeys(variants))
+
+
+def _read_sidecar(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _parse_discogs_json(files, path_audio, ext):
+    """Discogs-VI / DVI2 JSON splits: {clique: [{"version_id", "youtube_id", "track_title"}]}."""
+    parsed = Parsed()
+    for split, path in files.items():
+        for clique, versions in _load_json(path).items():
+            for item in versions:
+                youtube_id = item.get("youtube_id") if isinstance(item, dict) else None
+                version_id = item.get("version_id", youtube_id) if isinstance(item, dict) else None
+                if not youtube_id or not version_id:
+                    key = f"{clique}:{version_id or '?'}"
+                    parsed.rejected.append(
+                        (
+                            split,
+                            clique,
+                            key,
+                            "",
+                            f"no metadata: entry without youtube_id/version_id in {path}",
+                        )
+                    )
+                    continue
+                youtube_id = str(youtube_id)
+                filename = None
+                for folder in _folder_variants(youtube_id[:2]):
+                    candidate = f"{folder}/{youtube_id}.{ext}"
+                    if os.path.exists(os.path.join(path_audio, candidate)):
+                        filename = candidate
+                        break
+                filename = filename or f"{youtube_id[:2]}/{youtube_id}.{ext}"
+                sidecar = _read_sidecar(
+                    os.path.join(path_audio, os.path.dirname(filename), youtube_id + ".meta")
+                )
+                title = sidecar.get("title") or item.get("track_title")
+                parsed.add(
+                    split,
+                    clique,
+                    f"{clique}:{version_id}",
+                    version_id,
+                    filename,
+                    artist=sidecar.get("artist"),
+                    title=title,
+                )
+    return parsed
+
+
+DISCOGS_VI_STEMS = ("DiscogsVI-YT-20240701-light.json", "Discogs-VI-YT-20240701-light.json")
+
+
+def parse_discogs_vi(path_meta, path_audio, ext):
+    """Discogs-VI-YT light release: <stem>.train / .val / .test (either spelling of the stem)."""
+    files = {}
+    for split, suffix in zip(SPLITS, ("train", "val", "test")):
+        names = [os.path.join(path_meta, f"{stem}.{suffix}") for stem in DISCOGS_VI_STEMS]
+        found = [n for n in names if os.path.isfile(n)]
+        found += sorted(glob.glob(os.path.join(path_meta, f"*light.json.{suffix}")))
+        if not found:
+            raise DatasetError(f"{names[0]}: file not found (nor {os.path.basename(names[1])})")
+        files[split] = found[0]
+    return _parse_discogs_json(files, path_audio, ext)
+
+
+def parse_dvi2(path_meta, path_audio, ext):
+    """DVI2 / DVI2-FM / dvi2fm_light: train.json, valid.json (or val.json), test.json."""
+    files = {}
+    for split in SPLITS:
+        path = os.path.join(path_meta, f"{split}.json")
+        if split == "valid" and not os.path.isfile(path):
+            path = (
+                os.path.join(path_meta, "val.json")
+                if os.path.isfile(os.path.join(path_meta, "val.json"))
+                else path
+            )
+        files[split] = path
+    return _parse_discogs_json(files, path_audio, ext)
+
+
+def parse_covers80(path_meta, path_audio, ext):
+    """covers80: list1.list and list2.list, lines '<work>/<version>'; all cliques in every split."""
+    parsed = Parsed()
+    for name in ("list1.list", "list2.list"):
+        path = os.path.join(path_meta, name)
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: file not found")
+        with open(path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                clique, sep, version = line.partition("/")
+                if not sep or not version:
+                    raise DatasetError(
+                        f"{path}:{lineno}: expected '<work>/<version>', found {line!r}"
+                    )
+                artist = version.split("+", 1)[0]
+                title = version.rsplit("-", 1)[-1]
+                for split in SPLITS:
+                    parsed.add(
+                        split, clique, line, version, f"{line}.{ext}", artist=artist, title=title
+                    )
+    return parsed
+
+
+def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
+    """One folder per work: <root>/<work>/<version>.<ext>. Works are split at random (seeded)
+    with ``fractions`` for train/valid/test; (0, 0, 1) puts everything in test."""
+    if not os.path.isdir(path_audio):
+        raise DatasetError(f"{path_audio}: audio folder not found")
+    works = sorted(d for d in os.listdir(path_audio) if os.path.isdir(os.path.join(path_audio, d)))
+    if not works:
+        raise DatasetError(
+            f"{path_audio}: no work folders (expected <root>/<work>/<version>.{ext})"
+        )
+    shuffled = works[:]
+    random.Random(seed).shuffle(shuffled)
+    total = sum(fractions)
+    bounds, acc = [], 0.0
+    for frac in fractions:
+        acc += frac / total
+        bounds.append(round(acc * len(shuffled)))
+    assigned, start = {}, 0
+    for split, end in zip(SPLITS, bounds):
+        for work in shuffled[start:end]:
+            assigned[work] = split
+        start = end
+    parsed = Parsed()
+    for work in works:
+        files = sorted(
+            f for f in os.listdir(os.path.join(path_audio, work)) if f.endswith("." + ext)
+        )
+        for name in files:
+            version = name[: -len(ext) - 1]
+            parsed.add(
+                assigned[work], work, f"{work}/{version}", version, f"{work}/{name}", title=version
+            )
+    return parsed
+
+
+DATASETS = {
+    "SHS100K": parse_shs100k,
+    "DiscogsVI": parse_discogs_vi,
+    "DVI": parse_dvi2,
+    "DiscogsVI2": parse_dvi2,
+    "DVI2": parse_dvi2,
+    "covers80": parse_covers80,
+}
+
+
+###################################################################################################
+# Checking audio
+###################################################################################################
+
+
+def check_audio(path, mode="quick", min_duration=1.0):
+    """Header info of a file after making sure it decodes.
+
+    quick: read the header, decode a short probe at the start and one just before the declared
+    end (a truncated download fails there); full: decode everything.
+    Returns ({"samplerate", "length", "channels"}, None) or (None, reason).
+    """
+    if not os.path.exists(path):
+        return None, "missing file"
+    try:
+        info = get_info(path)
+        if info.duration < min_duration:
+            return None, f"too short: {info.duration:.2f} s < {min_duration:.2f} s"
+        if mode == "full":
+            load_audio(path, samplerate=None)
+        else:
+            probe = min(QUICK_CHECK_SECONDS, info.duration)
+            load_audio(path, samplerate=None, start=0.0, duration=probe)
+            load_audio(
+                path, samplerate=None, start=max(0.0, info.duration - 2 * probe), duration=probe
+            )
+    except AudioError as err:
+        return None, f"undecodable: {err.reason}"
+    return {"samplerate": info.samplerate, "length": info.duration, "channels": info.channels}, None
+
+
+def _check_one(key, path, mode, min_duration):
+    result, reason = check_audio(path, mode, min_duration)
+    return key, result, reason
+
+
+def check_all(parsed, path_audio, mode="quick", njobs=-1, min_duration=1.0, progress=True):
+    """Check every version referenced by a split. Returns {key: header dict} and {key: reason}."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    if mode not in CHECK_MODES:
+        raise ValueError(f"check mode must be one of {CHECK_MODES}, got {mode!r}")
+    keys = sorted({k for cliques in parsed.splits.values() for ks in cliques.values() for k in ks})
+    jobs = (
+        delayed(_check_one)(
+            k, os.path.join(path_audio, parsed.info[k]["filename"]), mode, min_duration
+        )
+        for k in keys
+    )
+    runner = Parallel(n_jobs=njobs, return_as="generator_unordered", batch_size=8)
+    good, bad = {}, {}
+    for key, result, reason in tqdm(
+        runner(jobs), total=len(keys), desc="Check audio", disable=not progress, ncols=80
+    ):
+        if result is None:
+            bad[key] = reason
+        else:
+            good[key] = result
+    return good, bad
+
+
+def filter_splits(parsed, good, bad):
+    """Keep checked versions, drop cliques left with fewer than two -> (info, splits, rejected)."""
+    rejected = list(parsed.rejected)
+    splits = {}
+    for split, cliques in parsed.splits.items():
+        splits[split] = {}
+        for clique, keys in cliques.items():
+            for key in keys:
+                if key in bad:
+                    rejected.append((split, clique, key, parsed.info[key]["filename"], bad[key]))
+            kept = [k for k in keys if k in good]
+            if len(kept) >= 2:
+                splits[split][clique] = kept
+            else:
+                for key in kept:
+                    rejected.append(
+                        (
+                            split,
+                            clique,
+                            key,
+                            parsed.info[key]["filename"],
+                            f"clique {clique} left with {len(kept)} version(s) in {split}",
+                        )
+                    )
+    used = {k for cliques in splits.values() for keys in cliques.values() for k in keys}
+    info = {k: {**parsed.info[k], **good[k]} for k in parsed.info if k in used}
+    return info, splits, rejected
+
+
+def split_counts(splits):
+    return {s: sum(len(v) for v in splits.get(s, {}).values()) for s in SPLITS}
+
+
+def write_report(path, rejected):
+    """Tab-separated report of every version left out, with its reason."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["split", "clique", "key", "filename", "reason"])
+        writer.writerows(rejected)
+    os.replace(tmp, path)
+
+
+def report_path(fn_out):
+    stem = fn_out[:-3] if fn_out.endswith(".pt") else fn_out
+    return stem + ".rejected.tsv"
+
+
+def save_metadata(path, info, splits, about=None):
+    atomic_torch_save(
+        {
+            "info": info,
+            "split": splits,
+            "about": dict(about or {}, created=time.strftime("%Y-%m-%d %H:%M:%S")),
+        },
+        path,
+    )
+
+
+def load_metadata(path):
+    """(info, splits) from a metadata file in this project's/the fork's dict form or the original's
+    [info, splits] list; a malformed or untrusted file raises ``DatasetError``."""
+    data = safe_torch_load(path, error=DatasetError, what="metadata file")
+    if isinstance(data, dict) and "info" in data and "split" in data:
+        info, splits = data["info"], data["split"]
+    elif isinstance(data, (list, tuple)) and len(data) == 2:
+        info, splits = data
+    else:
+        raise DatasetError(f"{path}: expected {{'info': ..., 'split': ...}} or [info, splits]")
+    if not isinstance(info, dict) or not isinstance(splits, dict):
+        raise DatasetError(f"{path}: 'info' and 'split' must be dicts")
+    return info, splits
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "CHECK_MODES",
+    "DATASETS",
+    "DatasetError",
+    "Parsed",
+    "SPLITS",
+    "check_all",
+    "check_audio",
+    "clean_extension",
+    "filter_splits",
+    "load_metadata",
+    "parse_folder",
+    "report_path",
+    "save_metadata",
+    "split_counts",
+    "write_report",
+]
