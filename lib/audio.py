@@ -27,6 +27,8 @@ TRUNCATION_TOLERANCE_S = 0.5
 TRUNCATION_TOLERANCE_REL = 0.02
 # decode from a little before the requested start: some demuxers seek only approximately
 SEEK_MARGIN_S = 0.5
+# extra audio decoded on each side of an excerpt that gets resampled (resampler edge effects)
+RESAMPLE_MARGIN_S = 0.05
 WAV_TRUNCATED = "truncated: the WAV header declares more audio data than the file holds"
 
 
@@ -137,20 +139,25 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
         raise ValueError(f"start must be >= 0 seconds, got {start}")
     if duration is not None and not duration > 0:
         raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+    # decode a little audio around the excerpt so the resampler's edges fall outside it
+    lead = min(start, RESAMPLE_MARGIN_S) if samplerate is not None else 0.0
+    span = None if duration is None else duration + lead + (RESAMPLE_MARGIN_S if samplerate else 0)
     native = None
     if _uses_soundfile(path):
-        native = _read_soundfile(path, start, duration)
+        native = _read_soundfile(path, start - lead, span)
     if native is None:
-        native = _read_pyav(path, start, duration)
+        native = _read_pyav(path, start - lead, span)
     x, rate = native  # (channels, T) at the native rate
-    if x.shape[-1] == 0:
-        raise AudioError(path, f"no audio samples from {start:.2f} s on")
     if mono:
         x = x.mean(0, keepdims=True)
     if samplerate is not None and int(samplerate) != rate:
         x = _resample(x, rate, int(samplerate))
-        if duration is not None:
-            x = x[:, : round(duration * samplerate)]
+        rate = int(samplerate)
+    x = x[:, round(lead * rate) :]
+    if duration is not None:
+        x = x[:, : round(duration * rate)]
+    if x.shape[-1] == 0:
+        raise AudioError(path, f"no audio samples from {start:.2f} s on")
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x[0] if mono else x
 

@@ -177,3 +177,13 @@ def test_write_audio_rejects_unknown_extension(tmp_path):
     with pytest.raises(ValueError, match=".xyz"):
         write_audio(tmp_path / "a.xyz", np.zeros(100), 16000)
     assert not os.path.exists(tmp_path / "a.xyz")
+
+
+def test_resampled_excerpt_has_clean_edges(tmp_path):
+    # a ramp has a large value at any excerpt start: resampling a bare excerpt would ring there
+    slope = 0.02
+    write_audio(tmp_path / "ramp.wav", np.arange(RATE * 20) / RATE * slope, RATE)
+    y = load_audio(tmp_path / "ramp.wav", 16000, start=7.0, duration=5.0)
+    expected = (7.0 + np.arange(5 * 16000) / 16000) * slope
+    assert len(y) == 5 * 16000
+    np.testing.assert_allclose(y, expected, atol=1e-4)

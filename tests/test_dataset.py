@@ -1,0 +1,183 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import data_preproc
+from lib import preproc
+from lib.audio import write_audio
+from lib.dataset import Dataset
+
+SR = 16000
+RAMP_SLOPE = 0.02  # amplitude per second: the value of a sample tells its time in the file
+
+
+def ramp(seconds, rate):
+    return (np.arange(int(seconds * rate)) / rate * RAMP_SLOPE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Folder corpus: 6 works with 2-4 versions of 6-40 s, wav at 16 and 44.1 kHz, one mp3."""
+    root = tmp_path_factory.mktemp("corpus")
+    audio = root / "audio"
+    lengths = [[30, 40], [12, 20, 25], [6, 30], [40, 35, 20, 10], [25, 25], [30, 8]]
+    for w, versions in enumerate(lengths):
+        for v, seconds in enumerate(versions):
+            rate = 44100 if v % 2 else SR
+            write_audio(audio / f"work{w}" / f"v{v}.wav", ramp(seconds, rate), rate)
+    fn_out = root / "meta.pt"
+    assert (
+        data_preproc.main(
+            [
+                "--dataset=folder",
+                f"--path_audio={audio}",
+                "--ext_in=wav",
+                f"--fn_out={fn_out}",
+                "--split=0.5,0.17,0.33",
+                "--njobs=1",
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def data_conf(corpus, **over):
+    conf = OmegaConf.create(
+        {
+            "samplerate": SR,
+            "audiolen": 5,
+            "maxlen": None,
+            "pad_mode": "repeat",
+            "n_per_class": 4,
+            "p_samesong": 0,
+            "path": {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")},
+        }
+    )
+    return OmegaConf.merge(conf, over)
+
+
+def start_of(x):
+    return x[0].item() / RAMP_SLOPE
+
+
+def test_items_shapes_ids_and_versions(corpus):
+    dset = Dataset(data_conf(corpus), "train", augment=True)
+    info, splits = preproc.load_metadata(corpus / "meta.pt")
+    assert len(dset) == sum(len(v) for v in splits["train"].values())
+    for idx in range(len(dset)):
+        item = dset[idx]
+        assert len(item) == 1 + 2 * 4
+        clique_id, ids, audio = item[0], item[1::2], item[2::2]
+        assert all(x.shape == (5 * SR,) and x.dtype == torch.float32 for x in audio)
+        anchor = dset.versions[idx]
+        assert ids[0] == info[anchor]["id"]
+        clique = info[anchor]["clique"]
+        assert clique_id == list(splits["train"]).index(clique)
+        clique_ids = {info[k]["id"] for k in splits["train"][clique]}
+        assert set(ids) <= clique_ids
+        others = ids[1:]
+        assert ids[0] not in others  # p_samesong = 0
+        if len(clique_ids) > 2:
+            assert len(set(others)) == min(3, len(clique_ids) - 1)
+
+
+def test_clique_id_offsets(corpus):
+    conf = data_conf(corpus)
+    _, splits = preproc.load_metadata(corpus / "meta.pt")
+    ntrain, nvalid = len(splits["train"]), len(splits["valid"])
+    assert Dataset(conf, "valid")[0][0] == ntrain
+    assert Dataset(conf, "test")[0][0] == ntrain + nvalid
+
+
+def test_random_start_within_the_file_and_maxlen(corpus):
+    torch.manual_seed(0)
+    dset = Dataset(data_conf(corpus, maxlen=20), "train", augment=True)
+    starts = []
+    for _ in range(6):
+        for idx, key in enumerate(dset.versions):
+            x = dset.load(key)
+            duration = dset.info[key]["length"]
+            start = start_of(x)
+            if duration >= 5:
+                # the excerpt really starts where the ramp says, at the right rate
+                assert start <= max(0.0, min(duration, 20) - 5) + 0.01
+                expected = start + np.arange(5 * SR) / SR
+                np.testing.assert_allclose(x.numpy() / RAMP_SLOPE, expected, atol=0.01)
+            starts.append(start)
+    assert len({round(s, 2) for s in starts}) > 10  # random, not always 0
+    plain = Dataset(data_conf(corpus), "train", augment=False)
+    assert all(abs(start_of(plain.load(k))) < 0.01 for k in plain.versions)
+
+
+def test_short_versions_are_padded(corpus):
+    conf = data_conf(corpus, audiolen=10)
+    dset = Dataset(conf, "train")
+    all_keys = {
+        **Dataset(conf, "valid").filename,
+        **Dataset(conf, "test").filename,
+        **dset.filename,
+    }
+    short = [k for k in all_keys if dset.info[k]["length"] < 10]
+    assert short
+    key = short[0]
+    split = next(s for s in preproc.SPLITS if key in Dataset(conf, s).filename)
+    x = Dataset(conf, split).load(key)
+    n = round(dset.info[key]["length"] * SR)
+    assert x.shape == (10 * SR,)
+    torch.testing.assert_close(x[n : 2 * n][: 10 * SR - n], x[: 10 * SR - n])  # repeat padding
+    zeros = Dataset(data_conf(corpus, audiolen=10, pad_mode="zeros"), split).load(key)
+    assert torch.all(zeros[n + 1 :] == 0)
+
+
+def test_fullsongs(corpus):
+    dset = Dataset(data_conf(corpus), "test", fullsongs=True)
+    item = dset[0]
+    assert len(item) == 3
+    key = dset.versions[0]
+    assert abs(item[2].shape[0] - round(dset.info[key]["length"] * SR)) <= 1
+
+
+def test_dataloader_collates_batches(corpus):
+    dset = Dataset(data_conf(corpus, audiolen=2), "train", augment=True)
+    loader = torch.utils.data.DataLoader(dset, batch_size=3, num_workers=2, shuffle=True)
+    batch = next(iter(loader))
+    assert len(batch) == 9
+    assert batch[0].shape == (3,) and batch[1].dtype == torch.long and batch[2].shape == (3, 2 * SR)
+
+
+def test_invalid_split_and_bad_cliques(corpus, tmp_path):
+    with pytest.raises(ValueError, match="invalid split 'validation'"):
+        Dataset(data_conf(corpus), "validation")
+    info, splits = preproc.load_metadata(corpus / "meta.pt")
+    key = next(iter(splits["train"].values()))[0]
+    splits["train"]["lonely"] = [key]
+    torch.save({"info": info, "split": splits}, tmp_path / "bad.pt")
+    conf = data_conf(corpus)
+    conf.path.meta = str(tmp_path / "bad.pt")
+    with pytest.raises(preproc.DatasetError, match="clique lonely: 1 version"):
+        Dataset(conf, "train")
+    splits["valid"] = {}
+    torch.save({"info": info, "split": splits}, tmp_path / "empty.pt")
+    conf.path.meta = str(tmp_path / "empty.pt")
+    with pytest.raises(preproc.DatasetError, match="split 'valid' has no cliques"):
+        Dataset(conf, "valid")
+
+
+def test_limit_cliques_and_bare_version_ids(corpus, tmp_path):
+    assert len(Dataset(data_conf(corpus), "train", limit_cliques=1).cliques) == 1
+    # the fork's metadata may list bare version ids inside a clique
+    info, splits = preproc.load_metadata(corpus / "meta.pt")
+    prefixed = {}
+    for key, song in info.items():
+        prefixed[f"{song['clique']}:{song['version']}"] = song
+    bare = {
+        s: {c: [info[k]["version"] for k in keys] for c, keys in cl.items()}
+        for s, cl in splits.items()
+    }
+    torch.save([prefixed, bare], tmp_path / "bare.pt")
+    conf = data_conf(corpus)
+    conf.path.meta = str(tmp_path / "bare.pt")
+    dset = Dataset(conf, "train")
+    assert dset.versions[0].count(":") == 1 and len(dset[0]) == 9
