@@ -29,7 +29,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--path_audio", required=True, help="audio root; stored file names are relative to it"
     )
-    parser.add_argument("--ext_in", required=True, help="audio extension, e.g. mp3, mp4, m4a")
+    parser.add_argument(
+        "--ext_in",
+        required=True,
+        help="audio extension, e.g. mp3, mp4, m4a ('folder' also takes a list 'mp3,m4a' or 'any')",
+    )
     parser.add_argument(
         "--fn_out", required=True, help="output metadata file, e.g. cache/metadata-dvi2.pt"
     )
@@ -53,7 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=43, help="'folder' only: seed of the split")
     args = parser.parse_args(argv)
     try:
-        args.ext_in = preproc.clean_extension(args.ext_in)
+        if args.dataset == "folder":
+            args.ext_in = preproc.folder_extensions(args.ext_in)
+        else:
+            args.ext_in = preproc.clean_extension(args.ext_in)
     except ValueError as err:
         parser.error(str(err))
     if args.dataset != "folder" and not args.path_meta:

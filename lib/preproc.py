@@ -254,15 +254,24 @@ def parse_covers80(path_meta, path_audio, ext):
     return parsed
 
 
+def folder_extensions(text):
+    """'any' -> every supported audio extension; 'mp3,m4a' -> ('mp3', 'm4a')."""
+    if text.strip().lower() == "any":
+        return tuple(e.lstrip(".") for e in AUDIO_EXTENSIONS)
+    return tuple(clean_extension(e) for e in text.split(","))
+
+
 def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
-    """One folder per work: <root>/<work>/<version>.<ext>. Works are split at random (seeded)
-    with ``fractions`` for train/valid/test; (0, 0, 1) puts everything in test."""
+    """One folder per work: <root>/<work>/<version>.<ext>. ``ext`` is one extension or a tuple
+    of them. Works are split at random (seeded) with ``fractions`` for train/valid/test;
+    (0, 0, 1) puts everything in test. Keys are '<work>/<file name>'."""
+    extensions = (ext,) if isinstance(ext, str) else tuple(ext)
     if not os.path.isdir(path_audio):
         raise DatasetError(f"{path_audio}: audio folder not found")
     works = sorted(d for d in os.listdir(path_audio) if os.path.isdir(os.path.join(path_audio, d)))
     if not works:
         raise DatasetError(
-            f"{path_audio}: no work folders (expected <root>/<work>/<version>.{ext})"
+            f"{path_audio}: no work folders (expected <root>/<work>/<version>.{extensions[0]})"
         )
     shuffled = works[:]
     random.Random(seed).shuffle(shuffled)
@@ -278,14 +287,12 @@ def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
         start = end
     parsed = Parsed()
     for work in works:
-        files = sorted(
-            f for f in os.listdir(os.path.join(path_audio, work)) if f.endswith("." + ext)
-        )
-        for name in files:
-            version = name[: -len(ext) - 1]
-            parsed.add(
-                assigned[work], work, f"{work}/{version}", version, f"{work}/{name}", title=version
-            )
+        names = sorted(os.listdir(os.path.join(path_audio, work)))
+        for name in names:
+            stem, dot, found = name.rpartition(".")
+            if dot and found.lower() in extensions:
+                key = f"{work}/{name}"
+                parsed.add(assigned[work], work, key, stem, key, title=stem)
     return parsed
 
 
