@@ -139,27 +139,47 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
         raise ValueError(f"start must be >= 0 seconds, got {start}")
     if duration is not None and not duration > 0:
         raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
-    # decode a little audio around the excerpt so the resampler's edges fall outside it
-    lead = min(start, RESAMPLE_MARGIN_S) if samplerate is not None else 0.0
-    span = None if duration is None else duration + lead + (RESAMPLE_MARGIN_S if samplerate else 0)
-    native = None
-    if _uses_soundfile(path):
-        native = _read_soundfile(path, start - lead, span)
+    plan = _excerpt_plan(start, duration, samplerate)
+    native = _read_soundfile(path, plan) if _uses_soundfile(path) else None
     if native is None:
-        native = _read_pyav(path, start - lead, span)
-    x, rate = native  # (channels, T) at the native rate
+        native = _read_pyav(path, plan)
+    x, rate, lead = native  # (channels, T) at the native rate; lead in output samples
     if mono:
         x = x.mean(0, keepdims=True)
     if samplerate is not None and int(samplerate) != rate:
         x = _resample(x, rate, int(samplerate))
         rate = int(samplerate)
-    x = x[:, round(lead * rate) :]
+    x = x[:, lead:]
     if duration is not None:
         x = x[:, : round(duration * rate)]
     if x.shape[-1] == 0:
         raise AudioError(path, f"no audio samples from {start:.2f} s on")
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x[0] if mono else x
+
+
+def _excerpt_plan(start, duration, samplerate):
+    """How to read an excerpt from a file of native rate ``rate``: plan(rate) -> (read start s,
+    read duration s or None, output samples to drop at the start).
+
+    Without resampling the excerpt is read as asked. With resampling, reading starts a little
+    earlier (the resampler's edges then fall outside the excerpt) at a time that lies on both the
+    native and the output sample grid, so the excerpt is exactly the crop of a full decode.
+    """
+
+    def plan(rate):
+        if samplerate is None or int(samplerate) == rate:
+            return start, duration, 0
+        out = int(samplerate)
+        grid = 1.0 / math.gcd(int(rate), out)  # seconds between instants on both grids
+        first = round(start * out)
+        read_start = max(0.0, math.floor((first / out - RESAMPLE_MARGIN_S) / grid) * grid)
+        lead = first - round(read_start * out)
+        if duration is None:
+            return read_start, None, lead
+        return read_start, (first / out - read_start) + duration + RESAMPLE_MARGIN_S, lead
+
+    return plan
 
 
 def _resample(x, rate_in, rate_out):
@@ -204,8 +224,8 @@ def _wav_missing_bytes(path):
             f.seek(length + (length & 1), os.SEEK_CUR)
 
 
-def _read_soundfile(path, start, duration):
-    """(channels, T) float32 and rate, or None if libsndfile cannot open the file."""
+def _read_soundfile(path, plan):
+    """(channels, T) float32, rate and lead, or None if libsndfile cannot open the file."""
     try:
         handle = sf.SoundFile(path)
     except Exception:
@@ -215,6 +235,7 @@ def _read_soundfile(path, start, duration):
         raise AudioError(path, WAV_TRUNCATED)
     with handle:
         rate, total = handle.samplerate, handle.frames
+        start, duration, lead = plan(rate)
         first = round(start * rate)
         if first >= total:
             raise AudioError(path, f"start {start:.2f} s is beyond the end ({total / rate:.2f} s)")
@@ -226,10 +247,10 @@ def _read_soundfile(path, start, duration):
             raise AudioError(path, f"decoding failed ({_describe(err)})") from err
     got_end = (first + len(data)) / rate
     _raise_if_truncated(path, got_end, None if duration is None else start + duration, total / rate)
-    return data.T, rate
+    return data.T, rate, lead
 
 
-def _read_pyav(path, start, duration):
+def _read_pyav(path, plan):
     try:
         container = av.open(path)
     except Exception as err:
@@ -237,6 +258,7 @@ def _read_pyav(path, start, duration):
     with container:
         stream = _av_audio_stream(container, path)
         declared = _av_declared_duration(container, stream)
+        start, duration, lead = plan(int(stream.rate or stream.codec_context.sample_rate or 0))
         try:
             x, rate, got_end = _decode_excerpt(container, stream, start, duration)
             if x is None:  # the seek overshot the start: decode from the beginning instead
@@ -251,7 +273,7 @@ def _read_pyav(path, start, duration):
         raise AudioError(path, f"no audio samples from {start:.2f} s on{extra}")
     if declared:
         _raise_if_truncated(path, got_end, None if duration is None else start + duration, declared)
-    return x, rate
+    return x, rate, lead
 
 
 def _decode_excerpt(container, stream, start, duration, seek=True):

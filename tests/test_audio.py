@@ -187,3 +187,15 @@ def test_resampled_excerpt_has_clean_edges(tmp_path):
     expected = (7.0 + np.arange(5 * 16000) / 16000) * slope
     assert len(y) == 5 * 16000
     np.testing.assert_allclose(y, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 48000])
+def test_resampled_excerpt_equals_crop_of_full_decode(tmp_path, rate):
+    # reading starts on an instant common to both sample grids, so an excerpt is exactly the
+    # corresponding part of the whole file decoded and resampled at once
+    write_audio(tmp_path / "noise.wav", _noise(20, rate, seed=4), rate)
+    whole = load_audio(tmp_path / "noise.wav", 16000)
+    for start in (0.0, 0.03, 3.14159, 12.3456):
+        part = load_audio(tmp_path / "noise.wav", 16000, start=start, duration=4.0)
+        first = round(start * 16000)
+        np.testing.assert_allclose(part, whole[first : first + len(part)], atol=1e-5)
