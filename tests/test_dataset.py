@@ -181,3 +181,12 @@ def test_limit_cliques_and_bare_version_ids(corpus, tmp_path):
     conf.path.meta = str(tmp_path / "bare.pt")
     dset = Dataset(conf, "train")
     assert dset.versions[0].count(":") == 1 and len(dset[0]) == 9
+
+
+def test_p_samesong_lets_the_anchor_be_another_version(corpus):
+    torch.manual_seed(0)
+    never = Dataset(data_conf(corpus, p_samesong=0), "train", augment=True)
+    always = Dataset(data_conf(corpus, p_samesong=1), "train", augment=True)
+    anchor = never.versions[0]
+    assert anchor not in never._other_versions(anchor, never.clique_of[anchor])
+    assert anchor in always._other_versions(anchor, always.clique_of[anchor])

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import data_preproc
 from lib import preproc
 from lib.audio import write_audio
+from lib.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +142,20 @@ def test_dvi2(tmp_path, njobs):
     assert len(reasons) == 4
     # plain data only: a bare weights-only load reads it
     assert set(torch.load(fn_out, weights_only=True)) == {"info", "split", "about"}
+    if njobs == 1:  # the dataset reads it: 2 s excerpts of 3 s m4a files, anchor + 3 versions
+        conf = OmegaConf.create(
+            {
+                "samplerate": 16000,
+                "audiolen": 2,
+                "maxlen": None,
+                "pad_mode": "repeat",
+                "n_per_class": 4,
+                "p_samesong": 0,
+                "path": {"audio": str(audio), "meta": str(fn_out)},
+            }
+        )
+        item = Dataset(conf, "train", augment=True)[0]
+        assert len(item) == 9 and all(x.shape == (32000,) for x in item[2::2])
 
 
 def test_dvi2_old_val_spelling_and_discogs_vi_light_names(tmp_path):
