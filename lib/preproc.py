@@ -20,6 +20,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
 from lib.audio import AUDIO_EXTENSIONS, AudioError, get_info, load_audio
 from lib.checkpoint import atomic_torch_save, safe_torch_load
 
@@ -344,9 +347,6 @@ def _check_one(key, path, mode, min_duration):
 
 def check_all(parsed, path_audio, mode="quick", njobs=-1, min_duration=1.0, progress=True):
     """Check every version referenced by a split. Returns {key: header dict} and {key: reason}."""
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
     if mode not in CHECK_MODES:
         raise ValueError(f"check mode must be one of {CHECK_MODES}, got {mode!r}")
     keys = sorted({k for cliques in parsed.splits.values() for ks in cliques.values() for k in ks})
