@@ -1,7 +1,12 @@
 import pytest
 from omegaconf import OmegaConf
 
-CONFIGS = ["config/shs-clews.yaml", "config/dvi-clews.yaml"]
+CONFIGS = [
+    "config/shs-clews.yaml",
+    "config/dvi-clews.yaml",
+    "config/dvi2-clews.yaml",
+    "config/dvi2fm_light-clews.yaml",
+]
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -36,7 +41,7 @@ def test_original_values(path):
 
 
 def test_dataset_specific_values():
-    shs, dvi = (OmegaConf.load(p) for p in CONFIGS)
+    shs, dvi = (OmegaConf.load(p) for p in CONFIGS[:2])
     assert (shs.model.zdim, dvi.model.zdim) == (2048, 1024)
     assert shs.path.meta == "cache/metadata-shs.pt" and dvi.path.meta == "cache/metadata-dvi.pt"
     assert [shs.augmentations[k].p for k in ("specaugment", "timestretch", "pitchtranspose")] == [
@@ -51,3 +56,16 @@ def test_dataset_specific_values():
     ]
     assert (shs.training.monitor.quantity, shs.training.monitor.mode) == ("m_MAP", "max")
     assert (dvi.training.monitor.quantity, dvi.training.monitor.mode) == ("m_COMP", "min")
+
+
+def test_fork_configs_differ_from_dvi_only_in_paths_and_workers():
+    from omegaconf import OmegaConf
+
+    for name in ("dvi2", "dvi2fm_light"):
+        dvi = OmegaConf.to_container(OmegaConf.load("config/dvi-clews.yaml"))
+        fork = OmegaConf.to_container(OmegaConf.load(f"config/{name}-clews.yaml"))
+        assert fork["path"]["meta"] == f"cache/metadata-{name}.pt"
+        assert fork["data"]["nworkers"] == 8
+        for conf in (fork, dvi):
+            conf["path"].pop("meta"), conf["path"].pop("audio"), conf["data"].pop("nworkers")
+        assert fork == dvi

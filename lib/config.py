@@ -1,0 +1,117 @@
+"""Experiment configuration: a YAML file plus ``key=value`` overrides from the command line.
+
+    python train.py jobname=shs-clews conf=config/shs-clews.yaml fabric.ngpus=2 training.batchsize=9
+
+Values are YAML-typed (``300`` int, ``1e-6`` float, ``null`` None). Any key of the YAML can be
+overridden; a key that does not exist is an error naming the closest valid key. The fork's
+top-level ``nnodes=`` / ``ngpus=`` are shortcuts for ``fabric.nnodes`` / ``fabric.ngpus``, and
+``fabric.devices`` is another name for ``fabric.ngpus``.
+"""
+
+import difflib
+import os
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+# keys every config has even when its YAML predates them (the original configs)
+DEFAULTS = {
+    "jobname": None,
+    "conf": None,
+    "checkpoint": None,
+    "limit_batches": None,
+    "limit_num": None,
+    "fabric": {"nnodes": 1, "ngpus": 1, "accelerator": "auto", "precision": "32"},
+}
+SHORTCUTS = {"nnodes": "fabric.nnodes", "ngpus": "fabric.ngpus", "fabric.devices": "fabric.ngpus"}
+# sections where new keys may be added from the command line (e.g. an augmentation block)
+OPEN_SECTIONS = ("augmentations.",)
+
+
+class ConfigError(Exception):
+    """A config file or a command-line override is wrong; the message says what and where."""
+
+
+def parse_overrides(args):
+    """['a.b=1', 'c=x'] -> {'a.b': 1, 'c': 'x'} with YAML-typed values; shortcuts resolved."""
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ConfigError(f"argument {arg!r} is not of the form key=value")
+        out[SHORTCUTS.get(key, key)] = _yaml_value(value)
+    return out
+
+
+def _yaml_value(text):
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_numeric(text):
+        return float(text)
+    return value
+
+
+def _looks_numeric(text):
+    """YAML 1.1 reads '2e-4' as a string; configs mean a number."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity")
+
+
+def load_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        conf = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a valid YAML config ({err})") from err
+    if not isinstance(conf, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return conf
+
+
+def all_keys(conf, prefix=""):
+    keys = []
+    for key, value in conf.items():
+        name = f"{prefix}{key}"
+        keys.append(name)
+        if isinstance(value, DictConfig):
+            keys += all_keys(value, name + ".")
+    return keys
+
+
+def _check_known(key, known):
+    if key in known or any(key.startswith(s) for s in OPEN_SECTIONS):
+        return
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def load_config(args, required=("jobname", "conf")):
+    """Build the run's config from command-line ``key=value`` arguments (``conf=`` names the
+    YAML). Raises ConfigError with one clear line for every kind of mistake."""
+    overrides = parse_overrides(args)
+    missing = [k for k in required if overrides.get(k) in (None, "")]
+    if missing:
+        example = "jobname=NAME conf=config/X.yaml [key=value ...]"
+        raise ConfigError(f"missing required argument(s) {', '.join(missing)}; usage: {example}")
+    conf = OmegaConf.merge(OmegaConf.create(DEFAULTS), load_yaml(overrides["conf"]))
+    known = all_keys(conf)
+    for key in overrides:
+        _check_known(key, known)
+    for key, value in overrides.items():
+        OmegaConf.update(conf, key, value, merge=True, force_add=True)
+    accelerator = str(conf.fabric.accelerator)
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(
+            f"fabric.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)}"
+        )
+    return conf
