@@ -1,9 +1,310 @@
-"""Entry point reserved by the project layout; it is built in issue #4 (Training).
+"""Train a model (CLEWS or a baseline) with Lightning Fabric on CPU, one GPU, many GPUs or nodes.
 
-Until then it refuses to run (exit status 1) instead of pretending to work.
+    python train.py jobname=shs-clews conf=config/shs-clews.yaml fabric.ngpus=2
+    python train.py jobname=demo conf=config/demo-clews.yaml fabric.accelerator=cpu
+
+Any config key can be overridden with key=value. The run folder logs/<jobname>/ receives the
+resolved configuration.yaml, checkpoint_last.ckpt (every epoch), checkpoint_best.ckpt (on
+improvement of training.monitor), checkpoint_epoch<N>.ckpt (every training.save_freq epochs) and
+TensorBoard event files. Running the same command again resumes from checkpoint_last.ckpt.
 """
 
+import importlib
+import math
+import os
 import sys
+import time
+from datetime import timedelta
+
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.strategies import DDPStrategy
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from lib import training
+from lib.augmentations import Augment
+from lib.checkpoint import CheckpointError, load_model_state, save_checkpoint
+from lib.config import ConfigError, load_config
+from lib.dataset import Dataset
+from lib.optim import get_optimizer, get_scheduler
+from lib.preproc import DatasetError
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def make_fabric(conf, log_dir):
+    world = int(conf.fabric.ngpus) * int(conf.fabric.nnodes)
+    strategy = "auto"
+    if world > 1:
+        strategy = DDPStrategy(broadcast_buffers=False, timeout=timedelta(minutes=30))
+    precision = str(conf.fabric.precision)
+    fabric = Fabric(
+        accelerator=str(conf.fabric.accelerator),
+        devices=int(conf.fabric.ngpus),
+        num_nodes=int(conf.fabric.nnodes),
+        strategy=strategy,
+        precision="32-true" if precision == "32" else precision,
+        loggers=TensorBoardLogger(root_dir=log_dir, name="", version="", default_hp_metric=False),
+    )
+    fabric.launch()
+    return fabric
+
+
+def make_loaders(conf, fabric):
+    train_set = Dataset(conf.data, "train", augment=True, limit_cliques=conf.get("limit_num"))
+    valid_set = Dataset(conf.data, "valid", augment=False, limit_cliques=conf.get("limit_num"))
+    batch = int(conf.training.batchsize)
+    if len(train_set) < batch * fabric.world_size:
+        raise DatasetError(
+            f"{conf.data.path.meta}: the train split has {len(train_set)} versions, fewer than "
+            f"one batch ({batch} x {fabric.world_size} processes); lower training.batchsize"
+        )
+    # the same seed on every rank: the shards of an epoch partition the training set
+    sampler = torch.utils.data.DistributedSampler(
+        train_set,
+        fabric.world_size,
+        fabric.global_rank,
+        shuffle=True,
+        seed=int(conf.seed),
+        drop_last=True,
+    )
+    pin = fabric.device.type == "cuda"
+    workers = int(conf.data.nworkers)
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    valid_loader = torch.utils.data.DataLoader(
+        valid_set,
+        batch_size=batch,
+        sampler=training.ShardSampler(len(valid_set), fabric.world_size, fabric.global_rank),
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    # not wrapped by Fabric: its wrapper would reset the sampler's epoch to the number of passes
+    # made by this process, so a resumed run would repeat the first epoch's order
+    return train_loader, valid_loader, sampler
+
+
+def run_batch(model, net, augment, batch, train, valid_hop):
+    """One batch: stack versions, augment (training), CQT shingles, embed, loss.
+    Returns (cliques, ids, z, loss, logs); ``net`` is the bare module, ``model`` its wrapper."""
+    cliques, ids, audio = training.stack_versions(batch)
+    with torch.inference_mode():
+        if train:
+            audio = augment.waveform(audio)
+        h = net.prepare(audio, shingle_hop=None if train else valid_hop)
+        if train:
+            h = augment.cqt(h)
+    z, extra = model.embed(h.clone())
+    loss, logs = net.loss(cliques, ids, z, extra=extra)
+    return cliques, ids, z, loss, logs
+
+
+def all_finite(fabric, value):
+    flag = torch.tensor([1.0 if math.isfinite(float(value)) else 0.0], device=fabric.device)
+    return bool(fabric.all_reduce(flag, reduce_op="min").item() > 0)
+
+
+def train_epoch(fabric, model, net, optim, augment, loader, conf, printer):
+    model.train()
+    sums, count = {}, 0
+    limit = conf.get("limit_batches")
+    total = len(loader) if limit is None else min(len(loader), int(limit))
+    bar = tqdm(total=total, ncols=80, ascii=True, disable=not fabric.is_global_zero, leave=False)
+    seen = []
+    for i, batch in enumerate(loader):
+        if i >= total:
+            break
+        seen += batch[1].tolist()
+        batch = fabric.to_device(batch)
+        optim.zero_grad(set_to_none=True)
+        _, _, _, loss, logs = run_batch(model, net, augment, batch, True, None)
+        if not all_finite(fabric, loss.detach()):
+            raise NonFiniteLoss(f"loss is {loss.item()} at batch {i + 1}")
+        fabric.backward(loss)
+        optim.step()
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        bar.update(1)
+        bar.set_postfix_str(f"L={sums['l_main'] / count:.3f}")
+    bar.close()
+    log_items(fabric, seen)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def log_items(fabric, song_ids):
+    """With CLEWS_LOG_ITEMS=<folder>, each rank appends the song ids of the anchors it trained on
+    this epoch to <folder>/items_rank<r>.txt (one line per epoch): a check of the sharding."""
+    folder = os.environ.get("CLEWS_LOG_ITEMS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"items_rank{fabric.global_rank}.txt"), "a") as handle:
+            handle.write(" ".join(map(str, song_ids)) + "\n")
+
+
+@torch.inference_mode()
+def valid_epoch(fabric, model, net, loader, conf):
+    model.eval()
+    sums, count = {}, 0
+    cliques, ids, embeddings = [], [], []
+    valid_hop = net.get_shingle_params()[1] / 2
+    for batch in loader:
+        batch = fabric.to_device(batch)
+        nb = batch[0].size(0)
+        c, i, z, loss, logs = run_batch(model, net, None, batch, False, valid_hop)
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        # version 1 of each item: every validation song once, from its start
+        cliques.append(c[:nb])
+        ids.append(i[:nb])
+        embeddings.append(z[:nb].float())
+    local_c, local_i, local_z = torch.cat(cliques), torch.cat(ids), torch.cat(embeddings)
+    all_c = training.gather_rows(fabric, local_c)
+    all_i = training.gather_rows(fabric, local_i)
+    all_z = training.gather_rows(fabric, local_z)
+    metrics = training.retrieval_metrics(net, local_c, local_i, local_z, all_c, all_i, all_z)
+    out = {k: v / max(count, 1) for k, v in sums.items()}
+    for key, values in metrics.items():
+        out[key] = training.mean_finite(
+            training.gather_rows(fabric, values.to(fabric.device)).cpu()
+        )
+    return out
+
+
+def mean_over_ranks(fabric, logs):
+    if fabric.world_size == 1:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=fabric.device)
+    values = fabric.all_reduce(values, reduce_op="mean")
+    return dict(zip(keys, values.tolist()))
+
+
+def main(argv):
+    conf = load_config(argv)
+    conf.data.path = conf.path
+    log_dir = os.path.join(conf.path.logs, conf.jobname)
+    fabric = make_fabric(conf, log_dir)
+    printer = fabric.print
+    if fabric.is_global_zero:
+        os.makedirs(log_dir, exist_ok=True)
+        tmp = os.path.join(log_dir, ".configuration.yaml.tmp")
+        with open(tmp, "w") as handle:
+            handle.write(OmegaConf.to_yaml(conf))
+        os.replace(tmp, os.path.join(log_dir, "configuration.yaml"))
+    printer("-" * 65 + "\n" + OmegaConf.to_yaml(conf) + "-" * 65)
+    paths = {n: os.path.join(log_dir, f"checkpoint_{n}.ckpt") for n in ("last", "best")}
+
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("medium")
+    training.seed_epoch(conf.seed, -1, 0)  # identical initialisation on every rank
+    module = importlib.import_module(f"models.{conf.model.name}")
+    net = module.Model(conf.model, sr=int(conf.data.samplerate))
+    printer(f"Model {conf.model.name}: {sum(p.numel() for p in net.parameters()):,} parameters")
+    optim = get_optimizer(conf.training.optim, net.parameters())
+    monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode
+    epochs = int(conf.training.numepochs)
+    sched, on_metric = get_scheduler(conf.training.optim, optim, epochs, mode=mode)
+    epoch, cost_best = 0, (-math.inf if mode == "max" else math.inf)
+
+    kind, state = training.find_start_state(conf, paths["last"])
+    if kind == "resume":
+        training.check_model_section(
+            conf.checkpoint or paths["last"], state["conf"].model, conf.model
+        )
+        load_model_state(net, state)
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        epoch, cost_best = int(state["epoch"]), float(state["cost_best"])
+        printer(f"Resumed after epoch {epoch} (best {monitor} = {cost_best:.4f})")
+    elif kind == "finetune":
+        load_model_state(net, state, source=conf.checkpoint)
+        printer(f"Fine-tuning from the weights in {conf.checkpoint}")
+
+    model, optim = fabric.setup(net, optim)
+    model.mark_forward_method("embed")
+    train_loader, valid_loader, sampler = make_loaders(conf, fabric)
+    augment = Augment(conf.get("augmentations"), sr=int(conf.data.samplerate))
+    min_lr = conf.training.optim.get("min_lr")
+    save_freq = conf.training.get("save_freq")
+
+    while epoch < epochs:
+        start = time.time()
+        training.seed_epoch(conf.seed, epoch, fabric.global_rank)
+        sampler.set_epoch(epoch)
+        lr = optim.param_groups[0]["lr"]
+        try:
+            train_logs = train_epoch(
+                fabric, model, net, optim, augment, train_loader, conf, printer
+            )
+        except NonFiniteLoss as err:
+            printer(f"NaN or inf reached ({err}). Stop; the last good checkpoint is kept.")
+            return 1
+        valid_logs = valid_epoch(fabric, model, net, valid_loader, conf)
+        train_logs = mean_over_ranks(fabric, train_logs)
+        valid_logs = mean_over_ranks(fabric, valid_logs)
+        if not all(math.isfinite(v) for v in list(train_logs.values()) + list(valid_logs.values())):
+            printer("NaN or inf in the epoch's averages. Stop; the last good checkpoint is kept.")
+            return 1
+        value = valid_logs[monitor]
+        improved = value > cost_best if mode == "max" else value < cost_best
+        cost_best = value if improved else cost_best
+        sched.step(value) if on_metric else sched.step()
+        new_lr = optim.param_groups[0]["lr"]
+        epoch += 1
+        state = {
+            "model": net.state_dict(),
+            "optim": optim.state_dict(),
+            "sched": sched.state_dict(),
+            "conf": conf,
+            "epoch": epoch,
+            "lr": new_lr,
+            "cost_best": cost_best,
+        }
+        if fabric.is_global_zero:
+            save_checkpoint(state, paths["last"])
+            if improved:
+                save_checkpoint(state, paths["best"])
+            if save_freq and epoch % int(save_freq) == 0:
+                save_checkpoint(state, os.path.join(log_dir, f"checkpoint_epoch{epoch}.ckpt"))
+        fabric.barrier()
+        scalars = {"hpar/epoch": epoch, "hpar/lr": lr}
+        scalars.update({f"train/{k}": v for k, v in train_logs.items()})
+        scalars.update({f"valid/{k}": v for k, v in valid_logs.items()})
+        fabric.log_dict(scalars, step=epoch)
+        report = {"l_main": valid_logs["l_main"], "l_main_t": train_logs["l_main"]}
+        report.update({k: valid_logs[k] for k in training.METRIC_KEYS})
+        text = ",  ".join(f"{k} = {v:.3f}" for k, v in sorted(report.items()))
+        width = len(str(epochs))
+        line = f"[{time.strftime('%H:%M:%S')}] Epoch {epoch:>{width}}/{epochs}:  {text}"
+        line += f"  ({time.time() - start:.0f} s)"
+        if new_lr != lr:
+            line += f"  (lr={new_lr:.1e})"
+        printer(line + ("  *" if improved else ""))
+        if min_lr is not None and new_lr < float(min_lr):
+            printer("Min lr reached. Stop.")
+            break
+    printer("Done.")
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit("train.py is not available yet: it is being built in issue #4 (Training).")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (DatasetError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -109,13 +109,13 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
-def safe_torch_load(path, map_location="cpu", error=None, what="checkpoint"):
+def safe_torch_load(path, map_location="cpu", error=None, what="checkpoint file"):
     """``torch.load(weights_only=True)`` with ``ALLOWED_GLOBALS``; every failure becomes ``error``
     (default ``CheckpointError``) with a message naming the file and the problem."""
     error = error or CheckpointError
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise error(f"{path}: {what} file not found")
+        raise error(f"{path}: {what} not found")
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -121,3 +121,60 @@ def aggregate(per_query):
     out["n_queries"] = int(valid.sum())
     out["n_no_relevant"] = int((~valid).sum())
     return out
+
+
+MAX_PAIR_ELEMENTS = 2**24  # bound on Bq * Bc * Sq * Sc per model.distances call
+
+
+@torch.inference_mode()
+def compute(
+    model,
+    queries_c,
+    queries_i,
+    queries_z,
+    candidates_c,
+    candidates_i,
+    candidates_z,
+    queries_m=None,
+    candidates_m=None,
+    redux_strategy=None,
+    batch_size_candidates=None,
+):
+    """Per-query AP, rank of the first relevant candidate and ARP (the original's entry point).
+
+    Args:
+        model: anything with ``distances(q, c, qmask, cmask, redux_strategy)``.
+        queries_c / candidates_c: clique ids (Q,) / (C,); relevant = same clique.
+        queries_i / candidates_i: song ids; a candidate with the query's song id is excluded.
+        queries_z / candidates_z: segment embeddings (Q, Sq, D) / (C, Sc, D).
+        queries_m / candidates_m: optional bool masks (Q, Sq) / (C, Sc), True = invalid segment.
+        batch_size_candidates: candidates per distance call (default: memory-bounded).
+
+    Returns (AP, R1, ARP) float64 tensors of shape (Q,); NaN for a query with no relevant one.
+    """
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    nq, sq = queries_z.shape[:2]
+    nc, sc = candidates_z.shape[:2]
+    if batch_size_candidates is None:
+        batch_size_candidates = max(1, MAX_PAIR_ELEMENTS // max(1, sq * sc * min(nq, 64)))
+    qchunk = max(1, MAX_PAIR_ELEMENTS // max(1, sq * sc * min(nc, batch_size_candidates)))
+    dist = torch.empty(nq, nc, dtype=torch.float32)
+    for q0 in range(0, nq, qchunk):
+        q = slice(q0, q0 + qchunk)
+        for c0 in range(0, nc, batch_size_candidates):
+            c = slice(c0, c0 + batch_size_candidates)
+            dist[q, c] = model.distances(
+                queries_z[q].float(),
+                candidates_z[c].float(),
+                None if queries_m is None else queries_m[q],
+                None if candidates_m is None else candidates_m[c],
+                redux_strategy=redux_strategy,
+            ).cpu()
+    ismatch = queries_c.cpu()[:, None] == candidates_c.cpu()[None, :]
+    exclude = queries_i.cpu()[:, None] == candidates_i.cpu()[None, :]
+    per_query = query_metrics(dist, ismatch, exclude, ks=())
+    if was_training and hasattr(model, "train"):
+        model.train()
+    return per_query["AP"], per_query["R1"], per_query["ARP"]

@@ -92,3 +92,26 @@ def test_aggregate_confidence_interval():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="ismatch"):
         E.average_precision([0.1, 0.2], [True])
+
+
+class _EuclideanModel:
+    """Mean squared distance of the first segment, as a stand-in for a model's distances."""
+
+    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
+        return ((q[:, None, 0] - c[None, :, 0]) ** 2).mean(-1)
+
+
+def test_compute_matches_per_query_metrics_in_chunks():
+    gen = torch.Generator().manual_seed(0)
+    cliques = torch.arange(30) // 3
+    ids = torch.arange(30)
+    z = torch.randn(30, 2, 8, generator=gen) + cliques.view(-1, 1, 1).float() * 0.5
+    ap, r1, arp = E.compute(
+        _EuclideanModel(), cliques, ids, z, cliques, ids, z, batch_size_candidates=7
+    )
+    dist = ((z[:, None, 0] - z[None, :, 0]) ** 2).mean(-1)
+    want = E.query_metrics(dist, cliques[:, None] == cliques[None], ids[:, None] == ids[None])
+    torch.testing.assert_close(ap, want["AP"])
+    torch.testing.assert_close(r1, want["R1"])
+    torch.testing.assert_close(arp, want["ARP"])
+    assert ap.shape == (30,) and not torch.isnan(ap).any()

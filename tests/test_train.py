@@ -1,0 +1,174 @@
+"""train.py end to end on CPU: run folder, resume after kill -9, 2-process DDP, NaN stop, errors.
+
+Each run trains a small CLEWS for 1-2 epochs on a generated corpus, as a real subprocess."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import data_preproc
+from lib import synth
+from lib.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "conf=config/demo-clews.yaml",
+    "fabric.accelerator=cpu",
+    "data.audiolen=10",
+    "data.nworkers=1",
+    "training.batchsize=4",
+    "model.shingling.len=5",
+    "model.shingling.hop=5",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    audio = root / "audio"
+    synth.make_corpus(str(audio), works=10, versions=4, seconds=14, seed=1, formats=("wav",))
+    meta = root / "meta.pt"
+    args = ["--dataset=folder", f"--path_audio={audio}", "--ext_in=wav", f"--fn_out={meta}"]
+    assert data_preproc.main(args + ["--split=0.6,0.4,0", "--njobs=1"]) == 0
+    return root
+
+
+def train_cmd(corpus, logs, job, *extra):
+    paths = [
+        f"path.audio={corpus / 'audio'}",
+        f"path.meta={corpus / 'meta.pt'}",
+        f"path.logs={logs}",
+    ]
+    return [sys.executable, "train.py", f"jobname={job}", *SMALL, *paths, *extra]
+
+
+def run(cmd, env=None):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_two_epochs_write_the_run_folder(corpus, tmp_path):
+    result = run(
+        train_cmd(corpus, tmp_path, "demo", "training.numepochs=2", "training.save_freq=1")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "demo"
+    names = {p.name for p in folder.iterdir()}
+    assert {"configuration.yaml", "checkpoint_last.ckpt", "checkpoint_best.ckpt"} <= names
+    assert {"checkpoint_epoch1.ckpt", "checkpoint_epoch2.ckpt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    state = load_checkpoint(folder / "checkpoint_last.ckpt")
+    assert state["epoch"] == 2 and set(state) >= {
+        "model",
+        "optim",
+        "sched",
+        "conf",
+        "lr",
+        "cost_best",
+    }
+    assert 0 < state["cost_best"] <= 1  # best validation MAP
+    assert state["conf"].data.audiolen == 10
+    assert "Epoch 2/2" in result.stdout and "m_MAP" in result.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    tags = set(events.Tags()["scalars"])
+    want = {"hpar/epoch", "hpar/lr", "valid/m_MAP", "valid/m_MR1", "valid/m_ARP", "valid/m_COMP"}
+    want |= {
+        f"{s}/{k}"
+        for s in ("train", "valid")
+        for k in ("l_main", "l_cent", "l_cont", "v_dpos", "v_dneg", "v_zmax", "v_zmean", "v_zstd")
+    }
+    assert want <= tags
+    maps = [e.value for e in events.Scalars("valid/m_MAP")]
+    assert len(maps) == 2 and all(np.isfinite(maps))
+
+
+def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
+    straight = run(train_cmd(corpus, tmp_path, "straight", "training.numepochs=2"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    cmd = train_cmd(corpus, tmp_path, "killed", "training.numepochs=2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = tmp_path / "killed" / "checkpoint_last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # during epoch 2
+    proc.wait()
+    assert load_checkpoint(last)["epoch"] == 1
+    resumed = run(cmd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed after epoch 1" in resumed.stdout
+    a, b = weights(tmp_path / "straight" / "checkpoint_last.ckpt"), weights(last)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_process_ddp_on_cpu_partitions_the_training_set(corpus, tmp_path):
+    items = tmp_path / "items"
+    result = run(
+        train_cmd(corpus, tmp_path, "ddp", "training.numepochs=2", "fabric.devices=2"),
+        env={"CLEWS_LOG_ITEMS": str(items)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint_last.ckpt")["epoch"] == 2
+    rank0 = (items / "items_rank0.txt").read_text().splitlines()
+    rank1 = (items / "items_rank1.txt").read_text().splitlines()
+    assert len(rank0) == len(rank1) == 2
+    for epoch in range(2):
+        a, b = set(map(int, rank0[epoch].split())), set(map(int, rank1[epoch].split()))
+        assert a and b and not (a & b)  # disjoint shards of the same permutation
+        assert len(a) == len(b) == 12  # 24 training versions, 2 ranks, batches of 4 -> 3 x 4 each
+    assert rank0[0] != rank0[1]  # reshuffled every epoch
+
+
+def test_nan_stops_with_error_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    # train one good epoch on a copy of the corpus, then poison one training file with NaNs
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    first = run(train_cmd(data, tmp_path, "nan", "training.numepochs=1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "nan" / "checkpoint_last.ckpt"
+    before = last.read_bytes()
+    meta = torch.load(data / "meta.pt", weights_only=True)
+    for clique, keys in meta["split"]["train"].items():
+        for key in keys:
+            path = data / "audio" / meta["info"][key]["filename"]
+            x, sr = sf.read(path, dtype="float32")
+            sf.write(path, np.full_like(x, np.nan), sr, subtype="FLOAT")
+    again = run(train_cmd(data, tmp_path, "nan", "training.numepochs=3"))
+    assert again.returncode == 1
+    assert "NaN or inf" in again.stdout
+    assert last.read_bytes() == before and load_checkpoint(last)["epoch"] == 1
+
+
+def test_usage_errors_are_one_line_and_nonzero(corpus, tmp_path):
+    typo = run(train_cmd(corpus, tmp_path, "typo", "training.batchsze=2"))
+    assert typo.returncode == 2
+    assert "did you mean 'training.batchsize'" in typo.stderr
+    missing = run(train_cmd(corpus, tmp_path, "missing", f"path.meta={tmp_path / 'nope.pt'}"))
+    assert missing.returncode == 1 and "nope.pt: metadata file not found" in missing.stderr
+    big = run(train_cmd(corpus, tmp_path, "big", "training.batchsize=64"))
+    assert big.returncode == 1 and "lower training.batchsize" in big.stderr
+    other = run(train_cmd(corpus, tmp_path, "straight2", "training.numepochs=1"))
+    assert other.returncode == 0
+    changed = run(train_cmd(corpus, tmp_path, "straight2", "training.numepochs=2", "model.zdim=32"))
+    assert changed.returncode == 1 and "model.zdim: 64 -> 32" in changed.stderr
