@@ -239,6 +239,13 @@ def main(argv):
     min_lr = conf.training.optim.get("min_lr")
     save_freq = conf.training.get("save_freq")
 
+    if kind != "resume":  # the untrained (or pre-trained) model's scores, logged as epoch 0
+        training.seed_epoch(conf.seed, -1, fabric.global_rank)
+        baseline = mean_over_ranks(fabric, valid_epoch(fabric, model, net, valid_loader, conf))
+        fabric.log_dict({f"valid/{k}": v for k, v in baseline.items()}, step=0)
+        text = ",  ".join(f"{k} = {baseline[k]:.3f}" for k in ("l_main",) + training.METRIC_KEYS)
+        printer(f"[{time.strftime('%H:%M:%S')}] Epoch 0/{epochs}:  {text}  (before training)")
+
     while epoch < epochs:
         start = time.time()
         training.seed_epoch(conf.seed, epoch, fabric.global_rank)
