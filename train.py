@@ -114,7 +114,7 @@ def all_finite(fabric, value):
     return bool(fabric.all_reduce(flag, reduce_op="min").item() > 0)
 
 
-def train_epoch(fabric, model, net, optim, augment, loader, conf, printer):
+def train_epoch(fabric, model, net, optim, augment, loader, conf):
     model.train()
     sums, count = {}, 0
     limit = conf.get("limit_batches")
@@ -218,19 +218,17 @@ def main(argv):
     sched, on_metric = get_scheduler(conf.training.optim, optim, epochs, mode=mode)
     epoch, cost_best = 0, (-math.inf if mode == "max" else math.inf)
 
-    kind, state = training.find_start_state(conf, paths["last"])
+    kind, state, source = training.find_start_state(conf, paths["last"])
     if kind == "resume":
-        training.check_model_section(
-            conf.checkpoint or paths["last"], state["conf"].model, conf.model
-        )
+        training.check_model_section(source, state["conf"].model, conf.model)
         load_model_state(net, state)
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         epoch, cost_best = int(state["epoch"]), float(state["cost_best"])
         printer(f"Resumed after epoch {epoch} (best {monitor} = {cost_best:.4f})")
     elif kind == "finetune":
-        load_model_state(net, state, source=conf.checkpoint)
-        printer(f"Fine-tuning from the weights in {conf.checkpoint}")
+        load_model_state(net, state, source=source)
+        printer(f"Fine-tuning from the weights in {source}")
 
     model, optim = fabric.setup(net, optim)
     model.mark_forward_method("embed")
@@ -252,9 +250,7 @@ def main(argv):
         sampler.set_epoch(epoch)
         lr = optim.param_groups[0]["lr"]
         try:
-            train_logs = train_epoch(
-                fabric, model, net, optim, augment, train_loader, conf, printer
-            )
+            train_logs = train_epoch(fabric, model, net, optim, augment, train_loader, conf)
         except NonFiniteLoss as err:
             printer(f"NaN or inf reached ({err}). Stop; the last good checkpoint is kept.")
             return 1

@@ -102,14 +102,12 @@ def _flatten(tree, prefix=""):
 
 
 def find_start_state(conf, last_path):
-    """What to start from: (kind, state) with kind "resume" (full state: continue that run),
+    """What to start from: (kind, state, path) with kind "resume" (full state: continue that run),
     "finetune" (weights only) or "scratch". The run's own last checkpoint wins over
     ``checkpoint=``, so restarting an interrupted fine-tune continues it."""
     if os.path.isfile(last_path):
-        return "resume", load_checkpoint(last_path)
+        return "resume", load_checkpoint(last_path), last_path
     if conf.get("checkpoint"):
         state = load_checkpoint(conf.checkpoint)
-        if set(state) == {"model"}:
-            return "finetune", state
-        return "resume", state
-    return "scratch", None
+        return ("finetune" if set(state) == {"model"} else "resume"), state, conf.checkpoint
+    return "scratch", None, None
