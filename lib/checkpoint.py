@@ -23,7 +23,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
-STATE_KEYS = ("model", "optim", "sched", "conf", "epoch", "lr", "cost_best")
 # wrappers that DDP / Fabric / torch.compile put in front of parameter names
 WRAPPER_PREFIXES = ("module.", "_forward_module.", "_orig_mod.")
 PICKLE_OPCODES = {op.code for op in pickletools.opcodes}

@@ -57,7 +57,7 @@ class Dataset(torch.utils.data.Dataset):
             raise DatasetError(f"{meta_path}: split '{split}' has no cliques")
         self.cliques = {c: [self._full_key(c, v) for v in vs] for c, vs in cliques.items()}
         if checks:
-            self._check(meta_path, splits)
+            self._check(meta_path)
 
         order = list(SPLITS)
         offset = sum(len(splits[s]) for s in order[: order.index(split)])
@@ -78,7 +78,7 @@ class Dataset(torch.utils.data.Dataset):
         prefixed = f"{clique}:{version}"
         return prefixed if prefixed in self.info else version
 
-    def _check(self, meta_path, splits):
+    def _check(self, meta_path):
         problems = []
         for clique, keys in self.cliques.items():
             unknown = [k for k in keys if k not in self.info]

@@ -440,23 +440,3 @@ def load_metadata(path):
     if not isinstance(info, dict) or not isinstance(splits, dict):
         raise DatasetError(f"{path}: 'info' and 'split' must be dicts")
     return info, splits
-
-
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "CHECK_MODES",
-    "DATASETS",
-    "DatasetError",
-    "Parsed",
-    "SPLITS",
-    "check_all",
-    "check_audio",
-    "clean_extension",
-    "filter_splits",
-    "load_metadata",
-    "parse_folder",
-    "report_path",
-    "save_metadata",
-    "split_counts",
-    "write_report",
-]
