@@ -191,6 +191,11 @@ def mean_over_ranks(fabric, logs):
     return dict(zip(keys, values.tolist()))
 
 
+def report_scores(scores):
+    """'key = value' pairs of an epoch's report line, in sorted key order."""
+    return ",  ".join(f"{k} = {v:.3f}" for k, v in sorted(scores.items()))
+
+
 def main(argv):
     conf = load_config(argv)
     conf.data.path = conf.path
@@ -237,69 +242,78 @@ def main(argv):
     min_lr = conf.training.optim.get("min_lr")
     save_freq = conf.training.get("save_freq")
 
-    if kind != "resume":  # the untrained (or pre-trained) model's scores, logged as epoch 0
-        training.seed_epoch(conf.seed, -1, fabric.global_rank)
-        baseline = mean_over_ranks(fabric, valid_epoch(fabric, model, net, valid_loader, conf))
-        fabric.log_dict({f"valid/{k}": v for k, v in baseline.items()}, step=0)
-        text = ",  ".join(f"{k} = {baseline[k]:.3f}" for k in ("l_main",) + training.METRIC_KEYS)
-        printer(f"[{time.strftime('%H:%M:%S')}] Epoch 0/{epochs}:  {text}  (before training)")
+    try:
+        if kind != "resume":  # the untrained (or pre-trained) model's scores, logged as epoch 0
+            training.seed_epoch(conf.seed, -1, fabric.global_rank)
+            baseline = mean_over_ranks(fabric, valid_epoch(fabric, model, net, valid_loader, conf))
+            fabric.log_dict({f"valid/{k}": v for k, v in baseline.items()}, step=0)
+            text = report_scores({k: baseline[k] for k in ("l_main",) + training.METRIC_KEYS})
+            printer(f"[{time.strftime('%H:%M:%S')}] Epoch 0/{epochs}:  {text}  (before training)")
 
-    while epoch < epochs:
-        start = time.time()
-        training.seed_epoch(conf.seed, epoch, fabric.global_rank)
-        sampler.set_epoch(epoch)
-        lr = optim.param_groups[0]["lr"]
-        try:
-            train_logs = train_epoch(fabric, model, net, optim, augment, train_loader, conf)
-        except NonFiniteLoss as err:
-            printer(f"NaN or inf reached ({err}). Stop; the last good checkpoint is kept.")
-            return 1
-        valid_logs = valid_epoch(fabric, model, net, valid_loader, conf)
-        train_logs = mean_over_ranks(fabric, train_logs)
-        valid_logs = mean_over_ranks(fabric, valid_logs)
-        if not all(math.isfinite(v) for v in list(train_logs.values()) + list(valid_logs.values())):
-            printer("NaN or inf in the epoch's averages. Stop; the last good checkpoint is kept.")
-            return 1
-        value = valid_logs[monitor]
-        improved = value > cost_best if mode == "max" else value < cost_best
-        cost_best = value if improved else cost_best
-        sched.step(value) if on_metric else sched.step()
-        new_lr = optim.param_groups[0]["lr"]
-        epoch += 1
-        state = {
-            "model": net.state_dict(),
-            "optim": optim.state_dict(),
-            "sched": sched.state_dict(),
-            "conf": conf,
-            "epoch": epoch,
-            "lr": new_lr,
-            "cost_best": cost_best,
-        }
-        if fabric.is_global_zero:
-            save_checkpoint(state, paths["last"])
-            if improved:
-                save_checkpoint(state, paths["best"])
-            if save_freq and epoch % int(save_freq) == 0:
-                save_checkpoint(state, os.path.join(log_dir, f"checkpoint_epoch{epoch}.ckpt"))
-        fabric.barrier()
-        scalars = {"hpar/epoch": epoch, "hpar/lr": lr}
-        scalars.update({f"train/{k}": v for k, v in train_logs.items()})
-        scalars.update({f"valid/{k}": v for k, v in valid_logs.items()})
-        fabric.log_dict(scalars, step=epoch)
-        report = {"l_main": valid_logs["l_main"], "l_main_t": train_logs["l_main"]}
-        report.update({k: valid_logs[k] for k in training.METRIC_KEYS})
-        text = ",  ".join(f"{k} = {v:.3f}" for k, v in sorted(report.items()))
-        width = len(str(epochs))
-        line = f"[{time.strftime('%H:%M:%S')}] Epoch {epoch:>{width}}/{epochs}:  {text}"
-        line += f"  ({time.time() - start:.0f} s)"
-        if new_lr != lr:
-            line += f"  (lr={new_lr:.1e})"
-        printer(line + ("  *" if improved else ""))
-        if min_lr is not None and new_lr < float(min_lr):
-            printer("Min lr reached. Stop.")
-            break
-    printer("Done.")
-    return 0
+        while epoch < epochs:
+            start = time.time()
+            training.seed_epoch(conf.seed, epoch, fabric.global_rank)
+            sampler.set_epoch(epoch)
+            lr = optim.param_groups[0]["lr"]
+            try:
+                train_logs = train_epoch(fabric, model, net, optim, augment, train_loader, conf)
+            except NonFiniteLoss as err:
+                printer(f"NaN or inf reached ({err}). Stop; the last good checkpoint is kept.")
+                return 1
+            valid_logs = valid_epoch(fabric, model, net, valid_loader, conf)
+            train_logs = mean_over_ranks(fabric, train_logs)
+            valid_logs = mean_over_ranks(fabric, valid_logs)
+            if not all(
+                math.isfinite(v) for v in list(train_logs.values()) + list(valid_logs.values())
+            ):
+                printer(
+                    "NaN or inf in the epoch's averages. Stop; the last good checkpoint is kept."
+                )
+                return 1
+            value = valid_logs[monitor]
+            improved = value > cost_best if mode == "max" else value < cost_best
+            cost_best = value if improved else cost_best
+            sched.step(value) if on_metric else sched.step()
+            new_lr = optim.param_groups[0]["lr"]
+            epoch += 1
+            state = {
+                "model": net.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "conf": conf,
+                "epoch": epoch,
+                "lr": new_lr,
+                "cost_best": cost_best,
+            }
+            if fabric.is_global_zero:
+                save_checkpoint(state, paths["last"])
+                if improved:
+                    save_checkpoint(state, paths["best"])
+                if save_freq and epoch % int(save_freq) == 0:
+                    save_checkpoint(state, os.path.join(log_dir, f"checkpoint_epoch{epoch}.ckpt"))
+            fabric.barrier()
+            scalars = {"hpar/epoch": epoch, "hpar/lr": lr}
+            scalars.update({f"train/{k}": v for k, v in train_logs.items()})
+            scalars.update({f"valid/{k}": v for k, v in valid_logs.items()})
+            fabric.log_dict(scalars, step=epoch)
+            scores = {"l_main": valid_logs["l_main"], "l_main_t": train_logs["l_main"]}
+            scores.update({k: valid_logs[k] for k in training.METRIC_KEYS})
+            text = report_scores(scores)
+            width = len(str(epochs))
+            line = f"[{time.strftime('%H:%M:%S')}] Epoch {epoch:>{width}}/{epochs}:  {text}"
+            line += f"  ({time.time() - start:.0f} s)"
+            if new_lr != lr:
+                line += f"  (lr={new_lr:.1e})"
+            printer(line + ("  *" if improved else ""))
+            if min_lr is not None and new_lr < float(min_lr):
+                printer("Min lr reached. Stop.")
+                break
+        printer("Done.")
+        return 0
+    finally:
+        # TensorBoard writes asynchronously: flush the last epoch's scalars before exiting
+        for logger in fabric.loggers:
+            logger.finalize("success")
 
 
 if __name__ == "__main__":
