@@ -123,9 +123,6 @@ def aggregate(per_query):
     return out
 
 
-MAX_PAIR_ELEMENTS = 2**24  # bound on Bq * Bc * Sq * Sc per model.distances call
-
-
 @torch.inference_mode()
 def compute(
     model,
@@ -140,41 +137,42 @@ def compute(
     redux_strategy=None,
     batch_size_candidates=None,
 ):
-    """Per-query AP, rank of the first relevant candidate and ARP (the original's entry point).
+    """Per-query AP, rank of the first relevant candidate and ARP (the original's entry point),
+    computed by the retrieval engine (``lib.retrieval``).
 
     Args:
-        model: anything with ``distances(q, c, qmask, cmask, redux_strategy)``.
+        model: a model of ``models/`` (its ``segment_metric`` selects the matrix-product path,
+            otherwise its ``distances(q, c, qmask, cmask, redux_strategy)`` is used).
         queries_c / candidates_c: clique ids (Q,) / (C,); relevant = same clique.
         queries_i / candidates_i: song ids; a candidate with the query's song id is excluded.
-        queries_z / candidates_z: segment embeddings (Q, Sq, D) / (C, Sc, D).
+        queries_z / candidates_z: segment embeddings (Q, Sq, D) / (C, Sc, D), on the device
+            where the distances are computed.
         queries_m / candidates_m: optional bool masks (Q, Sq) / (C, Sc), True = invalid segment.
-        batch_size_candidates: candidates per distance call (default: memory-bounded).
+        redux_strategy: segment-distance reduction (None = the model's default).
+        batch_size_candidates: most candidates per block (default: bounded by memory).
 
     Returns (AP, R1, ARP) float64 tensors of shape (Q,); NaN for a query with no relevant one.
     """
+    from lib import retrieval  # the engine builds on the metrics above
+
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    nq, sq = queries_z.shape[:2]
-    nc, sc = candidates_z.shape[:2]
-    if batch_size_candidates is None:
-        batch_size_candidates = max(1, MAX_PAIR_ELEMENTS // max(1, sq * sc * min(nq, 64)))
-    qchunk = max(1, MAX_PAIR_ELEMENTS // max(1, sq * sc * min(nc, batch_size_candidates)))
-    dist = torch.empty(nq, nc, dtype=torch.float32)
-    for q0 in range(0, nq, qchunk):
-        q = slice(q0, q0 + qchunk)
-        for c0 in range(0, nc, batch_size_candidates):
-            c = slice(c0, c0 + batch_size_candidates)
-            dist[q, c] = model.distances(
-                queries_z[q].float(),
-                candidates_z[c].float(),
-                None if queries_m is None else queries_m[q],
-                None if candidates_m is None else candidates_m[c],
-                redux_strategy=redux_strategy,
-            ).cpu()
-    ismatch = queries_c.cpu()[:, None] == candidates_c.cpu()[None, :]
-    exclude = queries_i.cpu()[:, None] == candidates_i.cpu()[None, :]
-    per_query = query_metrics(dist, ismatch, exclude, ks=())
-    if was_training and hasattr(model, "train"):
-        model.train()
+    queries = retrieval.Embeddings(queries_c.cpu(), queries_i.cpu(), queries_z, queries_m)
+    candidates = retrieval.Embeddings(
+        candidates_c.cpu(), candidates_i.cpu(), candidates_z, candidates_m
+    )
+    try:
+        _, per_query, _, _ = retrieval.evaluate(
+            model,
+            queries,
+            candidates,
+            redux=redux_strategy,
+            device=queries_z.device,
+            ks=(),
+            max_candidates=batch_size_candidates,
+        )
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
     return per_query["AP"], per_query["R1"], per_query["ARP"]

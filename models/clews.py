@@ -17,6 +17,8 @@ LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 
 
 
 class Model(nn.Module):
+    segment_metric = "nsqeuc"  # segment distances; lets the retrieval engine use matrix products
+
     def __init__(self, conf, sr=16000, eps=1e-6):
         super().__init__()
         self.conf = conf if isinstance(conf, DictConfig) else OmegaConf.create(conf)
