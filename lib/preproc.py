@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError, get_info, load_audio
 from lib.checkpoint import atomic_torch_save, safe_torch_load
+from lib.filters import DOMAINS
 
 SPLITS = ("train", "valid", "test")
 CHECK_MODES = ("quick", "full")
@@ -43,7 +44,8 @@ class Parsed:
     splits: dict = field(default_factory=lambda: {s: {} for s in SPLITS})
     rejected: list = field(default_factory=list)  # (split, clique, key, filename, reason)
 
-    def add(self, split, clique, key, version, filename, artist=None, title=None):
+    def add(self, split, clique, key, version, filename, artist=None, title=None, extra=None):
+        """``extra``: further metadata kept with the song (e.g. the fork's filter domains)."""
         if key not in self.info:
             self.info[key] = {
                 "id": len(self.info),
@@ -52,6 +54,7 @@ class Parsed:
                 "artist": artist,
                 "title": title,
                 "filename": filename,
+                **(extra or {}),
             }
         versions = self.splits[split].setdefault(str(clique), [])
         if key not in versions:
@@ -157,7 +160,10 @@ def _read_sidecar(path):
 
 
 def _parse_discogs_json(files, path_audio, ext):
-    """Discogs-VI / DVI2 JSON splits: {clique: [{"version_id", "youtube_id", "track_title"}]}."""
+    """Discogs-VI / DVI2 JSON splits: {clique: [{"version_id", "youtube_id", "track_title"}]}.
+
+    The cross-domain fields of richer releases (release styles/genres, YouTube tags, the dvi
+    flag) are kept in the song's info when present, for test.py's filters."""
     parsed = Parsed()
     for split, path in files.items():
         for clique, versions in _load_json(path).items():
@@ -196,6 +202,7 @@ def _parse_discogs_json(files, path_audio, ext):
                     filename,
                     artist=sidecar.get("artist"),
                     title=title,
+                    extra={d: item[d] for d in DOMAINS if d in item},
                 )
     return parsed
 

@@ -71,7 +71,13 @@ def make_dvi2(root, ext="m4a", valid_name="valid"):
         },
         "test": {
             "C-0000005": [
-                {"version_id": "V-11", "youtube_id": "jjJJ11", "track_title": "Five"},
+                {
+                    "version_id": "V-11",
+                    "youtube_id": "jjJJ11",
+                    "track_title": "Five",
+                    "release_genres": {"discogs": {"Rock": 1}},
+                    "dvi": True,
+                },
                 {
                     "version_id": "V-12",
                     "youtube_id": "JkKK12",
@@ -133,6 +139,9 @@ def test_dvi2(tmp_path, njobs):
         and info["C-0000001:V-2"]["artist"] is None
     )
     assert info["C-0000005:V-12"]["filename"] == "jk/JkKK12.m4a"
+    # cross-domain fields of richer releases are kept for test.py's filters
+    assert info["C-0000005:V-11"]["release_genres"] == {"discogs": {"Rock": 1}}
+    assert info["C-0000005:V-11"]["dvi"] is True and "dvi" not in info["C-0000005:V-12"]
     assert len({s["id"] for s in info.values()}) == len(info)
     reasons = {row["key"]: row["reason"] for row in read_report(fn_out)}
     assert reasons["C-0000001:V-3"].startswith("undecodable")
