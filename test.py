@@ -1,9 +1,425 @@
-"""Entry point reserved by the project layout; it is built in issue #5 (Evaluation).
+"""Evaluate a checkpoint: every track of a partition queries all the others.
 
-Until then it refuses to run (exit status 1) instead of pretending to work.
+    python test.py checkpoint=logs/shs-clews/checkpoint_best.ckpt redux=bpwr-10
+    python test.py checkpoint=... qslen=-1 cslen=-1                    # track level: one
+                                                                       # embedding per track
+    python test.py checkpoint=... qslen=20 qshop=5 cslen=20 cshop=5     # 20 s windows
+    python test.py checkpoint=... qslen=[10,20,30] qshop=1000          # one window of 10, 20,
+                                                                       # 30 s per query
+    python test.py checkpoint=... qfilter="release_genres:Rock" cfilter="dvi:True"
+
+Arguments are ``key=value`` (see ARGUMENTS). Window lengths and hops are in seconds; None takes
+the model's training shingle; a length <= 0 means one embedding for the whole track. Embeddings
+are cached under ``cache_dir`` keyed by the checkpoint's content and the extraction settings, so
+evaluating again with another reduction or filter skips extraction. Results go to
+``<checkpoint folder>/results/<jobname>/<eval name>/`` (or ``out=``): results.json,
+per_query.csv and, with several query lengths, map_vs_query_length.png.
+
+Exit status: 0 done, 1 bad data / checkpoint / audio, 2 bad arguments.
 """
 
+import csv
+import hashlib
+import importlib
+import json
+import math
+import os
+import re
 import sys
+import time
+import warnings
+from datetime import timedelta
+
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.strategies import DDPStrategy
+from omegaconf import OmegaConf
+
+from lib import eval as evaluation
+from lib import retrieval, training
+from lib.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from lib.config import ACCELERATORS, ConfigError, _check_known, all_keys, load_yaml, parse_overrides
+from lib.dataset import Dataset
+from lib.extract import ExtractionError, embeddings_for, file_digest, settings_for, tracks_digest
+from lib.filters import DomainIndex, FilterError
+from lib.preproc import DatasetError
+from lib.tensor_ops import parse_redux
+
+ARGUMENTS = {
+    "checkpoint": None,  # required
+    "conf": None,  # YAML of the model; default: configuration.yaml beside the checkpoint
+    "jobname": None,  # names the results folder (default "test")
+    "fabric": {"nnodes": 1, "ngpus": 1, "accelerator": "auto"},
+    "path_audio": None,
+    "path_meta": None,
+    "partition": "test",
+    "limit_num": None,  # first N cliques of the partition
+    "maxlen": 600,  # seconds of each track used
+    "redux": None,  # segment-distance reduction; None = the model's
+    "qslen": None,  # query window length (s), or a list of lengths
+    "qshop": None,
+    "cslen": None,
+    "cshop": None,
+    "qfilter": None,
+    "cfilter": None,
+    "cache_dir": "cache/embeddings",
+    "out": None,
+    "nworkers": None,  # audio decoding processes; default the config's data.nworkers
+    "max_elements": retrieval.DEFAULT_MAX_ELEMENTS,
+}
+SHORTCUTS = {"accelerator": "fabric.accelerator"}
+METRIC_FORMATS = {"ARP": "5.2f", "MAP": "5.3f", "MR1": "7.1f", "MRR": "5.3f"}
+
+
+def parse_args(argv):
+    overrides = parse_overrides(argv)
+    overrides = {SHORTCUTS.get(k, k): v for k, v in overrides.items()}
+    args = OmegaConf.create(ARGUMENTS)
+    known = all_keys(args)
+    for key in overrides:
+        _check_known(key, known)
+    for key, value in overrides.items():
+        OmegaConf.update(args, key, value, merge=False)
+    if not args.checkpoint:
+        raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
+    if str(args.fabric.accelerator) not in ACCELERATORS:
+        raise ConfigError(f"accelerator={args.fabric.accelerator!r} is not one of {ACCELERATORS}")
+    if args.redux is not None:
+        try:
+            parse_redux(str(args.redux))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return args
+
+
+USAGE = (
+    "python test.py checkpoint=PATH [conf=YAML] [redux=bpwr-10] [qslen=20 qshop=5] [key=value ...]"
+)
+
+
+def model_config(args, state):
+    """The run's config: conf=, else configuration.yaml beside the checkpoint, else the one
+    stored in the checkpoint; path_audio / path_meta override its paths."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "configuration.yaml")
+    if args.conf:
+        conf, source = load_yaml(args.conf), args.conf
+    elif os.path.isfile(beside):
+        conf, source = load_yaml(beside), beside
+    elif state.get("conf") is not None:
+        conf, source = OmegaConf.create(state["conf"]), f"{args.checkpoint} (stored config)"
+    else:
+        raise ConfigError(f"{args.checkpoint}: no conf= given, no {beside} and no stored config")
+    for key in ("model", "data", "path"):
+        if key not in conf:
+            raise ConfigError(f"{source}: no '{key}' section")
+    if args.path_audio:
+        conf.path.audio = args.path_audio
+    if args.path_meta:
+        conf.path.meta = args.path_meta
+    conf.data.path = conf.path
+    return conf, source
+
+
+def make_fabric(args):
+    world = int(args.fabric.ngpus) * int(args.fabric.nnodes)
+    strategy = DDPStrategy(timeout=timedelta(minutes=60)) if world > 1 else "auto"
+    fabric = Fabric(
+        accelerator=str(args.fabric.accelerator),
+        devices=int(args.fabric.ngpus),
+        num_nodes=int(args.fabric.nnodes),
+        strategy=strategy,
+        precision="32-true",
+    )
+    fabric.launch()
+    return fabric
+
+
+def as_list(value):
+    if value is None or not OmegaConf.is_list(value) and not isinstance(value, list):
+        return [value]
+    values = list(value)
+    if not values:
+        raise ConfigError("an empty list of window lengths")
+    return values
+
+
+def eval_name(qfilter, cfilter):
+    if not qfilter and not cfilter:
+        return "overall"
+    name = f"{qfilter or 'all'}-to-{cfilter or 'all'}"
+    safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_")
+    if len(safe) > 80 or safe != name:
+        safe = f"{safe[:60]}-{short_hash(name)}"
+    return safe
+
+
+def short_hash(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+###################################################################################################
+
+
+def gather_results(fabric, index, per_query, nrel, ncand):
+    """Every process's per-query rows on every process, in query order."""
+    device = fabric.device
+    index = training.gather_rows(fabric, index.to(device)).cpu()
+    order = index.argsort()
+    out = {}
+    for key, values in per_query.items():
+        out[key] = training.gather_rows(fabric, values.to(device)).cpu()[order]
+    nrel = training.gather_rows(fabric, nrel.to(device)).cpu()[order]
+    ncand = training.gather_rows(fabric, ncand.to(device)).cpu()[order]
+    return index[order], out, nrel, ncand
+
+
+def result_block(title, summary):
+    names = ["ARP", "MAP", "MR1", "MRR", "P@1", "P@10"]
+    fmt = {n: METRIC_FORMATS.get(n, "5.3f") for n in names}
+    avg = ",  ".join(f"{n} = {summary[n][0]:{fmt[n]}}" for n in names)
+    ci = ",  ".join(f"{n} = {summary[n][1]:{fmt[n]}}" for n in names)
+    stats = (
+        f"  Stats: {summary['n_queries']:,} queries, {summary['n_candidates']:,} candidates, "
+        f"{summary['n_no_relevant']:,} queries without a relevant candidate (left out)"
+    )
+    line = "=" * 100
+    return f"{line}\n{title}\n  Avg --> {avg}\n  c.i. -> {ci}\n{stats}\n{line}"
+
+
+def write_outputs(folder, runs, settings):
+    os.makedirs(folder, exist_ok=True)
+    results = {"settings": settings, "runs": []}
+    for run in runs:
+        summary = run["summary"]
+        entry = {"query": run["query"], "candidate": run["candidate"], "redux": run["redux"]}
+        for key, value in summary.items():
+            if isinstance(value, tuple):
+                entry[key] = {"mean": _num(value[0]), "ci95": _num(value[1])}
+            else:
+                entry[key] = value
+        results["runs"].append(entry)
+    _atomic_write(os.path.join(folder, "results.json"), json.dumps(results, indent=1))
+    rows = []
+    header = [
+        "qslen",
+        "qshop",
+        "query",
+        "song_id",
+        "clique",
+        "AP",
+        "R1",
+        "ARP",
+        "RR",
+        "P@1",
+        "P@10",
+        "n_candidates",
+        "n_relevant",
+    ]
+    for run in runs:
+        pq = run["per_query"]
+        for i in range(len(run["song_ids"])):
+            rows.append(
+                [
+                    run["query"]["slen"],
+                    run["query"]["shop"],
+                    int(run["index"][i]),
+                    int(run["song_ids"][i]),
+                    int(run["cliques"][i]),
+                ]
+                + [_num(pq[k][i].item()) for k in ("AP", "R1", "ARP", "RR", "P@1", "P@10")]
+                + [int(run["ncand"][i]), int(run["nrel"][i])]
+            )
+    tmp = os.path.join(folder, ".per_query.csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(folder, "per_query.csv"))
+    if len(runs) > 1:
+        plot_map_vs_length(os.path.join(folder, "map_vs_query_length.png"), runs)
+
+
+def _num(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def plot_map_vs_length(path, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    lengths = [r["query"]["slen"] if r["query"]["slen"] > 0 else r["query"]["maxlen"] for r in runs]
+    maps = [r["summary"]["MAP"][0] for r in runs]
+    cis = [r["summary"]["MAP"][1] for r in runs]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.errorbar(lengths, maps, yerr=cis, marker="o", capsize=3)
+    ax.set_xlabel("query length (s)")
+    ax.set_ylabel("MAP")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+###################################################################################################
+
+
+def main(argv):
+    # Lightning's all_gather goes through a torch function that warns about its own deprecation
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+    args = parse_args(argv)
+    state = load_checkpoint(args.checkpoint)
+    conf, conf_source = model_config(args, state)
+    fabric = make_fabric(args)
+    printer = fabric.print
+    printer("-" * 65 + "\n" + OmegaConf.to_yaml(args) + "-" * 65)
+
+    torch.backends.cudnn.benchmark = False
+    module = importlib.import_module(f"models.{conf.model.name}")
+    model = module.Model(conf.model, sr=int(conf.data.samplerate))
+    load_model_state(model, state, source=args.checkpoint)
+    model.to(fabric.device).eval()
+    if "epoch" in state:
+        printer(
+            f"  ({state['epoch']} epochs; best was {float(state.get('cost_best', math.nan)):.3f})"
+        )
+    printer(f"Model {conf.model.name} from {args.checkpoint}, config {conf_source}")
+
+    dataset = Dataset(
+        conf.data,
+        str(args.partition),
+        fullsongs=True,
+        checks=True,
+        limit_cliques=args.limit_num,
+        verbose=fabric.is_global_zero,
+    )
+    keys = list(dataset.versions)
+    domains = DomainIndex(dataset.info, keys, source=str(conf.path.meta))
+    qsel = domains.select(args.qfilter) if args.qfilter else None
+    csel = domains.select(args.cfilter) if args.cfilter else None
+    redux = retrieval.default_redux(model) if args.redux is None else str(args.redux)
+    key_parts = {
+        "checkpoint": file_digest(args.checkpoint),
+        "model": OmegaConf.to_container(conf.model, resolve=True),
+        "partition": str(args.partition),
+        "tracks": tracks_digest(dataset, keys),
+    }
+    nworkers = int(conf.data.get("nworkers", 0) if args.nworkers is None else args.nworkers)
+    maxlen = float(args.maxlen)
+    try:
+        candidate_settings = settings_for(model, args.cslen, args.cshop, maxlen)
+        query_settings = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+    def embeddings(settings):
+        return embeddings_for(
+            model,
+            dataset,
+            keys,
+            settings,
+            key_parts,
+            args.cache_dir,
+            fabric,
+            nworkers=nworkers,
+            printer=printer,
+        )
+
+    candidates = embeddings(candidate_settings)
+    if csel is not None:
+        candidates = candidates.subset(torch.from_numpy(csel))
+    name = eval_name(args.qfilter, args.cfilter)
+    runs = []
+    for settings in query_settings:
+        queries = candidates if settings == candidate_settings and csel is None else None
+        if queries is None:
+            queries = embeddings(settings)
+        if qsel is not None:
+            queries = queries.subset(torch.from_numpy(qsel))
+        if len(queries) == 0 or len(candidates) == 0:
+            raise FilterError(
+                f"no {'queries' if len(queries) == 0 else 'candidates'} "
+                f"pass the filter (qfilter={args.qfilter!r}, cfilter={args.cfilter!r})"
+            )
+        start = time.time()
+        index, per_query, nrel, ncand = retrieval.evaluate(
+            model,
+            queries,
+            candidates,
+            redux=redux,
+            device=fabric.device,
+            rank=fabric.global_rank,
+            world=fabric.world_size,
+            max_elements=int(args.max_elements),
+        )
+        index, per_query, nrel, ncand = gather_results(fabric, index, per_query, nrel, ncand)
+        summary = evaluation.aggregate(per_query)
+        summary["n_candidates"] = len(candidates)
+        what = (
+            f"queries: {describe_windows(settings)}; "
+            f"candidates: {describe_windows(candidate_settings)}"
+        )
+        title = f"Result {name} ({what}; redux {redux}; {time.time() - start:.1f} s)"
+        printer(result_block(title, summary))
+        runs.append(
+            {
+                "query": settings,
+                "candidate": candidate_settings,
+                "redux": redux,
+                "summary": summary,
+                "per_query": per_query,
+                "index": index,
+                "nrel": nrel,
+                "ncand": ncand,
+                "song_ids": queries.ids[index],
+                "cliques": queries.cliques[index],
+            }
+        )
+    if fabric.is_global_zero:
+        folder = args.out or os.path.join(
+            os.path.dirname(os.path.abspath(args.checkpoint)),
+            "results",
+            str(args.jobname or "test"),
+            name,
+        )
+        settings = OmegaConf.to_container(args, resolve=True)
+        settings.update(
+            {
+                "redux": redux,
+                "config": conf_source,
+                "metadata": str(conf.path.meta),
+                "eval_name": name,
+                "world_size": fabric.world_size,
+            }
+        )
+        write_outputs(folder, runs, settings)
+        printer(f"Results in {folder}")
+    fabric.barrier()
+    return 0
+
+
+def describe_windows(settings):
+    if settings["slen"] <= 0:
+        return f"whole track (first {settings['maxlen']:g} s)"
+    return f"{settings['slen']:g} s / {settings['shop']:g} s hop, <= {settings['nwin']} windows"
+
 
 if __name__ == "__main__":
-    sys.exit("test.py is not available yet: it is being built in issue #5 (Evaluation).")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, FilterError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (DatasetError, CheckpointError, ExtractionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -57,6 +57,16 @@ class Embeddings:
     def __len__(self):
         return self.z.size(0)
 
+    def trimmed(self):
+        """The same tracks without the trailing windows that are padding in every track. Exact
+        for every reduction: a padding window never takes part, and the default N of bpwr /
+        best stays >= the number of valid windows of any pair."""
+        valid = (~self.mask).any(0).nonzero()
+        keep = int(valid.max()) + 1 if valid.numel() else 1
+        if keep == self.z.size(1):
+            return self
+        return Embeddings(self.cliques, self.ids, self.z[:, :keep], self.mask[:, :keep])
+
     def subset(self, index):
         """The tracks at ``index`` (a slice, or indices / a bool mask on the CPU)."""
         if not isinstance(index, slice):
@@ -283,6 +293,7 @@ def evaluate(
     redux = default_redux(model) if redux is None else redux
     tensor_ops.parse_redux(redux)
     device = torch.device(device)
+    queries, candidates = queries.trimmed(), candidates.trimmed()
     nq, sq = queries.z.shape[:2]
     nc, sc = candidates.z.shape[:2]
     bq, bc = block_sizes(sq, sc, nq, nc, max_elements)

@@ -1,0 +1,383 @@
+"""Segment embeddings of whole tracks for evaluation, and their on-disk cache.
+
+Window settings are in seconds: a window length ``slen`` <= 0 means one embedding for the whole
+track (truncated to ``maxlen``); otherwise windows of ``slen`` every ``shop`` seconds, at most
+``1 + int((maxlen - slen) / shop)`` of them (in samples), the last one completed by repetition
+as the model does. Tracks with fewer windows are padded with masked zero rows.
+
+The cache is one folder per (checkpoint content, model config, window settings, maxlen, track
+list and audio files) under ``cache_dir``: ``z.npy`` (N, S, D) float16, ``mask.npy`` (N, S),
+``cliques.npy``, ``ids.npy`` and ``manifest.json``, written last, naming everything the key was
+made of. Extraction writes per-process shards that are flushed as it goes, so an interrupted
+run continues where it stopped; a cache is only read when its key matches exactly.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib.audio import AudioError, load_audio
+from lib.retrieval import Embeddings
+
+CACHE_VERSION = 1
+FP16_MAX = 65504.0
+FLUSH_EVERY_S = 30.0
+
+
+class ExtractionError(Exception):
+    """A track could not be embedded; the message names it."""
+
+
+###################################################################################################
+# Windows
+###################################################################################################
+
+
+def resolve_windows(model, slen=None, shop=None):
+    """(length, hop) in seconds; None takes the model's training value; a length <= 0 means the
+    whole track and returns (0.0, 0.0)."""
+    model_len, model_hop = model.get_shingle_params()
+    slen = model_len if slen is None else float(slen)
+    if slen <= 0:
+        return 0.0, 0.0
+    shop = model_hop if shop is None else float(shop)
+    if shop <= 0:
+        raise ValueError(f"window hop must be > 0 s when the window length is {slen:g} s")
+    return slen, shop
+
+
+def window_count(maxlen, slen, shop, sr):
+    """Most windows a track of ``maxlen`` seconds gives: 1 + int((maxlen - slen) / shop) in
+    samples (at least 1); 1 for whole-track embeddings (``slen`` <= 0)."""
+    if slen <= 0:
+        return 1
+    mxlen, length, hop = int(maxlen * sr), int(slen * sr), int(shop * sr)
+    if hop < 1:
+        raise ValueError(f"window hop {shop} s is shorter than one sample")
+    return max(1, 1 + (mxlen - length) // hop)
+
+
+@torch.inference_mode()
+def embed_track(model, audio, slen, shop, nwin, device, max_windows=32):
+    """Embeddings (nwin, D) float32 and padding mask (nwin,) of one track ``audio`` (T,) at the
+    model's rate. Windows are embedded ``max_windows`` at a time to bound memory."""
+    sr = model.sr
+    x = audio.to(device)[None]
+    if slen <= 0:
+        seconds = max(x.size(-1), 1) / sr
+        shingles = model.prepare(x, shingle_len=seconds, shingle_hop=seconds)
+    else:
+        shingles = model.prepare(x, shingle_len=slen, shingle_hop=shop)
+    shingles = shingles[:, :nwin]
+    parts = [
+        model.embed(shingles[:, i : i + max_windows].clone())[0][0]
+        for i in range(0, shingles.size(1), max_windows)
+    ]
+    z = torch.cat(parts).float().cpu()
+    out = torch.zeros(nwin, z.size(-1))
+    out[: z.size(0)] = z
+    mask = torch.ones(nwin, dtype=torch.bool)
+    mask[: z.size(0)] = False
+    return out, mask
+
+
+class TrackAudio(torch.utils.data.Dataset):
+    """Full tracks (truncated to ``maxlen`` s) of ``keys``: items (row, audio (T,) or None,
+    error message or None); a decoding error travels back as text to be raised in the main
+    process, naming the file."""
+
+    def __init__(self, dataset, keys, rows, maxlen):
+        self.dataset, self.keys, self.rows, self.maxlen = dataset, keys, rows, maxlen
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        key = self.keys[row]
+        duration = None if self.maxlen is None or self.maxlen <= 0 else float(self.maxlen)
+        try:
+            x = load_audio(self.dataset.filename[key], self.dataset.samplerate, duration=duration)
+        except AudioError as err:
+            return row, None, str(err)
+        return row, torch.from_numpy(x), None
+
+
+###################################################################################################
+# Cache keys
+###################################################################################################
+
+
+def file_digest(path, chunk=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tracks_digest(dataset, keys):
+    """Hash of the track list and of every audio file's size and modification time."""
+    digest = hashlib.sha256()
+    for key in keys:
+        path = dataset.filename[key]
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        info = dataset.info[key]
+        digest.update(f"{key}\t{info['id']}\t{dataset.clique_of[key]}\t{path}\t{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(parts):
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+###################################################################################################
+# Store
+###################################################################################################
+
+
+def load_store(folder, key):
+    """The cached Embeddings in ``folder`` if it is complete and made for ``key``, else None."""
+    manifest_path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        return None
+    try:
+        with open(manifest_path) as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("key") != key or manifest.get("version") != CACHE_VERSION:
+        return None
+    arrays = {}
+    for name in ("cliques", "ids", "z", "mask"):
+        path = os.path.join(folder, f"{name}.npy")
+        try:
+            # copy-on-write map: the (large) embeddings are paged in as blocks need them
+            arrays[name] = np.load(path, mmap_mode="c" if name == "z" else None)
+        except (OSError, ValueError):
+            return None
+    return Embeddings(
+        torch.from_numpy(arrays["cliques"]),
+        torch.from_numpy(arrays["ids"]),
+        torch.from_numpy(arrays["z"]),
+        torch.from_numpy(arrays["mask"]),
+    )
+
+
+def _shard_dir(folder, rank, world):
+    return os.path.join(folder, f"shard-{rank}-of-{world}")
+
+
+def _open_shard(path, nrows, nwin, dim):
+    """Memory-mapped shard arrays, reopened when an earlier run left them (resume)."""
+    os.makedirs(path, exist_ok=True)
+    files = {n: os.path.join(path, f"{n}.npy") for n in ("z", "mask", "done")}
+    shapes = {"z": (nrows, nwin, dim), "mask": (nrows, nwin), "done": (nrows,)}
+    dtypes = {"z": np.float16, "mask": np.bool_, "done": np.bool_}
+    out = {}
+    for name, file in files.items():
+        arr = None
+        if os.path.isfile(file):
+            try:
+                arr = np.lib.format.open_memmap(file, mode="r+")
+            except (OSError, ValueError):
+                arr = None
+            if arr is not None and (arr.shape != shapes[name] or arr.dtype != dtypes[name]):
+                arr = None
+        if arr is None:
+            arr = np.lib.format.open_memmap(file, mode="w+", dtype=dtypes[name], shape=shapes[name])
+            if name == "done":
+                arr[:] = False
+        out[name] = arr
+    if not out["done"].any():
+        out["mask"][:] = True
+    return out
+
+
+def _flush(shard):
+    # embeddings first, then the rows marked done: a crash in between only redoes work
+    shard["z"].flush()
+    shard["mask"].flush()
+    shard["done"].flush()
+
+
+def extract_shard(model, dataset, keys, folder, rank, world, settings, device, nworkers=0):
+    """Embed this process's rows (rank, rank + world, ...) of ``keys`` into its shard of
+    ``folder``, skipping rows an interrupted run already finished."""
+    slen, shop, maxlen, nwin = (
+        settings["slen"],
+        settings["shop"],
+        settings["maxlen"],
+        settings["nwin"],
+    )
+    rows = list(range(rank, len(keys), world))
+    dim = int(model.conf.zdim)
+    shard = _open_shard(_shard_dir(folder, rank, world), len(rows), nwin, dim)
+    local = {row: i for i, row in enumerate(rows)}
+    todo = [row for row in rows if not shard["done"][local[row]]]
+    if not todo:
+        return
+    loader = torch.utils.data.DataLoader(
+        TrackAudio(dataset, keys, todo, maxlen),
+        batch_size=None,
+        num_workers=nworkers,
+        prefetch_factor=4 if nworkers > 0 else None,
+    )
+    last_flush = time.time()
+    bar = tqdm(
+        total=len(rows),
+        initial=len(rows) - len(todo),
+        desc=f"embeddings [{rank}]",
+        disable=rank != 0,
+        unit="track",
+        dynamic_ncols=True,
+    )
+    try:
+        for row, audio, error in loader:
+            if error is not None:
+                raise ExtractionError(error)
+            key = keys[row]
+            try:
+                z, mask = embed_track(model, audio, slen, shop, nwin, device)
+            except torch.OutOfMemoryError as err:
+                raise ExtractionError(
+                    f"{dataset.filename[key]}: out of memory while embedding "
+                    f"({audio.numel() / dataset.samplerate:.0f} s of audio); lower maxlen"
+                ) from err
+            if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > FP16_MAX:
+                raise ExtractionError(
+                    f"{dataset.filename[key]}: the model gave non-finite or fp16-overflowing "
+                    "embeddings for this track"
+                )
+            i = local[row]
+            shard["z"][i] = z.numpy().astype(np.float16)
+            shard["mask"][i] = mask.numpy()
+            shard["done"][i] = True
+            bar.update(1)
+            if time.time() - last_flush > FLUSH_EVERY_S:
+                _flush(shard)
+                last_flush = time.time()
+    finally:
+        _flush(shard)
+        bar.close()
+
+
+def merge_shards(folder, key, keys, dataset, world, manifest_extra):
+    """Rank 0: interleave the shards into the store and write the manifest last."""
+    n = len(keys)
+    shards = [
+        {
+            k: np.load(os.path.join(_shard_dir(folder, r, world), f"{k}.npy"), mmap_mode="r")
+            for k in ("z", "mask", "done")
+        }
+        for r in range(world)
+    ]
+    for r, shard in enumerate(shards):
+        if not shard["done"].all():
+            raise ExtractionError(f"{folder}: shard {r} of {world} is incomplete")
+    nwin, dim = shards[0]["z"].shape[1:]
+    z = np.lib.format.open_memmap(
+        os.path.join(folder, "z.npy"), mode="w+", dtype=np.float16, shape=(n, nwin, dim)
+    )
+    mask = np.zeros((n, nwin), dtype=np.bool_)
+    for r, shard in enumerate(shards):
+        z[r::world] = shard["z"]
+        mask[r::world] = shard["mask"]
+    z.flush()
+    del z
+    np.save(os.path.join(folder, "mask.npy"), mask)
+    cliques = np.array([dataset.clique_id[dataset.clique_of[k]] for k in keys], dtype=np.int64)
+    ids = np.array([dataset.info[k]["id"] for k in keys], dtype=np.int64)
+    np.save(os.path.join(folder, "cliques.npy"), cliques)
+    np.save(os.path.join(folder, "ids.npy"), ids)
+    manifest = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "tracks": n,
+        "windows": int(nwin),
+        "dim": int(dim),
+        **manifest_extra,
+    }
+    tmp = os.path.join(folder, ".manifest.json.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(manifest, handle, indent=1, default=str)
+    os.replace(tmp, os.path.join(folder, "manifest.json"))
+    for r in range(world):
+        shutil.rmtree(_shard_dir(folder, r, world), ignore_errors=True)
+
+
+def embeddings_for(
+    model, dataset, keys, settings, key_parts, cache_dir, fabric, nworkers=0, printer=print
+):
+    """Embeddings of ``keys`` with the window ``settings``, from the cache when it holds exactly
+    these (checkpoint, settings, tracks), else extracted by all processes and cached."""
+    key = cache_key({**key_parts, **settings, "cache_version": CACHE_VERSION})
+    folder = os.path.join(cache_dir, key[:24])
+    store = load_store(folder, key)
+    what = describe(settings)
+    if store is not None:
+        printer(f"Embeddings ({what}): {len(keys):,} tracks from the cache {folder}")
+        return store
+    printer(f"Embeddings ({what}): extracting {len(keys):,} tracks into {folder}")
+    os.makedirs(folder, exist_ok=True)
+    start = time.time()
+    extract_shard(
+        model,
+        dataset,
+        keys,
+        folder,
+        fabric.global_rank,
+        fabric.world_size,
+        settings,
+        fabric.device,
+        nworkers,
+    )
+    fabric.barrier()
+    if fabric.is_global_zero:
+        merge_shards(
+            folder,
+            key,
+            keys,
+            dataset,
+            fabric.world_size,
+            {"settings": settings, "parts": key_parts},
+        )
+    fabric.barrier()
+    store = load_store(folder, key)
+    if store is None:
+        raise ExtractionError(f"{folder}: the embeddings cache could not be written or read")
+    printer(f"  done in {time.time() - start:.0f} s")
+    return store
+
+
+def describe(settings):
+    if settings["slen"] <= 0:
+        return f"whole tracks, maxlen {settings['maxlen']:g} s"
+    return (
+        f"{settings['slen']:g} s windows every {settings['shop']:g} s, "
+        f"up to {settings['nwin']} per track"
+    )
+
+
+def settings_for(model, slen, shop, maxlen):
+    slen, shop = resolve_windows(model, slen, shop)
+    if maxlen is None or maxlen <= 0:
+        raise ValueError(f"maxlen must be > 0 seconds, got {maxlen}")
+    return {
+        "slen": slen,
+        "shop": shop,
+        "maxlen": float(maxlen),
+        "nwin": window_count(maxlen, slen, shop, model.sr),
+        "sr": int(model.sr),
+    }
