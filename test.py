@@ -42,7 +42,7 @@ from lib.config import ACCELERATORS, ConfigError, _check_known, all_keys, load_y
 from lib.dataset import Dataset
 from lib.extract import ExtractionError, embeddings_for, file_digest, settings_for, tracks_digest
 from lib.filters import DomainIndex, FilterError
-from lib.preproc import DatasetError
+from lib.preproc import SPLITS, DatasetError
 from lib.tensor_ops import parse_redux
 
 ARGUMENTS = {
@@ -84,6 +84,8 @@ def parse_args(argv):
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
     if str(args.fabric.accelerator) not in ACCELERATORS:
         raise ConfigError(f"accelerator={args.fabric.accelerator!r} is not one of {ACCELERATORS}")
+    if str(args.partition) not in SPLITS:
+        raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
     if args.redux is not None:
         try:
             parse_redux(str(args.redux))

@@ -1,0 +1,204 @@
+"""test.py end to end on CPU, as real subprocesses, on a CLEWS trained for one epoch on a
+generated corpus: segment and track level, 1 vs 2 processes, the cache, filters, outputs and
+errors. The numbers are checked against the plain definition computed here from the cached
+embeddings."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data_preproc
+from lib import eval as E
+from lib import preproc, synth
+from lib import tensor_ops as T
+from lib.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "conf=config/demo-clews.yaml",
+    "fabric.accelerator=cpu",
+    "data.audiolen=10",
+    "data.nworkers=0",
+    "training.batchsize=4",
+    "model.shingling.len=5",
+    "model.shingling.hop=5",
+    "training.numepochs=1",
+]
+
+
+def run(cmd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    audio = root / "audio"
+    synth.make_corpus(str(audio), works=10, versions=3, seconds=14, seed=3, formats=("wav",))
+    meta = root / "meta.pt"
+    args = ["--dataset=folder", f"--path_audio={audio}", "--ext_in=wav", f"--fn_out={meta}"]
+    assert data_preproc.main(args + ["--split=0.4,0.2,0.4", "--njobs=1"]) == 0
+    # cross-domain labels for the filter tests: every other version is "from DVI"
+    info, splits = preproc.load_metadata(meta)
+    for key, song in info.items():
+        song["dvi"] = song["id"] % 2 == 0
+        song["release_genres"] = ["Rock"] if song["id"] % 3 else ["Hip Hop"]
+    preproc.save_metadata(str(meta), info, splits)
+    paths = [f"path.audio={audio}", f"path.meta={meta}", f"path.logs={root / 'logs'}"]
+    result = run([sys.executable, "train.py", "jobname=demo", *SMALL, *paths])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, root / "logs" / "demo" / "checkpoint_last.ckpt"
+
+
+def evaluate(ckpt, tmp_path, *extra, cache="cache", out="out"):
+    cmd = [sys.executable, "test.py", f"checkpoint={ckpt}", "accelerator=cpu", "nworkers=0"]
+    cmd += [f"cache_dir={tmp_path / cache}", f"out={tmp_path / out}", *extra]
+    return run(cmd)
+
+
+def per_query(folder):
+    with open(folder / "per_query.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def cached(cache):
+    """The one cached embedding set under ``cache``: (cliques, ids, z, mask) tensors."""
+    (folder,) = [p for p in cache.iterdir() if (p / "manifest.json").exists()]
+    arrays = [np.load(folder / f"{n}.npy") for n in ("cliques", "ids", "z", "mask")]
+    return [torch.from_numpy(a) for a in arrays]
+
+
+def definition_aps(cliques, ids, z, mask, redux):
+    """Plain per-query loop: nsqeuc segment distances in float64, distance_tensor_redux, AP.
+
+    Without the definition's 1e-7 tie-breaking noise: after one epoch the distances are ~1e-6,
+    so that noise alone would reorder candidates (the engine breaks ties deterministically)."""
+    z = z.double()
+    aps = []
+    for i in range(len(ids)):
+        dist = T.squared_euclidean(z[i][None, None], z[None]) / z.size(-1)  # (1, N, S, S)
+        pair_mask = mask[i][None, None, :, None] | mask[None, :, None, :]
+        track = T.distance_tensor_redux(dist, redux, mask=pair_mask, eps=0)[0]
+        aps.append(E.average_precision(track, cliques == cliques[i], ids == ids[i]).item())
+    return aps
+
+
+def test_segment_level_same_numbers_with_one_and_two_processes(trained, tmp_path):
+    _, ckpt = trained
+    one = evaluate(ckpt, tmp_path, "redux=bpwr-3", cache="c1", out="o1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = evaluate(ckpt, tmp_path, "redux=bpwr-3", "ngpus=2", cache="c2", out="o2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "extracting 12 tracks" in one.stdout and "extracting 12 tracks" in two.stdout
+    rows1, rows2 = per_query(tmp_path / "o1"), per_query(tmp_path / "o2")
+    assert len(rows1) == 12 and rows1 == rows2  # every query once, identical metrics
+    res1 = json.loads((tmp_path / "o1" / "results.json").read_text())["runs"][0]
+    res2 = json.loads((tmp_path / "o2" / "results.json").read_text())["runs"][0]
+    assert res1["MAP"] == res2["MAP"] and res1["n_queries"] == 12
+    assert res1["n_candidates"] == 12 and res1["query"]["nwin"] == 1 + (600 - 5) // 5
+    # the printed block carries the same numbers
+    assert f"MAP = {res1['MAP']['mean']:5.3f}" in one.stdout
+    assert "Avg -->" in one.stdout and "c.i. ->" in one.stdout
+    # and they are the definition's
+    cliques, ids, z, mask = cached(tmp_path / "c1")
+    want = definition_aps(cliques, ids, z, mask, "bpwr-3")
+    got = [float(r["AP"]) for r in rows1]
+    assert np.allclose(got, want, atol=1e-6)
+    assert all(int(r["n_candidates"]) == 11 and int(r["n_relevant"]) == 2 for r in rows1)
+
+
+def test_track_level_and_cache_reuse(trained, tmp_path):
+    _, ckpt = trained
+    first = evaluate(ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=min")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "whole track" in first.stdout and "extracting" in first.stdout
+    cliques, ids, z, mask = cached(tmp_path / "cache")
+    assert z.shape[1] == 1 and z.dtype == torch.float16 and not mask.any()
+    want = definition_aps(cliques, ids, z, mask, "min")
+    assert np.allclose([float(r["AP"]) for r in per_query(tmp_path / "out")], want, atol=1e-6)
+    # another reduction: no extraction
+    again = evaluate(ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", out="out2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "from the cache" in again.stdout and "extracting" not in again.stdout
+    # other weights under the same file name: the cache is stale and must not be used
+    state = load_checkpoint(ckpt)
+    state["model"] = {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    changed = tmp_path / "changed" / "checkpoint.ckpt"
+    changed.parent.mkdir()
+    shutil.copy(ckpt.parent / "configuration.yaml", changed.parent / "configuration.yaml")
+    save_checkpoint(state, str(changed))
+    other = evaluate(changed, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", out="out3")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "extracting" in other.stdout
+
+
+def partition_ids(root):
+    info, splits = preproc.load_metadata(root / "meta.pt")
+    return [info[k]["id"] for versions in splits["test"].values() for k in versions]
+
+
+def test_several_query_lengths_and_filters(trained, tmp_path):
+    root, ckpt = trained
+    ids = partition_ids(root)
+    result = evaluate(ckpt, tmp_path, "qslen=[3,6]", "qshop=100", "qfilter=dvi:True")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["query"]["slen"] for r in results["runs"]] == [3.0, 6.0]
+    assert all(r["query"]["nwin"] == 1 + (600 - r["query"]["slen"]) // 100 for r in results["runs"])
+    png = (tmp_path / "out" / "map_vs_query_length.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = per_query(tmp_path / "out")
+    even = sum(1 for i in ids if i % 2 == 0)
+    assert len(rows) == 2 * even and all(int(r["song_id"]) % 2 == 0 for r in rows)
+    assert results["runs"][0]["n_candidates"] == 12
+    # quoted label, candidate filter
+    quoted = evaluate(ckpt, tmp_path, "cfilter=release_genres:~'Hip Hop'", out="q")
+    assert quoted.returncode == 0, quoted.stderr[-3000:]
+    runs = json.loads((tmp_path / "q" / "results.json").read_text())["runs"]
+    assert len(per_query(tmp_path / "q")) == len(ids) == 12  # every track queries
+    assert runs[0]["n_candidates"] == sum(1 for i in ids if i % 3 != 0)
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["qfilter=genre:Rock"], 2, "unknown domain 'genre'"),
+        (["qfilter=release_genres:Jazz"], 2, "unknown label 'Jazz'"),
+        (["qfilter=release_genres:(Rock"], 2, "missing ')'"),
+        (["redux=bpwx-2"], 2, "unknown segment-distance reduction"),
+        (["qslen=5", "qshop=0"], 2, "hop must be > 0"),
+        (["qslem=5"], 2, "did you mean 'qslen'"),
+        (["partition=tset"], 2, "partition='tset' is not one of"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(trained, tmp_path, extra, code, message):
+    _, ckpt = trained
+    result = evaluate(ckpt, tmp_path, *extra)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert message in result.stderr
+
+
+def test_missing_checkpoint_and_unreadable_audio(trained, tmp_path):
+    root, ckpt = trained
+    missing = evaluate(tmp_path / "nope.ckpt", tmp_path)
+    assert missing.returncode == 1 and "nope.ckpt" in missing.stderr
+    audio = tmp_path / "audio"
+    shutil.copytree(root / "audio", audio)
+    info, splits = preproc.load_metadata(root / "meta.pt")
+    first_test_version = next(iter(splits["test"].values()))[0]
+    victim = audio / info[first_test_version]["filename"]
+    victim.write_bytes(b"RIFF" + b"\x00" * 10)
+    broken = evaluate(ckpt, tmp_path, f"path_audio={audio}")
+    assert broken.returncode == 1
+    assert victim.name in broken.stderr
