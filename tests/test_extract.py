@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric import Fabric
+from omegaconf import OmegaConf
+
+import data_preproc
+from lib import extract as X
+from lib import synth
+from lib.dataset import Dataset
+from models.clews import Model
+from tests.models.test_clews import tiny_conf
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    conf = tiny_conf()
+    conf.shingling.len, conf.shingling.hop = 2.0, 1.0
+    return Model(conf, sr=SR).eval()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    synth.make_corpus(str(root / "audio"), works=3, versions=2, seconds=5, seed=4, formats=("wav",))
+    meta = root / "meta.pt"
+    args = [f"--path_audio={root / 'audio'}", "--ext_in=wav", f"--fn_out={meta}", "--njobs=1"]
+    assert data_preproc.main(["--dataset=folder", "--split=0,0,1", *args]) == 0
+    conf = OmegaConf.create(
+        {
+            "samplerate": SR,
+            "audiolen": 2,
+            "n_per_class": 2,
+            "path": {"audio": str(root / "audio"), "meta": str(meta)},
+        }
+    )
+    return Dataset(conf, "test", fullsongs=True)
+
+
+@pytest.fixture(scope="module")
+def fabric():
+    return Fabric(accelerator="cpu", devices=1)
+
+
+def test_window_count_has_no_off_by_one():
+    assert X.window_count(600, 20, 5, SR) == 117  # the original dropped the last: 116
+    assert X.window_count(600, 20, 20, SR) == 30
+    assert X.window_count(10, 20, 5, SR) == 1
+    assert X.window_count(600, 0, 0, SR) == 1
+    with pytest.raises(ValueError, match="shorter than one sample"):
+        X.window_count(600, 20, 1e-6, SR)
+
+
+def test_resolve_windows(model):
+    assert X.resolve_windows(model) == (2.0, 1.0)
+    assert X.resolve_windows(model, 3) == (3.0, 1.0)
+    assert X.resolve_windows(model, -1, 7) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="hop must be > 0"):
+        X.resolve_windows(model, 3, 0)
+
+
+def test_embed_track_pads_and_masks(model):
+    audio = torch.randn(int(4.5 * SR))
+    z, mask = X.embed_track(model, audio, 2.0, 1.0, nwin=6, device="cpu", max_windows=2)
+    assert z.shape == (6, 24) and mask.tolist() == [False] * 4 + [True] * 2
+    assert bool((z[4:] == 0).all())
+    with torch.inference_mode():
+        direct = model(audio[None], shingle_len=2.0, shingle_hop=1.0)[0]
+    assert torch.allclose(z[:4], direct, atol=1e-5)
+    # fewer allowed windows than the track has: cut, nothing masked
+    z, mask = X.embed_track(model, audio, 2.0, 1.0, nwin=2, device="cpu")
+    assert z.shape == (2, 24) and not mask.any()
+    z, mask = X.embed_track(model, audio, 0.0, 0.0, nwin=1, device="cpu")
+    assert z.shape == (1, 24) and not mask.any()
+
+
+def test_cache_is_reused_resumed_and_never_stale(model, dataset, fabric, tmp_path):
+    keys = list(dataset.versions)
+    settings = X.settings_for(model, 2, 1, maxlen=4)
+    parts = {"checkpoint": "abc", "tracks": X.tracks_digest(dataset, keys)}
+    calls = []
+    embed = model.embed
+
+    def counting_embed(h):
+        calls.append(h.size(1))
+        return embed(h)
+
+    model.embed = counting_embed
+    try:
+        first = X.embeddings_for(model, dataset, keys, settings, parts, tmp_path, fabric)
+        assert len(calls) == len(keys) and first.z.dtype == torch.float16
+        assert first.z.shape == (len(keys), settings["nwin"], 24)
+        assert first.ids.tolist() == [dataset.info[k]["id"] for k in keys]
+        calls.clear()
+        again = X.embeddings_for(model, dataset, keys, settings, parts, tmp_path, fabric)
+        assert calls == [] and torch.equal(again.z, first.z)
+        # another checkpoint: another key, extracted again
+        X.embeddings_for(
+            model, dataset, keys, settings, {**parts, "checkpoint": "x"}, tmp_path, fabric
+        )
+        assert len(calls) == len(keys)
+        # a manifest written for other settings is never read for these
+        key = X.cache_key({**parts, **settings, "cache_version": X.CACHE_VERSION})
+        folder = tmp_path / key[:24]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["key"] = "something else"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        assert X.load_store(str(folder), key) is None
+        # an interrupted extraction continues with the rows it had not finished
+        folder = tmp_path / "resume"
+        calls.clear()
+        X.extract_shard(model, dataset, keys, str(folder), 0, 1, settings, "cpu")
+        shard = folder / "shard-0-of-1"
+        done = np.load(shard / "done.npy")
+        done[2:] = False
+        np.save(shard / "done.npy", done)
+        calls.clear()
+        X.extract_shard(model, dataset, keys, str(folder), 0, 1, settings, "cpu")
+        assert len(calls) == len(keys) - 2
+    finally:
+        model.embed = embed
+
+
+def test_audio_changes_make_the_cache_stale(dataset):
+    keys = list(dataset.versions)
+    before = X.tracks_digest(dataset, keys)
+    path = dataset.filename[keys[0]]
+    with open(path, "ab") as handle:
+        handle.write(b"\x00\x00")
+    assert X.tracks_digest(dataset, keys) != before
