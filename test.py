@@ -34,6 +34,7 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.strategies import DDPStrategy
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from lib import eval as evaluation
 from lib import retrieval, training
@@ -363,6 +364,9 @@ def main(argv):
             rank=fabric.global_rank,
             world=fabric.world_size,
             max_elements=int(args.max_elements),
+            progress=lambda blocks: tqdm(
+                blocks, desc="queries", unit="block", disable=not fabric.is_global_zero
+            ),
         )
         index, per_query, nrel, ncand = gather_results(fabric, index, per_query, nrel, ncand)
         summary = evaluation.aggregate(per_query)

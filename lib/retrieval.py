@@ -48,7 +48,7 @@ class Embeddings:
         if self.z.ndim != 3:
             raise ValueError(f"embeddings must be (N, S, D), got shape {tuple(self.z.shape)}")
         if self.mask is None:
-            self.mask = torch.zeros(self.z.shape[:2], dtype=torch.bool)
+            self.mask = torch.zeros(self.z.shape[:2], dtype=torch.bool, device=self.z.device)
         if self.mask.shape != self.z.shape[:2]:
             raise ValueError(f"mask {tuple(self.mask.shape)} != embeddings {tuple(self.z.shape)}")
         if self.cliques.shape != (n,) or self.ids.shape != (n,):
@@ -255,6 +255,17 @@ def _to(emb, device):
     )
 
 
+def _resident(emb, device):
+    """On a GPU, the candidate set moves there once when it takes at most half of the free
+    memory (otherwise every query block streams it chunk by chunk)."""
+    if device.type != "cuda" or emb.z.device == device:
+        return emb
+    free, _ = torch.cuda.mem_get_info(device)
+    if emb.z.numel() * 2 > free // 2:
+        return emb
+    return Embeddings(emb.cliques, emb.ids, emb.z.to(device, torch.float16), emb.mask.to(device))
+
+
 def default_redux(model):
     """The model's own reduction for evaluation (its positive-pair training reduction)."""
     conf = getattr(model, "conf", None)
@@ -299,6 +310,7 @@ def evaluate(
     bq, bc = block_sizes(sq, sc, nq, nc, max_elements)
     if max_candidates is not None:
         bc = max(1, min(bc, int(max_candidates)))
+    candidates = _resident(candidates, device)
     index, results, nrel, ncand = [], [], [], []
     blocks = query_blocks(nq, bq, rank, world)
     for block in blocks if progress is None else progress(blocks):
