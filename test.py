@@ -12,8 +12,8 @@ Arguments are ``key=value`` (see ARGUMENTS). Window lengths and hops are in seco
 the model's training shingle; a length <= 0 means one embedding for the whole track. Embeddings
 are cached under ``cache_dir`` keyed by the checkpoint's content and the extraction settings, so
 evaluating again with another reduction or filter skips extraction. Results go to
-``<checkpoint folder>/results/<jobname>/<eval name>/`` (or ``out=``): results.json,
-per_query.csv and, with several query lengths, map_vs_query_length.png.
+``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval name>/`` (or ``out=``):
+results.json, per_query.csv and, with several query lengths, map_vs_query_length.png.
 
 Exit status: 0 done, 1 bad data / checkpoint / audio, 2 bad arguments.
 """
@@ -396,6 +396,7 @@ def main(argv):
             os.path.dirname(os.path.abspath(args.checkpoint)),
             "results",
             str(args.jobname or "test"),
+            run_name(redux, query_settings, candidate_settings),
             name,
         )
         settings = OmegaConf.to_container(args, resolve=True)
@@ -412,6 +413,16 @@ def main(argv):
         printer(f"Results in {folder}")
     fabric.barrier()
     return 0
+
+
+def run_name(redux, query_settings, candidate_settings):
+    """Folder name of an evaluation's settings, e.g. 'bpwr-10_q20s5_c20s5' or 'min_qfull_cfull'."""
+
+    def windows(settings):
+        return "full" if settings["slen"] <= 0 else f"{settings['slen']:g}s{settings['shop']:g}"
+
+    queries = "+".join(windows(s) for s in query_settings)
+    return f"{redux}_q{queries}_c{windows(candidate_settings)}"
 
 
 def describe_windows(settings):
