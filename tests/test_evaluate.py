@@ -5,23 +5,19 @@ embeddings."""
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import data_preproc
 from lib import eval as E
-from lib import preproc, synth
+from lib import preproc
 from lib import tensor_ops as T
 from lib.checkpoint import load_checkpoint, save_checkpoint
+from tests.corpus import folder_corpus, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "conf=config/demo-clews.yaml",
     "fabric.accelerator=cpu",
@@ -35,18 +31,14 @@ SMALL = [
 
 
 def run(cmd):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    return run_script(cmd)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    audio = root / "audio"
-    synth.make_corpus(str(audio), works=10, versions=3, seconds=14, seed=3, formats=("wav",))
-    meta = root / "meta.pt"
-    args = ["--dataset=folder", f"--path_audio={audio}", "--ext_in=wav", f"--fn_out={meta}"]
-    assert data_preproc.main(args + ["--split=0.4,0.2,0.4", "--njobs=1"]) == 0
+    folder_corpus(root, 10, 3, 14, seed=3, split="0.4,0.2,0.4")
+    audio, meta = root / "audio", root / "meta.pt"
     # cross-domain labels for the filter tests: every other version is "from DVI"
     info, splits = preproc.load_metadata(meta)
     for key, song in info.items():

@@ -7,18 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-import data_preproc
-from lib import synth
 from lib.checkpoint import load_checkpoint
+from tests.corpus import ROOT, folder_corpus, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "conf=config/demo-clews.yaml",
     "fabric.accelerator=cpu",
@@ -32,13 +29,7 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    audio = root / "audio"
-    synth.make_corpus(str(audio), works=10, versions=4, seconds=14, seed=1, formats=("wav",))
-    meta = root / "meta.pt"
-    args = ["--dataset=folder", f"--path_audio={audio}", "--ext_in=wav", f"--fn_out={meta}"]
-    assert data_preproc.main(args + ["--split=0.6,0.4,0", "--njobs=1"]) == 0
-    return root
+    return folder_corpus(tmp_path_factory.mktemp("train"), 10, 4, 14, seed=1, split="0.6,0.4,0")
 
 
 def train_cmd(corpus, logs, job, *extra):
@@ -51,8 +42,7 @@ def train_cmd(corpus, logs, job, *extra):
 
 
 def run(cmd, env=None):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+    return run_script(cmd, env)
 
 
 def weights(path):
