@@ -1,0 +1,124 @@
+"""Losses shared by the baseline models: triplet losses with online mining, focal, centre and
+label-smoothed classification losses.
+
+Triplets are mined inside a batch from a distance matrix ``dist`` (B, B): for every anchor i,
+positives are the items with the same label and another song id, negatives the items with another
+label. Anchors without any positive or any negative take no part (they are left out of the mean).
+
+Positive mining: ``random`` (uniform among the positives), ``easy`` (the closest), ``hard`` (the
+farthest). Negative mining: ``random`` (uniform among the negatives), ``hard`` (the closest),
+``semihard`` (uniform among the negatives farther than the chosen positive but within the margin,
+d_ap < d_an < d_ap + margin; where there is none, the closest negative farther than the positive;
+where no negative is farther, the farthest negative). The tutorial these names come from selected
+its semi-hard negatives with a mask it added to itself and cast to integers, and its hard
+positives by maximising ``dist * mask``; the definitions here follow the names.
+"""
+
+import torch
+import torch.nn.functional as F
+
+POSITIVE_MINING = ("random", "easy", "hard")
+NEGATIVE_MINING = ("random", "semihard", "hard")
+
+
+def pair_masks(labels, ids=None):
+    """(positive, negative) bool (B, B): same label and another song id (another batch position
+    when ``ids`` is None); another label."""
+    same = labels[:, None] == labels[None, :]
+    if ids is None:
+        other = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    else:
+        other = ids[:, None] != ids[None, :]
+    return same & other, ~same
+
+
+def _random_choice(allowed, generator=None):
+    """Index of one uniformly chosen True per row of ``allowed`` (B, N); rows without any get 0."""
+    score = torch.rand(allowed.shape, generator=generator, device=allowed.device)
+    return score.masked_fill(~allowed, -1.0).argmax(-1)
+
+
+def mine_positives(dist, positive, how="random", generator=None):
+    """Index (B,) of each anchor's positive."""
+    if how == "random":
+        return _random_choice(positive, generator)
+    if how == "easy":
+        return dist.masked_fill(~positive, float("inf")).argmin(-1)
+    if how == "hard":
+        return dist.masked_fill(~positive, float("-inf")).argmax(-1)
+    raise ValueError(f"unknown positive mining {how!r}; valid: {', '.join(POSITIVE_MINING)}")
+
+
+def mine_negatives(dist, negative, d_pos, how="hard", margin=0.3, generator=None):
+    """Index (B,) of each anchor's negative; ``d_pos`` (B,) are the chosen positive distances."""
+    if how == "random":
+        return _random_choice(negative, generator)
+    if how == "hard":
+        return dist.masked_fill(~negative, float("inf")).argmin(-1)
+    if how == "semihard":
+        farther = negative & (dist > d_pos[:, None])
+        band = farther & (dist < d_pos[:, None] + margin)
+        in_band = _random_choice(band, generator)
+        closest_farther = dist.masked_fill(~farther, float("inf")).argmin(-1)
+        farthest = dist.masked_fill(~negative, float("-inf")).argmax(-1)
+        pick = torch.where(farther.any(-1), closest_farther, farthest)
+        return torch.where(band.any(-1), in_band, pick)
+    raise ValueError(f"unknown negative mining {how!r}; valid: {', '.join(NEGATIVE_MINING)}")
+
+
+def triplet_loss(
+    dist, labels, ids=None, margin=0.3, positives="hard", negatives="hard", generator=None
+):
+    """Mean over anchors of relu(d(a, p) - d(a, n) + margin) with mined p and n.
+
+    Returns (loss, d_pos (B,), d_neg (B,), valid (B,)): the mined distances and which anchors had
+    both a positive and a negative."""
+    positive, negative = pair_masks(labels, ids)
+    valid = positive.any(-1) & negative.any(-1)
+    rows = torch.arange(len(labels), device=dist.device)
+    d_pos = dist[rows, mine_positives(dist, positive, positives, generator)]
+    d_neg = dist[rows, mine_negatives(dist, negative, d_pos, negatives, margin, generator)]
+    hinge = F.relu(d_pos - d_neg + margin)
+    loss = hinge[valid].mean() if bool(valid.any()) else dist.sum() * 0
+    return loss, d_pos, d_neg, valid
+
+
+def mirex_triplet_loss(z, labels, ids=None, generator=None):
+    """The Discogs-VINet-MIREX recipe: L2-normalised embeddings (B, D), Euclidean distances,
+    random positives, hard negatives, margin 0.3."""
+    z = F.normalize(z, dim=-1)
+    dist = euclidean(z, z)
+    return triplet_loss(dist, labels, ids, 0.3, "random", "hard", generator)
+
+
+def euclidean(x, y, eps=1e-12):
+    """Euclidean distances (N, M) with a gradient that stays finite at 0."""
+    sq = (x.pow(2).sum(-1)[:, None] + y.pow(2).sum(-1)[None, :] - 2 * x @ y.T).clamp(min=0)
+    zero = sq <= eps
+    return (sq + zero * eps).sqrt() * (~zero)
+
+
+def focal_loss(logits, labels, gamma=2.0, eps=2.2e-16):
+    """Mean of -(1 - p_y)^gamma * log p_y over the batch (no class weighting)."""
+    p = logits.softmax(-1).gather(-1, labels[:, None]).squeeze(-1) + eps
+    return (-((1 - p) ** gamma) * p.log()).mean()
+
+
+def center_loss(features, labels, centers):
+    """Mean over the batch of the squared distance of each feature (B, D) to the centre of its
+    class (centers: (num_classes, D))."""
+    return (features - centers[labels]).pow(2).sum(-1).mean()
+
+
+def smoothed_cross_entropy(logits, labels, smoothing=0.1):
+    """Cross-entropy with label smoothing ``smoothing``."""
+    return F.cross_entropy(logits, labels, label_smoothing=float(smoothing))
+
+
+def check_class_ids(labels, num_classes, what="clique id"):
+    """Classifier models: a label outside [0, num_classes) is a configuration error."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{what} {int(labels.max())} does not fit a classifier of {num_classes} classes "
+            "(model.maxcliques): raise model.maxcliques above the number of cliques"
+        )
