@@ -15,9 +15,9 @@ Reductions:
 - every other reduction builds the block's (bq, bc, Sq, Sc) distances and calls
   ``distance_tensor_redux`` itself, so it is the definition by construction.
 
-Segment distances by matrix products exist for the models' squared-Euclidean metrics
-(``segment_metric`` = "sqeuc" / "nsqeuc" on the model); any other model is evaluated through its
-own ``distances`` method, in the same blocks.
+Segment distances by matrix products exist for the models' squared-Euclidean and cosine
+metrics (``segment_metric`` = "sqeuc" / "nsqeuc" / "cos" on the model); any other model is
+evaluated through its own ``distances`` method, in the same blocks.
 """
 
 import math
@@ -28,7 +28,7 @@ import torch
 from lib import eval as metrics
 from lib import tensor_ops
 
-MATMUL_METRICS = ("sqeuc", "nsqeuc")
+MATMUL_METRICS = ("sqeuc", "nsqeuc", "cos")
 DEFAULT_MAX_ELEMENTS = 2**23  # segment pairs per block: 32 MiB of fp32 distances
 FAST_REDUCTIONS = ("min", "meanmin", "bpwr")
 
@@ -95,8 +95,8 @@ def block_sizes(sq, sc, nq, nc, max_elements=DEFAULT_MAX_ELEMENTS):
 ###################################################################################################
 
 
-def _products(q, c, bias):
-    """bias_j - 2 q_i . c_j for rows of q (M, D) and c (N, D) -> (M, N) float32.
+def _products(q, c, bias, alpha):
+    """bias_j + alpha * q_i . c_j for rows of q (M, D) and c (N, D) -> (M, N) float32.
 
     On a GPU the product runs in half precision with float32 output where the build allows it."""
     if q.device.type == "cuda":
@@ -106,16 +106,28 @@ def _products(q, c, bias):
             g = torch.mm(qh, ch.T, out_dtype=torch.float32)
         except (TypeError, RuntimeError):
             g = (qh @ ch.T).float()
-        return g.mul_(-2).add_(bias)
-    return torch.addmm(bias[None, :], q.float(), c.float().T, alpha=-2)
+        return g.mul_(alpha).add_(bias)
+    return torch.addmm(bias[None, :], q, c.T, alpha=alpha)
 
 
-def _norms(z, mask=None):
-    """Squared norms (N * S,) of the segments of z (N, S, D); +inf where masked."""
-    sq = z.float().pow(2).sum(-1)
+# segment distance = term(q) + term(c) + alpha * q.c, then clamped at floor and scaled
+ALPHA = {"sqeuc": -2.0, "nsqeuc": -2.0, "cos": -1.0}
+FLOOR = {"sqeuc": 0.0, "nsqeuc": 0.0, "cos": -math.inf}
+
+
+def _segment_terms(z, metric, mask=None):
+    """Segments of z (N, S, D) as float32 rows (N * S, D) and their terms (N * S,): squared norms
+    (squared Euclidean) or 1/2 (cosine, rows normalised as in ``pairwise_distance_matrix``);
+    +inf where masked, so masked segments never win a minimum."""
+    v = z.reshape(-1, z.size(-1)).float()
+    if metric == "cos":
+        v = v / (v.norm(dim=-1, keepdim=True) + 1e-6)
+        term = torch.full((v.size(0),), 0.5, device=v.device)
+    else:
+        term = v.pow(2).sum(-1)
     if mask is not None:
-        sq = sq.masked_fill(mask, math.inf)
-    return sq.reshape(-1)
+        term = term.masked_fill(mask.reshape(-1), math.inf)
+    return v, term
 
 
 def _scale(metric, dim):
@@ -135,8 +147,10 @@ def block_distances(q, c, redux, metric="nsqeuc", inf=tensor_ops.INF):
 def _generic_block(q, c, redux, metric, inf):
     bq, sq, dim = q.z.shape
     bc, sc, _ = c.z.shape
-    x = _products(q.z.reshape(-1, dim), c.z.reshape(-1, dim), _norms(c.z))
-    dist = (x + _norms(q.z)[:, None]).clamp_(min=0).mul_(_scale(metric, dim))
+    qv, qterm = _segment_terms(q.z, metric)
+    cv, cterm = _segment_terms(c.z, metric)
+    x = _products(qv, cv, cterm, ALPHA[metric])
+    dist = (x + qterm[:, None]).clamp_(min=FLOOR[metric]).mul_(_scale(metric, dim))
     dist = dist.view(bq, sq, bc, sc).permute(0, 2, 1, 3)
     mask = q.mask[:, None, :, None] | c.mask[None, :, None, :]
     return tensor_ops.distance_tensor_redux(dist, redux, mask=mask, inf=inf).float()
@@ -145,10 +159,11 @@ def _generic_block(q, c, redux, metric, inf):
 def _fast_block(q, c, base, num, metric, inf):
     bq, sq, dim = q.z.shape
     bc, sc, _ = c.z.shape
-    # masked candidate segments get +inf norms, so they never win a minimum
-    x = _products(q.z.reshape(-1, dim), c.z.reshape(-1, dim), _norms(c.z, c.mask))
-    x = x.view(bq, sq, bc, sc)
-    qq = _norms(q.z, q.mask).view(bq, sq)
+    floor = FLOOR[metric]
+    qv, qq = _segment_terms(q.z, metric, q.mask)
+    cv, cterm = _segment_terms(c.z, metric, c.mask)
+    x = _products(qv, cv, cterm, ALPHA[metric]).view(bq, sq, bc, sc)
+    qq = qq.view(bq, sq)
     if base == "bpwr":
         rowval, rowcol = x.min(-1)
         cols = rowcol.permute(0, 2, 1).reshape(bq * bc, sq)
@@ -160,17 +175,17 @@ def _fast_block(q, c, base, num, metric, inf):
         out = heads.amin(-1)
     elif base == "meanmin":
         valid = torch.isfinite(heads)
-        total = heads.clamp(min=0).masked_fill(~valid, 0).sum(-1)
+        total = heads.clamp(min=floor).masked_fill(~valid, 0).sum(-1)
         out = total / valid.sum(-1).clamp(min=1)
         out = out.masked_fill(~valid.any(-1), math.inf)
     else:
-        out = _greedy_pairs(x, qq, heads, cols, num)
+        out = _greedy_pairs(x, qq, heads, cols, num, floor)
     finite = torch.isfinite(out)
-    out = torch.where(finite, out.clamp(min=0) * _scale(metric, dim), torch.full_like(out, inf))
+    out = torch.where(finite, out.clamp(min=floor) * _scale(metric, dim), torch.full_like(out, inf))
     return out.view(bq, bc)
 
 
-def _greedy_pairs(x, qq, heads, cols, num):
+def _greedy_pairs(x, qq, heads, cols, num, floor=0.0):
     """Best pairs without replacement, from the row heads.
 
     x: (bq, Sq, bc, Sc) block of ||c||^2 - 2 q.c (+inf at masked candidate segments); qq: (bq,
@@ -201,7 +216,7 @@ def _greedy_pairs(x, qq, heads, cols, num):
         ok = torch.isfinite(value)
         if not bool(ok.any()):
             break
-        total += torch.where(ok, value.clamp(min=0), torch.zeros_like(value))
+        total += torch.where(ok, value.clamp(min=floor), torch.zeros_like(value))
         count += ok.to(count.dtype)
         if step == steps - 1:
             break

@@ -43,7 +43,11 @@ def random_set(n, s, d, seed, masked=False, cliques=3):
 def definition(q, c, redux, metric="nsqeuc"):
     """The plain definition: all segment distances in float64, then distance_tensor_redux."""
     qz, cz = q.z.double(), c.z.double()
-    dist = T.squared_euclidean(qz.reshape(-1, qz.size(-1)), cz.reshape(-1, cz.size(-1)))
+    rows_q, rows_c = qz.reshape(-1, qz.size(-1)), cz.reshape(-1, cz.size(-1))
+    if metric == "cos":
+        dist = T.pairwise_distance_matrix(rows_q, rows_c, mode="cos")
+    else:
+        dist = T.squared_euclidean(rows_q, rows_c)
     if metric == "nsqeuc":
         dist = dist / qz.size(-1)
     dist = dist.view(len(q), qz.size(1), len(c), cz.size(1)).permute(0, 2, 1, 3)
@@ -51,13 +55,14 @@ def definition(q, c, redux, metric="nsqeuc"):
     return T.distance_tensor_redux(dist, redux, mask=mask)
 
 
+@pytest.mark.parametrize("metric", ["nsqeuc", "cos"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("redux", REDUCTIONS)
-def test_block_distances_match_the_definition(redux, masked):
+def test_block_distances_match_the_definition(redux, masked, metric):
     q = random_set(5, 4, 16, seed=1, masked=masked)
     c = random_set(7, 6, 16, seed=2, masked=masked)
-    got = R.block_distances(q, c, redux).double()
-    want = definition(q, c, redux)
+    got = R.block_distances(q, c, redux, metric=metric).double()
+    want = definition(q, c, redux, metric)
     assert got.shape == (5, 7)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
     if masked:  # the track without any valid window is never a match
@@ -91,6 +96,7 @@ def test_bpwr_takes_disjoint_pairs_greedily():
     x = golden[None, :, None, :].clone()  # (bq, Sq, bc, Sc) with zero query norms
     heads, cols = x.min(-1)
     heads, cols = heads.permute(0, 2, 1).reshape(1, 3), cols.permute(0, 2, 1).reshape(1, 3)
+    assert R.ALPHA["nsqeuc"] == -2 and R.FLOOR["cos"] == -math.inf
     qq = torch.zeros(1, 3)
     for num, want in ((1, 0.1), (2, 0.2), (None, (0.1 + 0.3 + 0.45) / 3)):
         got = R._greedy_pairs(x, qq, heads, cols, num)
