@@ -238,6 +238,7 @@ def main(argv):
     model, optim = fabric.setup(net, optim)
     model.mark_forward_method("embed")
     train_loader, valid_loader, sampler = make_loaders(conf, fabric)
+    training.check_classifier_size(net, train_loader.dataset, valid_loader.dataset)
     augment = Augment(conf.get("augmentations"), sr=int(conf.data.samplerate))
     min_lr = conf.training.optim.get("min_lr")
     save_freq = conf.training.get("save_freq")

@@ -7,6 +7,8 @@ import torch
 from nnAudio.features import CQT1992v2
 from torch import nn
 
+from lib import tensor_ops
+
 CQT_FMIN = 32.70  # Hz, C1
 
 
@@ -32,6 +34,19 @@ def make_cqt(sr, hoplen, noctaves, nbinsoct=12, fscale=1.0):
         output_format="Magnitude",
         verbose=False,
     )
+
+
+def cqt_shingles(h, sr, slen, shop, minlen, cqt, pool, frame_pad="repeat", min_pad="repeat"):
+    """Waveforms (B, T) -> CQT shingles (B, S, F, T').
+
+    Shingles of ``slen`` seconds every ``shop`` seconds (the last one completed with
+    ``frame_pad``), each at least ``minlen`` seconds long (completed with ``min_pad``), then the
+    CQT and the time pooling ``pool``."""
+    h = tensor_ops.get_frames(h, int(sr * slen), int(sr * shop), pad_mode=frame_pad)
+    h = tensor_ops.force_length(h, int(sr * minlen), dim=-1, pad_mode=min_pad, allow_longer=True)
+    nb, ns, nt = h.shape
+    h = pool(cqt(h.reshape(nb * ns, nt)))
+    return h.view(nb, ns, h.size(-2), h.size(-1))
 
 
 class CQTPrepare(nn.Module):
@@ -165,3 +180,42 @@ class MyIBNResBlock(nn.Module):
 
     def forward(self, h):
         return self.gain * self.convs(h) + self.skip(h)
+
+
+class CQTNetBody(nn.Sequential):
+    """The CQTNet convolution stack (Yu et al.), width ``c`` (32 in CQTNet, 48 in DVINet+):
+    five blocks of two bias-free convolutions, each followed by BatchNorm and ReLU, with max
+    pooling over time (1, 2) after blocks 1-4 and a global max pool after block 5.
+    (N, 1, F, T) -> (N, 16c)."""
+
+    def __init__(self, c=32):
+        # (cin, cout, kernel, padding, dilation) of each convolution
+        convs = [
+            (1, c, (12, 3), (6, 0), 1),
+            (c, 2 * c, (13, 3), 0, (1, 2)),
+            (2 * c, 2 * c, (13, 3), 0, 1),
+            (2 * c, 2 * c, (3, 3), 0, (1, 2)),
+            (2 * c, 4 * c, 3, 0, 1),
+            (4 * c, 4 * c, 3, 0, (1, 2)),
+            (4 * c, 8 * c, 3, 0, 1),
+            (8 * c, 8 * c, 3, 0, (1, 2)),
+            (8 * c, 16 * c, 3, 0, 1),
+            (16 * c, 16 * c, 3, 0, (1, 2)),
+        ]
+        layers = []
+        for i, (cin, cout, kernel, padding, dilation) in enumerate(convs):
+            layers += [
+                nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+            if i % 2 == 1:
+                layers.append(nn.MaxPool2d((1, 2)) if i < 9 else nn.AdaptiveMaxPool2d((1, 1)))
+        layers.append(nn.Flatten())
+        super().__init__(*layers)
+
+
+def max_abs_normalise(h, eps=1e-6):
+    """Each example (first dim) divided by its largest absolute value."""
+    peak = h.abs().flatten(1).amax(1).view(-1, *([1] * (h.ndim - 1)))
+    return h / (peak + eps)

@@ -282,7 +282,11 @@ def _resident(emb, device):
 
 
 def default_redux(model):
-    """The model's own reduction for evaluation (its positive-pair training reduction)."""
+    """The model's own reduction for evaluation: its ``default_redux`` (baselines) or its
+    positive-pair training reduction (CLEWS)."""
+    own = getattr(model, "default_redux", None)
+    if isinstance(own, str):
+        return own
     conf = getattr(model, "conf", None)
     try:
         return str(conf.loss.redux.pos)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from lib import eval as evaluation
 from lib.checkpoint import CheckpointError, load_checkpoint
+from lib.config import ConfigError
 
 METRIC_KEYS = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
 
@@ -111,3 +112,18 @@ def find_start_state(conf, last_path):
         state = load_checkpoint(conf.checkpoint)
         return ("finetune" if set(state) == {"model"} else "resume"), state, conf.checkpoint
     return "scratch", None, None
+
+
+def check_classifier_size(model, *datasets):
+    """Classifier models (``maxcliques``) need a row for every clique id they will see, the
+    validation ones included (their ids follow the training ones): say so before training
+    instead of failing at the first validation batch."""
+    size = getattr(model, "maxcliques", None)
+    if size is None:
+        return
+    largest = max(max(d.clique_id.values()) for d in datasets)
+    if largest >= int(size):
+        raise ConfigError(
+            f"model.maxcliques={size} but clique ids go up to {largest} (train + valid "
+            f"cliques); set model.maxcliques to at least {largest + 1}"
+        )

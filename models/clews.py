@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lib import tensor_ops
-from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock, make_cqt
+from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock, cqt_shingles, make_cqt
 
 LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
 
@@ -59,13 +59,7 @@ class Model(nn.Module):
         slen, shop = self.get_shingle_params()
         slen = slen if shingle_len is None else float(shingle_len)
         shop = shop if shingle_hop is None else float(shingle_hop)
-        h = tensor_ops.get_frames(h, int(self.sr * slen), int(self.sr * shop), pad_mode="repeat")
-        h = tensor_ops.force_length(
-            h, int(self.sr * self.minlen), dim=-1, pad_mode="repeat", allow_longer=True
-        )
-        nb, ns, nt = h.shape
-        h = self.cqtpool(self.cqt(h.reshape(nb * ns, nt)))
-        return h.view(nb, ns, h.size(-2), h.size(-1))
+        return cqt_shingles(h, self.sr, slen, shop, self.minlen, self.cqt, self.cqtpool)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""

@@ -1,0 +1,77 @@
+"""What every baseline model shares: training shingles, the CQT front end, ``forward`` and the
+retrieval distances (the common interface of spec section 9.1)."""
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lib import tensor_ops
+from lib.layers import cqt_shingles, make_cqt
+
+
+class SegmentModel(nn.Module):
+    """Subclasses set ``segment_metric`` / ``default_redux`` / padding modes and define ``embed``
+    and ``loss``. ``conf`` is the config's ``model`` section."""
+
+    segment_metric = "cos"  # distance between segment embeddings ("cos" or "nsqeuc")
+    default_redux = "min"  # reduction of segment distances to a track distance
+    frame_pad = "zeros"  # completes the last shingle of a waveform
+    min_pad = "zeros"  # completes a shingle shorter than the training length
+
+    def __init__(self, conf, sr=16000):
+        super().__init__()
+        self.conf = conf if isinstance(conf, DictConfig) else OmegaConf.create(conf)
+        self.sr = sr
+        self.minlen = float(self.conf.shingling.len)
+        cqt = self.conf.cqt
+        self.cqt = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.get("nbinsoct", 12))
+        self.cqtpool = nn.AvgPool1d(cqt.pool.len, stride=cqt.pool.hop)
+
+    def get_shingle_params(self):
+        """Training shingle (length, hop) in seconds."""
+        return float(self.conf.shingling.len), float(self.conf.shingling.hop)
+
+    def prepare(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training."""
+        slen, shop = self.get_shingle_params()
+        slen = slen if shingle_len is None else float(shingle_len)
+        shop = shop if shingle_hop is None else float(shingle_hop)
+        return cqt_shingles(
+            h,
+            self.sr,
+            slen,
+            shop,
+            self.minlen,
+            self.cqt,
+            self.cqtpool,
+            self.frame_pad,
+            self.min_pad,
+        )
+
+    def forward(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> embeddings (B, S, D)."""
+        with torch.inference_mode():
+            h = self.prepare(h, shingle_len=shingle_len, shingle_hop=shingle_hop)
+        return self.embed(h.clone())[0]
+
+    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
+        """Track distances (Bq, Bc) between query (Bq, Sq, D) and candidate (Bc, Sc, D) segment
+        embeddings; masks (Bq, Sq) / (Bc, Sc) are True for invalid segments."""
+        bq, sq, dim = q.shape
+        bc, sc, _ = c.shape
+        mode = "nsqeuc" if self.segment_metric == "nsqeuc" else "cos"
+        dist = tensor_ops.pairwise_distance_matrix(
+            q.float().reshape(bq * sq, dim), c.float().reshape(bc * sc, dim), mode=mode
+        )
+        dist = dist.view(bq, sq, bc, sc).permute(0, 2, 1, 3)
+        mask = None
+        if qmask is not None or cmask is not None:
+            qmask = (
+                torch.zeros(bq, sq, dtype=torch.bool, device=q.device) if qmask is None else qmask
+            )
+            cmask = (
+                torch.zeros(bc, sc, dtype=torch.bool, device=c.device) if cmask is None else cmask
+            )
+            mask = qmask[:, None, :, None] | cmask[None, :, None, :]
+        redux = self.default_redux if redux_strategy is None else redux_strategy
+        return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)

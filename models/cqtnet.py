@@ -1,0 +1,39 @@
+"""CQTNet (Yu et al., 2020) as trained by the CLEWS authors: a CQT CNN, a 300-d embedding and a
+softmax classifier over the training cliques; cosine retrieval distance, ``min`` reduction.
+
+Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
+"""
+
+import torch.nn.functional as F
+from torch import nn
+
+from lib.layers import CQTNetBody, max_abs_normalise
+from lib.losses import check_class_ids
+from lib.model_base import SegmentModel
+
+
+class Model(SegmentModel):
+    segment_metric = "cos"
+    default_redux = "min"
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        self.body = CQTNetBody(32)
+        self.fc0 = nn.Linear(16 * 32, int(self.conf.zdim))
+        self.maxcliques = int(self.conf.maxcliques)
+        self.classifier = nn.Linear(int(self.conf.zdim), self.maxcliques)
+
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
+        nb, ns, nf, nt = h.shape
+        z = self.fc0(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
+        return z.view(nb, ns, -1), None
+
+    def loss(self, labels, ids, z, extra=None):
+        """Cross-entropy of the clique classifier on every segment embedding (B, S, D); each
+        segment carries its track's label (the original crashed when S > 1)."""
+        check_class_ids(labels, self.maxcliques)
+        nb, ns, _ = z.shape
+        logits = self.classifier(z.reshape(nb * ns, -1))
+        loss = F.cross_entropy(logits, labels.repeat_interleave(ns))
+        return loss, {"l_main": loss.detach(), "l_cent": loss.detach()}

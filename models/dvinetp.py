@@ -1,0 +1,69 @@
+"""DVINet+ (the CLEWS authors' re-implementation of Discogs-VINet-MIREX): the CQTNet stack at
+width ``ncha_in`` (48), an L2-normalised ``zdim`` (512) embedding, a triplet loss with a
+spread-out regulariser; cosine retrieval distance, ``min`` reduction.
+
+Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib import losses
+from lib.layers import CQTNetBody, max_abs_normalise
+from lib.model_base import SegmentModel
+
+
+class Model(SegmentModel):
+    segment_metric = "cos"
+    default_redux = "min"
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        width = int(self.conf.get("ncha_in", 48))
+        self.body = CQTNetBody(width)
+        self.fc0 = nn.Linear(16 * width, int(self.conf.zdim))
+        mining = self.conf.get("mining") or {}
+        self.positives = str(mining.get("positive", "hard"))
+        self.negatives = str(mining.get("negative", "hard"))
+        if self.positives not in losses.POSITIVE_MINING:
+            raise ValueError(
+                f"model.mining.positive={self.positives!r}: one of "
+                f"{', '.join(losses.POSITIVE_MINING)}"
+            )
+        if self.negatives not in losses.NEGATIVE_MINING:
+            raise ValueError(
+                f"model.mining.negative={self.negatives!r}: one of "
+                f"{', '.join(losses.NEGATIVE_MINING)}"
+            )
+
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (unit-norm embeddings (B, S, zdim), None)."""
+        nb, ns, nf, nt = h.shape
+        z = self.fc0(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
+        return F.normalize(z, dim=-1).view(nb, ns, -1), None
+
+    def loss(self, labels, ids, z, extra=None):
+        """Triplet loss on track distances (Euclidean between segments, mean over segment pairs;
+        positives = same clique at another batch position, as the original; mining
+        ``model.mining``, hard/hard by default) plus ``lamb`` x the spread-out regulariser (mean
+        squared dot similarity of the negative pairs)."""
+        nb, ns, dim = z.shape
+        flat = z.reshape(nb * ns, dim)
+        dist = losses.euclidean(flat, flat).view(nb, ns, nb, ns).mean(dim=(1, 3))
+        triplet, d_pos, d_neg, valid = losses.triplet_loss(
+            dist, labels, None, float(self.conf.margin), self.positives, self.negatives
+        )
+        sim = (flat @ flat.T).view(nb, ns, nb, ns).mean(dim=(1, 3))
+        negative = labels[:, None] != labels[None, :]
+        reg = (sim.pow(2) * negative).sum() / (negative.sum() + 1e-6)
+        total = triplet + float(self.conf.lamb) * reg
+        zero = torch.zeros((), device=z.device)
+        logs = {
+            "l_main": total.detach(),
+            "l_cont": triplet.detach(),  # the original's names: l_cont = triplet, l_cent = reg
+            "l_cent": reg.detach(),
+            "v_dpos": d_pos[valid].mean().detach() if bool(valid.any()) else zero,
+            "v_dneg": d_neg[valid].mean().detach() if bool(valid.any()) else zero,
+        }
+        return total, logs
