@@ -13,7 +13,7 @@ class SegmentModel(nn.Module):
     """Subclasses set ``segment_metric`` / ``default_redux`` / padding modes and define ``embed``
     and ``loss``. ``conf`` is the config's ``model`` section."""
 
-    segment_metric = "cos"  # distance between segment embeddings ("cos" or "nsqeuc")
+    segment_metric = "cos"  # distance between segment embeddings ("cos", "sqeuc" or "nsqeuc")
     default_redux = "min"  # reduction of segment distances to a track distance
     frame_pad = "zeros"  # completes the last shingle of a waveform
     min_pad = "zeros"  # completes a shingle shorter than the training length
@@ -24,8 +24,15 @@ class SegmentModel(nn.Module):
         self.sr = sr
         self.minlen = float(self.conf.shingling.len)
         cqt = self.conf.cqt
-        self.cqt = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.get("nbinsoct", 12))
-        self.cqtpool = nn.AvgPool1d(cqt.pool.len, stride=cqt.pool.hop)
+        self.cqt = make_cqt(
+            sr, cqt.hoplen, cqt.noctaves, cqt.get("nbinsoct", 12), cqt.get("fscale", 1.0)
+        )
+        # CLEWS configs give one pooling width (= stride), the baselines' {len, hop}
+        pool = cqt.pool
+        if isinstance(pool, int):
+            self.cqtpool = nn.AvgPool1d(pool, stride=pool)
+        else:
+            self.cqtpool = nn.AvgPool1d(pool.len, stride=pool.hop)
 
     def get_shingle_params(self):
         """Training shingle (length, hop) in seconds."""
@@ -59,9 +66,8 @@ class SegmentModel(nn.Module):
         embeddings; masks (Bq, Sq) / (Bc, Sc) are True for invalid segments."""
         bq, sq, dim = q.shape
         bc, sc, _ = c.shape
-        mode = "nsqeuc" if self.segment_metric == "nsqeuc" else "cos"
         dist = tensor_ops.pairwise_distance_matrix(
-            q.float().reshape(bq * sq, dim), c.float().reshape(bc * sc, dim), mode=mode
+            q.float().reshape(bq * sq, dim), c.float().reshape(bc * sc, dim), self.segment_metric
         )
         dist = dist.view(bq, sq, bc, sc).permute(0, 2, 1, 3)
         mask = None

@@ -7,28 +7,26 @@ Shapes: waveforms (B, T) at ``sr``; CQT shingles (B, S, F, T'); embeddings (B, S
 import math
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lib import tensor_ops
-from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock, cqt_shingles, make_cqt
+from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock
+from lib.model_base import SegmentModel
 
 LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
 
 
-class Model(nn.Module):
-    segment_metric = "nsqeuc"  # segment distances; lets the retrieval engine use matrix products
+class Model(SegmentModel):
+    """Shingles, CQT, ``forward`` and ``distances`` come from ``SegmentModel``: squared Euclidean
+    segment distances / D, repeat padding, the loss's positive reduction for retrieval."""
+
+    segment_metric = "nsqeuc"
+    frame_pad = "repeat"
+    min_pad = "repeat"
 
     def __init__(self, conf, sr=16000, eps=1e-6):
-        super().__init__()
-        self.conf = conf if isinstance(conf, DictConfig) else OmegaConf.create(conf)
-        self.sr = sr
+        super().__init__(conf, sr)
         self.eps = eps
-        self.minlen = float(self.conf.shingling.len)  # shorter shingles are repeat-padded to this
-
-        cqt = self.conf.cqt
-        self.cqt = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.nbinsoct, cqt.fscale)
-        self.cqtpool = nn.AvgPool1d(cqt.pool, stride=cqt.pool)
 
         nc1, nc2 = self.conf.frontend.channels
         self.frontend = nn.Sequential(
@@ -48,18 +46,10 @@ class Model(nn.Module):
         self.pool = GeMPool()
         self.proj = nn.Sequential(nn.BatchNorm1d(cin), nn.Linear(cin, self.conf.zdim, bias=False))
 
-    # ---------------------------------------------------------------------------------------------
-
-    def get_shingle_params(self):
-        """Training shingle (length, hop) in seconds."""
-        return float(self.conf.shingling.len), float(self.conf.shingling.hop)
-
-    def prepare(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training."""
-        slen, shop = self.get_shingle_params()
-        slen = slen if shingle_len is None else float(shingle_len)
-        shop = shop if shingle_hop is None else float(shingle_hop)
-        return cqt_shingles(h, self.sr, slen, shop, self.minlen, self.cqt, self.cqtpool)
+    @property
+    def default_redux(self):
+        """Retrieval reduction: the positive-pair reduction of the loss (bpwr-5)."""
+        return str(self.conf.loss.redux.pos)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
@@ -68,13 +58,6 @@ class Model(nn.Module):
         h = self.backbone(h)
         h = self.proj(self.pool(h))
         return h.view(nb, ns, -1), None
-
-    def forward(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> embeddings (B, S, zdim)."""
-        with torch.inference_mode():
-            h = self.prepare(h, shingle_len=shingle_len, shingle_hop=shingle_hop)
-        z, _ = self.embed(h.clone())
-        return z
 
     # ---------------------------------------------------------------------------------------------
 
@@ -135,17 +118,3 @@ class Model(nn.Module):
                 "v_zstd": z.std(),
             }
         return total, logdict
-
-    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
-        """Track distances (Bq, Bc) between query (Bq, Sq, D) and candidate (Bc, Sc, D) segment
-        embeddings; masks (Bq, Sq) / (Bc, Sc) are True for invalid segments."""
-        dist = self.segment_distances(q.float(), c.float())
-        mask = None
-        if qmask is not None or cmask is not None:
-            if qmask is None:
-                qmask = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
-            if cmask is None:
-                cmask = torch.zeros(c.shape[:2], dtype=torch.bool, device=c.device)
-            mask = qmask[:, None, :, None] | cmask[None, :, None, :]
-        redux = self.conf.loss.redux.pos if redux_strategy is None else redux_strategy
-        return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)
