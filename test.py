@@ -38,10 +38,17 @@ from tqdm import tqdm
 
 from lib import eval as evaluation
 from lib import retrieval, training
-from lib.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from lib.config import ACCELERATORS, ConfigError, _check_known, all_keys, load_yaml, parse_overrides
+from lib.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state
+from lib.config import ConfigError, apply_overrides, check_accelerator, load_yaml, parse_overrides
 from lib.dataset import Dataset
-from lib.extract import ExtractionError, embeddings_for, file_digest, settings_for, tracks_digest
+from lib.extract import (
+    ExtractionError,
+    describe_windows,
+    embeddings_for,
+    file_digest,
+    settings_for,
+    tracks_digest,
+)
 from lib.filters import DomainIndex, FilterError
 from lib.preproc import SPLITS, DatasetError
 from lib.tensor_ops import parse_redux
@@ -76,15 +83,10 @@ def parse_args(argv):
     overrides = parse_overrides(argv)
     overrides = {SHORTCUTS.get(k, k): v for k, v in overrides.items()}
     args = OmegaConf.create(ARGUMENTS)
-    known = all_keys(args)
-    for key in overrides:
-        _check_known(key, known)
-    for key, value in overrides.items():
-        OmegaConf.update(args, key, value, merge=False)
+    apply_overrides(args, overrides, open_sections=())
     if not args.checkpoint:
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
-    if str(args.fabric.accelerator) not in ACCELERATORS:
-        raise ConfigError(f"accelerator={args.fabric.accelerator!r} is not one of {ACCELERATORS}")
+    check_accelerator(args.fabric.accelerator)
     if str(args.partition) not in SPLITS:
         raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
     if args.redux is not None:
@@ -201,7 +203,8 @@ def write_outputs(folder, runs, settings):
             else:
                 entry[key] = value
         results["runs"].append(entry)
-    _atomic_write(os.path.join(folder, "results.json"), json.dumps(results, indent=1))
+    text = json.dumps(results, indent=1)
+    atomic_write(os.path.join(folder, "results.json"), lambda h: h.write(text), text=True)
     rows = []
     header = [
         "qslen",
@@ -232,25 +235,19 @@ def write_outputs(folder, runs, settings):
                 + [_num(pq[k][i].item()) for k in ("AP", "R1", "ARP", "RR", "P@1", "P@10")]
                 + [int(run["ncand"][i]), int(run["nrel"][i])]
             )
-    tmp = os.path.join(folder, ".per_query.csv.tmp")
-    with open(tmp, "w", newline="") as handle:
+
+    def write_csv(handle):
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, os.path.join(folder, "per_query.csv"))
+
+    atomic_write(os.path.join(folder, "per_query.csv"), write_csv, text=True)
     if len(runs) > 1:
         plot_map_vs_length(os.path.join(folder, "map_vs_query_length.png"), runs)
 
 
 def _num(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def plot_map_vs_length(path, runs):
@@ -269,9 +266,8 @@ def plot_map_vs_length(path, runs):
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 ###################################################################################################
@@ -338,15 +334,14 @@ def main(argv):
             printer=printer,
         )
 
-    candidates = embeddings(candidate_settings)
+    all_candidates = embeddings(candidate_settings)
+    candidates = all_candidates
     if csel is not None:
-        candidates = candidates.subset(torch.from_numpy(csel))
+        candidates = all_candidates.subset(torch.from_numpy(csel))
     name = eval_name(args.qfilter, args.cfilter)
     runs = []
     for settings in query_settings:
-        queries = candidates if settings == candidate_settings and csel is None else None
-        if queries is None:
-            queries = embeddings(settings)
+        queries = all_candidates if settings == candidate_settings else embeddings(settings)
         if qsel is not None:
             queries = queries.subset(torch.from_numpy(qsel))
         if len(queries) == 0 or len(candidates) == 0:
@@ -423,12 +418,6 @@ def run_name(redux, query_settings, candidate_settings):
 
     queries = "+".join(windows(s) for s in query_settings)
     return f"{redux}_q{queries}_c{windows(candidate_settings)}"
-
-
-def describe_windows(settings):
-    if settings["slen"] <= 0:
-        return f"whole track (first {settings['maxlen']:g} s)"
-    return f"{settings['slen']:g} s / {settings['shop']:g} s hop, <= {settings['nwin']} windows"
 
 
 if __name__ == "__main__":

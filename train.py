@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lib import training
 from lib.augmentations import Augment
-from lib.checkpoint import CheckpointError, load_model_state, save_checkpoint
+from lib.checkpoint import CheckpointError, atomic_write, load_model_state, save_checkpoint
 from lib.config import ConfigError, load_config
 from lib.dataset import Dataset
 from lib.optim import get_optimizer, get_scheduler
@@ -203,11 +203,9 @@ def main(argv):
     fabric = make_fabric(conf, log_dir)
     printer = fabric.print
     if fabric.is_global_zero:
-        os.makedirs(log_dir, exist_ok=True)
-        tmp = os.path.join(log_dir, ".configuration.yaml.tmp")
-        with open(tmp, "w") as handle:
-            handle.write(OmegaConf.to_yaml(conf))
-        os.replace(tmp, os.path.join(log_dir, "configuration.yaml"))
+        yaml_text = OmegaConf.to_yaml(conf)
+        path = os.path.join(log_dir, "configuration.yaml")
+        atomic_write(path, lambda handle: handle.write(yaml_text), text=True)
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(conf) + "-" * 65)
     paths = {n: os.path.join(log_dir, f"checkpoint_{n}.ckpt") for n in ("last", "best")}
 

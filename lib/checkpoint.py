@@ -76,15 +76,22 @@ def save_checkpoint(state, path):
 
 
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over
-    ``path``. An interrupted or failed save leaves the previous file intact and no temporary."""
+    """``torch.save`` of ``obj`` to ``path``, atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write(path, write, text=False):
+    """Call ``write(handle)`` on a temporary file in the same folder, flush it to disk, then
+    rename it over ``path``. An interrupted or failed write leaves the previous file intact and
+    no temporary. ``text`` opens the temporary in text mode (UTF-8, no newline translation)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    mode = {"mode": "w", "encoding": "utf-8", "newline": ""} if text else {"mode": "wb"}
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, **mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -87,8 +87,8 @@ def all_keys(conf, prefix=""):
     return keys
 
 
-def _check_known(key, known):
-    if key in known or any(key.startswith(s) for s in OPEN_SECTIONS):
+def _check_known(key, known, open_sections=OPEN_SECTIONS):
+    if key in known or any(key.startswith(s) for s in open_sections):
         return
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -104,14 +104,21 @@ def load_config(args, required=("jobname", "conf")):
         example = "jobname=NAME conf=config/X.yaml [key=value ...]"
         raise ConfigError(f"missing required argument(s) {', '.join(missing)}; usage: {example}")
     conf = OmegaConf.merge(OmegaConf.create(DEFAULTS), load_yaml(overrides["conf"]))
+    apply_overrides(conf, overrides)
+    check_accelerator(conf.fabric.accelerator, "fabric.accelerator")
+    return conf
+
+
+def apply_overrides(conf, overrides, open_sections=OPEN_SECTIONS):
+    """Set ``overrides`` ({dotted key: value}) in ``conf``; every key must exist in it (or lie
+    in one of ``open_sections``), else ConfigError naming the closest valid key."""
     known = all_keys(conf)
     for key in overrides:
-        _check_known(key, known)
+        _check_known(key, known, open_sections)
     for key, value in overrides.items():
         OmegaConf.update(conf, key, value, merge=True, force_add=True)
-    accelerator = str(conf.fabric.accelerator)
-    if accelerator not in ACCELERATORS:
-        raise ConfigError(
-            f"fabric.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)}"
-        )
-    return conf
+
+
+def check_accelerator(value, name="accelerator"):
+    if str(value) not in ACCELERATORS:
+        raise ConfigError(f"{name}={str(value)!r} is not one of {', '.join(ACCELERATORS)}")

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from lib.audio import AudioError, load_audio
+from lib.checkpoint import atomic_write
 from lib.retrieval import Embeddings
 
 CACHE_VERSION = 1
@@ -309,10 +310,11 @@ def merge_shards(folder, key, keys, dataset, world, manifest_extra):
         "dim": int(dim),
         **manifest_extra,
     }
-    tmp = os.path.join(folder, ".manifest.json.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(manifest, handle, indent=1, default=str)
-    os.replace(tmp, os.path.join(folder, "manifest.json"))
+    atomic_write(
+        os.path.join(folder, "manifest.json"),
+        lambda handle: json.dump(manifest, handle, indent=1, default=str),
+        text=True,
+    )
     for r in range(world):
         shutil.rmtree(_shard_dir(folder, r, world), ignore_errors=True)
 
@@ -325,7 +327,7 @@ def embeddings_for(
     key = cache_key({**key_parts, **settings, "cache_version": CACHE_VERSION})
     folder = os.path.join(cache_dir, key[:24])
     store = load_store(folder, key)
-    what = describe(settings)
+    what = describe_windows(settings)
     if store is not None:
         printer(f"Embeddings ({what}): {len(keys):,} tracks from the cache {folder}")
         return store
@@ -361,13 +363,11 @@ def embeddings_for(
     return store
 
 
-def describe(settings):
+def describe_windows(settings):
+    """'20 s / 5 s hop, <= 117 windows' or 'whole track (first 600 s)'."""
     if settings["slen"] <= 0:
-        return f"whole tracks, maxlen {settings['maxlen']:g} s"
-    return (
-        f"{settings['slen']:g} s windows every {settings['shop']:g} s, "
-        f"up to {settings['nwin']} per track"
-    )
+        return f"whole track (first {settings['maxlen']:g} s)"
+    return f"{settings['slen']:g} s / {settings['shop']:g} s hop, <= {settings['nwin']} windows"
 
 
 def settings_for(model, slen, shop, maxlen):

@@ -24,7 +24,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError, get_info, load_audio
-from lib.checkpoint import atomic_torch_save, safe_torch_load
+from lib.checkpoint import atomic_torch_save, atomic_write, safe_torch_load
 from lib.filters import DOMAINS
 
 SPLITS = ("train", "valid", "test")
@@ -410,12 +410,13 @@ def split_counts(splits):
 
 def write_report(path, rejected):
     """Tab-separated report of every version left out, with its reason."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+
+    def write(handle):
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["split", "clique", "key", "filename", "reason"])
         writer.writerows(rejected)
-    os.replace(tmp, path)
+
+    atomic_write(path, write, text=True)
 
 
 def report_path(fn_out):
