@@ -182,6 +182,62 @@ class MyIBNResBlock(nn.Module):
         return self.gain * self.convs(h) + self.skip(h)
 
 
+class ResNet50BottBlock(nn.Module):
+    """Post-activation bottleneck block (every conv bias-free): 1x1 (cin -> mid) - IBN or BN -
+    ReLU - 3x3 (stride) - BN - ReLU - 1x1 (mid -> cout) - BN, plus the residual (identity, or a
+    3x3 conv with ``stride`` + BN when the shape changes), then ReLU. mid = max(cin, cout) x
+    ``factor``, rounded up to even."""
+
+    def __init__(self, cin, cout, factor=0.25, stride=1, ibn=False):
+        super().__init__()
+        mid = _even_width(cin, cout, factor)
+        self.convs = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            InstanceBatchNorm2d(mid) if ibn else nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        if cin == cout and stride == 1:
+            self.skip = nn.Identity()
+        else:
+            self.skip = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, h):
+        return torch.relu(self.convs(h) + self.skip(h))
+
+
+class ByteCoverBody(nn.Sequential):
+    """The ByteCover CNN (a ResNet50 with IBN in its first three stages) at width ``ncha``
+    (2048): a 7x7 stem conv (stride 1 over bins, 2 over time) to ncha/8 channels, BN, ReLU,
+    3x3 max pool (stride 2), then 3 / 4 / 6 / 3 bottleneck blocks of ncha/8, /4, /2 and ncha
+    channels (stages 2 and 3 start with stride 2). (N, 1, F, T) -> (N, ncha, F', T')."""
+
+    def __init__(self, ncha=2048):
+        if ncha % 16:
+            raise ValueError(f"ByteCover width must be a multiple of 16, got {ncha}")
+        widths = [ncha // 8, ncha // 4, ncha // 2, ncha]
+        layers = [
+            nn.Conv2d(1, widths[0], 7, stride=(1, 2), bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2),
+        ]
+        cin = widths[0]
+        for stage, (nblocks, cout) in enumerate(zip((3, 4, 6, 3), widths)):
+            for i in range(nblocks):
+                stride = 2 if i == 0 and stage in (1, 2) else 1
+                layers.append(ResNet50BottBlock(cin, cout, stride=stride, ibn=stage < 3))
+                cin = cout
+        super().__init__(*layers)
+
+
 class CQTNetBody(nn.Sequential):
     """The CQTNet convolution stack (Yu et al.), width ``c`` (32 in CQTNet, 48 in DVINet+):
     five blocks of two bias-free convolutions, each followed by BatchNorm and ReLU, with max

@@ -83,6 +83,44 @@ def triplet_loss(
     return loss, d_pos, d_neg, valid
 
 
+def similarity_triplet_loss(
+    sim, labels, ids=None, margin=0.1, positives="hard", negatives="hard", generator=None
+):
+    """ByteCover3x's triplet on similarities ``sim`` (B, B): mean over anchors of
+    relu((1 + margin) s(a, n) - s(a, p)), p and n mined on the distance -sim (hard positive = the
+    least similar, hard negative = the most similar).
+
+    Returns (loss, s_pos (B,), s_neg (B,), valid (B,))."""
+    positive, negative = pair_masks(labels, ids)
+    valid = positive.any(-1) & negative.any(-1)
+    rows = torch.arange(len(labels), device=sim.device)
+    dist = -sim
+    d_pos = dist[rows, mine_positives(dist, positive, positives, generator)]
+    d_neg = dist[rows, mine_negatives(dist, negative, d_pos, negatives, margin, generator)]
+    hinge = F.relu(-(1 + margin) * d_neg + d_pos)
+    loss = hinge[valid].mean() if bool(valid.any()) else sim.sum() * 0
+    return loss, -d_pos, -d_neg, valid
+
+
+def mining_from_conf(conf):
+    """(positive, negative) mining of a model config's ``mining`` section (hard / hard, the
+    original's batch-hard triplets, when absent); an unknown name is a ``ValueError``."""
+    mining = conf.get("mining") or {}
+    positive = str(mining.get("positive", "hard"))
+    negative = str(mining.get("negative", "hard"))
+    if positive not in POSITIVE_MINING:
+        raise ValueError(f"model.mining.positive={positive!r}: one of {', '.join(POSITIVE_MINING)}")
+    if negative not in NEGATIVE_MINING:
+        raise ValueError(f"model.mining.negative={negative!r}: one of {', '.join(NEGATIVE_MINING)}")
+    return positive, negative
+
+
+def masked_mean(values, mask):
+    """Mean of ``values`` where ``mask`` is True; 0 when there is none (for logging)."""
+    count = mask.sum()
+    return (values * mask).sum() / count.clamp(min=1)
+
+
 def mirex_triplet_loss(z, labels, ids=None, generator=None):
     """The Discogs-VINet-MIREX recipe: L2-normalised embeddings (B, D), Euclidean distances,
     random positives, hard negatives, margin 0.3."""

@@ -23,19 +23,7 @@ class Model(SegmentModel):
         width = int(self.conf.get("ncha_in", 48))
         self.body = CQTNetBody(width)
         self.fc0 = nn.Linear(16 * width, int(self.conf.zdim))
-        mining = self.conf.get("mining") or {}
-        self.positives = str(mining.get("positive", "hard"))
-        self.negatives = str(mining.get("negative", "hard"))
-        if self.positives not in losses.POSITIVE_MINING:
-            raise ValueError(
-                f"model.mining.positive={self.positives!r}: one of "
-                f"{', '.join(losses.POSITIVE_MINING)}"
-            )
-        if self.negatives not in losses.NEGATIVE_MINING:
-            raise ValueError(
-                f"model.mining.negative={self.negatives!r}: one of "
-                f"{', '.join(losses.NEGATIVE_MINING)}"
-            )
+        self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (unit-norm embeddings (B, S, zdim), None)."""

@@ -69,3 +69,35 @@ def test_resblock_starts_as_its_skip_path_and_downsamples():
     assert down.convs[2].conv.out_channels == 16
     assert MyIBNResBlock(18, 18).convs[2].conv.out_channels == 10
     assert PadConv2d(3, 4, 5)(torch.randn(1, 3, 7, 7)).shape == (1, 4, 7, 7)
+
+
+def test_bytecover_body_shapes_and_size_of_the_original():
+    from lib.layers import ByteCoverBody, ResNet50BottBlock
+
+    with torch.device("meta"):
+        body = ByteCoverBody(2048)
+        out = body(torch.empty(1, 1, 84, 1304))  # a 150 s shingle
+        stem = torch.nn.Sequential(*list(body)[:4])
+        assert stem(torch.empty(1, 1, 84, 1304)).shape == (1, 256, 38, 324)
+    assert out.shape == (1, 2048, 10, 81)
+    assert sum(p.numel() for p in body.parameters()) == 45_527_040
+    blocks = [m for m in body if isinstance(m, ResNet50BottBlock)]
+    assert [b.convs[0].out_channels for b in blocks] == [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
+    ibn = [isinstance(b.convs[1], InstanceBatchNorm2d) for b in blocks]
+    assert ibn == [True] * 13 + [False] * 3
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ByteCoverBody(100)
+
+
+def test_bottleneck_block_by_hand():
+    from lib.layers import ResNet50BottBlock
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    same = ResNet50BottBlock(8, 8).eval()
+    assert isinstance(same.skip, torch.nn.Identity)
+    assert torch.allclose(same(x), torch.relu(same.convs(x) + x))
+    down = ResNet50BottBlock(8, 16, stride=2).eval()
+    assert down.convs[0].out_channels == 4 and down.skip[0].kernel_size == (3, 3)
+    assert down(x).shape == (2, 16, 3, 3)
+    assert torch.allclose(down(x), torch.relu(down.convs(x) + down.skip(x)))

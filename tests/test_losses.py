@@ -111,3 +111,25 @@ def test_class_ids_beyond_the_classifier_are_a_clear_error():
     L.check_class_ids(torch.tensor([0, 9]), 10)
     with pytest.raises(ValueError, match="model.maxcliques"):
         L.check_class_ids(torch.tensor([0, 10]), 10)
+
+
+def test_similarity_triplet_by_hand():
+    sim = 1 - DIST / 4  # similar = close
+    loss, s_pos, s_neg, valid = L.similarity_triplet_loss(sim, LABELS, IDS, margin=0.1)
+    # hard positive = least similar, hard negative = most similar; relu(1.1 s_an - s_ap)
+    assert s_pos.tolist() == [0.75, 0.75, 0.625, 0.625]
+    assert s_neg.tolist() == [0.875, 0.5, 0.5, 0.875]
+    want = [max(0.0, 1.1 * n - p) for p, n in zip(s_pos.tolist(), s_neg.tolist())]
+    assert loss.item() == pytest.approx(sum(want) / 4) and bool(valid.all())
+
+
+def test_mining_from_config_and_masked_mean():
+    assert L.mining_from_conf({}) == ("hard", "hard")
+    conf = {"mining": {"positive": "random", "negative": "semihard"}}
+    assert L.mining_from_conf(conf) == ("random", "semihard")
+    with pytest.raises(ValueError, match="model.mining.positive='hardest'"):
+        L.mining_from_conf({"mining": {"positive": "hardest"}})
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.tensor([[True, False], [False, True]])
+    assert L.masked_mean(values, mask).item() == 2.5
+    assert L.masked_mean(values, torch.zeros_like(mask)).item() == 0.0

@@ -1,0 +1,66 @@
+"""ByteCover2 (Du et al., 2022) as trained by the CLEWS authors: a ResNet50-IBN CNN on the CQT,
+GeM pooling, a ``zdim`` (1536) projection f_t and its BatchNorm f_c. Training: label-smoothed
+cross-entropy of a clique classifier on f_c plus a batch-hard triplet loss on Euclidean
+distances of f_t; retrieval: cosine distance of f_c, ``min`` reduction.
+
+Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
+"""
+
+from torch import nn
+
+from lib import losses
+from lib.layers import ByteCoverBody, GeMPool, max_abs_normalise
+from lib.model_base import SegmentModel
+
+
+class Model(SegmentModel):
+    segment_metric = "cos"
+    default_redux = "min"
+    frame_pad = "zeros"
+    min_pad = "repeat"
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
+        self.body = ByteCoverBody(ncha)
+        self.pool = GeMPool()
+        self.fc_t = nn.Linear(ncha, zdim)
+        self.bn_c = nn.BatchNorm1d(zdim)
+        self.maxcliques = int(self.conf.maxcliques)
+        self.classifier = nn.Linear(zdim, self.maxcliques, bias=False)
+        self.positives, self.negatives = losses.mining_from_conf(self.conf)
+
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (f_c (B, S, zdim), f_t (B, S, zdim))."""
+        nb, ns, nf, nt = h.shape
+        h = self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt)))
+        f_t = self.fc_t(self.pool(h))
+        f_c = self.bn_c(f_t)
+        return f_c.view(nb, ns, -1), f_t.view(nb, ns, -1)
+
+    def loss(self, labels, ids, z, extra):
+        """Label-smoothed cross-entropy on f_c = ``z`` + triplet loss (margin ``margin``, mining
+        ``model.mining``, batch-hard by default) on Euclidean distances of f_t = ``extra`` +
+        ``lamb`` x the mean distance of the positive pairs. Every segment carries its track's
+        label and song id (the original used segment 0 only: with its configs a 150 s shingle is
+        the whole excerpt, so S = 1 and both agree)."""
+        losses.check_class_ids(labels, self.maxcliques)
+        nb, ns, dim = z.shape
+        labels, ids = labels.repeat_interleave(ns), ids.repeat_interleave(ns)
+        f_c, f_t = z.reshape(nb * ns, dim), extra.reshape(nb * ns, dim)
+        ce = losses.smoothed_cross_entropy(self.classifier(f_c), labels, self.conf.smooth)
+        dist = losses.euclidean(f_t, f_t)
+        triplet, _, _, _ = losses.triplet_loss(
+            dist, labels, ids, float(self.conf.margin), self.positives, self.negatives
+        )
+        positive, negative = losses.pair_masks(labels, ids)
+        d_pos = losses.masked_mean(dist, positive)
+        total = ce + triplet + float(self.conf.lamb) * d_pos
+        logs = {
+            "l_main": total.detach(),
+            "l_cent": ce.detach(),
+            "l_cont": triplet.detach(),
+            "v_dpos": d_pos.detach(),
+            "v_dneg": losses.masked_mean(dist, negative).detach(),
+        }
+        return total, logs

@@ -1,0 +1,82 @@
+"""CoverHunter (Liu et al., 2023) without its coarse-to-fine stage ("-C"), as trained by the CLEWS
+authors: BatchNorm over the CQT bins, a Conformer encoder, attentive statistics pooling to f_t
+(``ncha`` = 128) and a bottleneck BatchNorm with a frozen bias to f_i. Training: focal loss of a
+clique classifier on f_i + 0.01 x centre loss and 0.1 x batch-hard triplet loss on f_t.
+Retrieval: cosine distance of f_i, ``min`` reduction.
+
+Training shingles overlap by half: the default hop of ``prepare`` is ``shingling.hop`` / 2.
+
+Shapes: waveforms (B, T); CQT shingles (B, S, 96, T'); embeddings (B, S, ncha).
+"""
+
+import torch
+from torch import nn
+
+from lib import losses
+from lib.conformer import AttentiveStatisticsPooling, ConformerEncoder
+from lib.model_base import SegmentModel
+
+CENTER_WEIGHT = 0.01
+TRIPLET_WEIGHT = 0.1
+
+
+class Model(SegmentModel):
+    segment_metric = "cos"
+    default_redux = "min"
+    frame_pad = "repeat"
+    min_pad = "repeat"
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        nbins = int(self.conf.cqt.noctaves) * int(self.conf.cqt.get("nbinsoct", 12))
+        dim = int(self.conf.ncha)
+        self.input_norm = nn.BatchNorm1d(nbins)
+        self.encoder = ConformerEncoder(
+            nbins, dim, int(self.conf.ncha_attn), int(self.conf.nblocks)
+        )
+        self.pooling = AttentiveStatisticsPooling(dim)
+        self.bottleneck = nn.BatchNorm1d(dim)
+        self.bottleneck.bias.requires_grad_(False)
+        self.maxcliques = int(self.conf.maxcliques)
+        self.classifier = nn.Linear(dim, self.maxcliques, bias=False)
+        self.centers = nn.Parameter(torch.randn(self.maxcliques, dim))
+        self.positives, self.negatives = losses.mining_from_conf(self.conf)
+
+    def prepare(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> CQT shingles (B, S, F, T'); the default hop is half the
+        configured one (the original's training shingles)."""
+        if shingle_hop is None:
+            shingle_hop = float(self.conf.shingling.hop) / 2
+        return super().prepare(h, shingle_len=shingle_len, shingle_hop=shingle_hop)
+
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (f_i (B, S, ncha), f_t (B, S, ncha))."""
+        nb, ns, nf, nt = h.shape
+        h = self.input_norm(h.reshape(nb * ns, nf, nt)).transpose(1, 2)
+        f_t = self.pooling(self.encoder(h))
+        f_i = self.bottleneck(f_t)
+        return f_i.view(nb, ns, -1), f_t.view(nb, ns, -1)
+
+    def loss(self, labels, ids, z, extra):
+        """Focal loss (``gamma``) of the classifier on f_i = ``z`` + 0.01 x centre loss + 0.1 x
+        triplet loss (margin ``margin``, mining ``model.mining``, batch-hard by default) on
+        Euclidean distances of f_t = ``extra``; every segment carries its track's label and id."""
+        losses.check_class_ids(labels, self.maxcliques)
+        nb, ns, dim = z.shape
+        labels, ids = labels.repeat_interleave(ns), ids.repeat_interleave(ns)
+        f_i, f_t = z.reshape(nb * ns, dim), extra.reshape(nb * ns, dim)
+        focal = losses.focal_loss(self.classifier(f_i), labels, float(self.conf.gamma))
+        center = losses.center_loss(f_t, labels, self.centers)
+        dist = losses.euclidean(f_t, f_t)
+        triplet, d_pos, d_neg, valid = losses.triplet_loss(
+            dist, labels, ids, float(self.conf.margin), self.positives, self.negatives
+        )
+        total = focal + CENTER_WEIGHT * center + TRIPLET_WEIGHT * triplet
+        logs = {
+            "l_main": total.detach(),
+            "l_cent": focal.detach(),
+            "l_cont": triplet.detach(),
+            "v_dpos": losses.masked_mean(d_pos, valid).detach(),
+            "v_dneg": losses.masked_mean(d_neg, valid).detach(),
+        }
+        return total, logs
