@@ -1,9 +1,166 @@
-"""Entry point reserved by the project layout; it is built in issue #7.
+"""Window embeddings of audio files with a trained checkpoint (the original's CLI).
 
-Until then it refuses to run (exit status 1) instead of pretending to work.
+    python inference.py --checkpoint=logs/model/checkpoint_best.ckpt --path_in=data/audio_files/ \
+        --path_out=cache/extracted_embeddings/
+    python inference.py --checkpoint=logs/model/checkpoint_best.ckpt \
+        --fn_in=data/audio_files/filename.mp3 --fn_out=cache/extracted_embeddings/filename.pt
+
+Folder mode walks ``--path_in`` recursively (wav, flac, ogg, mp3, mp4/m4a, webm/opus, aac) and
+writes ``--path_out/<relative path>.pt``, each a float32 tensor (windows, dim). Existing outputs
+are kept and skipped (an interrupted run continues) unless ``--overwrite``; nothing is deleted.
+Unreadable files are listed in ``--path_out/inference_failures.log``.
+
+Exit status: 0 every file embedded or already there, 1 some file failed or the checkpoint could
+not be used, 2 bad arguments, 130 interrupted.
 """
 
+import argparse
+import os
 import sys
 
+import torch
+
+from lib.checkpoint import CheckpointError, load_trained_model
+from lib.config import ConfigError
+from lib.inference import (
+    FAILURE_LOG,
+    InferenceError,
+    check_manifest,
+    embed_files,
+    is_audio,
+    plan_folder,
+    settings_of,
+    write_failure_log,
+    write_manifest,
+)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Window embeddings of audio files (one .pt tensor (windows, dim) per file)."
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt)")
+    parser.add_argument(
+        "--conf",
+        default=None,
+        help="config YAML (default: configuration.yaml "
+        "beside the checkpoint, else the config stored in it)",
+    )
+    parser.add_argument("--path_in", default=None, help="input folder (recursive)")
+    parser.add_argument("--path_out", default=None, help="output folder")
+    parser.add_argument("--fn_in", default=None, help="input audio file")
+    parser.add_argument("--fn_out", default=None, help="output .pt file")
+    parser.add_argument(
+        "--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument("--hop_size", type=float, default=5.0, help="window hop in seconds")
+    parser.add_argument(
+        "--win_len",
+        type=float,
+        default=-1,
+        help="window length in seconds; <= 0: the model's training length",
+    )
+    parser.add_argument(
+        "--nworkers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="decoding processes (0: decode in the main process)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recompute outputs that already exist"
+    )
+    args = parser.parse_args(argv)
+    folder = args.path_in is not None or args.path_out is not None
+    single = args.fn_in is not None or args.fn_out is not None
+    if folder == single:
+        parser.error("give either --path_in and --path_out (folder) or --fn_in and --fn_out (file)")
+    if folder and (args.path_in is None or args.path_out is None):
+        parser.error("folder mode needs both --path_in and --path_out")
+    if single and (args.fn_in is None or args.fn_out is None):
+        parser.error("single-file mode needs both --fn_in and --fn_out")
+    if not args.hop_size > 0:
+        parser.error(f"--hop_size must be > 0 seconds, got {args.hop_size}")
+    if args.nworkers < 0:
+        parser.error("--nworkers must be >= 0")
+    base = args.device.split(":")[0]
+    if base not in DEVICES:
+        parser.error(f"--device {args.device!r}: one of {', '.join(DEVICES)} (or cuda:N)")
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InferenceError("--device mps: not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def plan(args):
+    """(jobs, non-audio files, output folder) of the run."""
+    if args.path_in is not None:
+        jobs, other = plan_folder(args.path_in, args.path_out)
+        return jobs, other, args.path_out
+    if not os.path.isfile(args.fn_in):
+        raise InferenceError(f"{args.fn_in}: input file not found")
+    if not is_audio(args.fn_in):
+        raise InferenceError(f"{args.fn_in}: not an audio file extension")
+    return [(args.fn_in, args.fn_out)], [], None
+
+
+def run(args):
+    jobs, other, out_folder = plan(args)
+    device = pick_device(args.device)
+    print("=" * 80 + "\n" + "\n".join(f"{k}: {v}" for k, v in vars(args).items()) + "\n" + "=" * 80)
+    print("Load model...")
+    model, conf, source = load_trained_model(args.checkpoint, args.conf, device)
+    win_len = args.win_len if args.win_len > 0 else model.get_shingle_params()[0]
+    print(
+        f"  {conf.model.name} from {args.checkpoint} (config {source}) on {device}; "
+        f"windows of {win_len:g} s every {args.hop_size:g} s"
+    )
+    if other:
+        print(f"  {len(other)} file(s) without an audio extension not embedded, e.g. {other[0]}")
+    if out_folder is not None:
+        settings = settings_of(model, args.checkpoint, win_len, args.hop_size)
+        check_manifest(out_folder, settings, args.overwrite)
+        write_manifest(out_folder, settings)
+    print(f"{len(jobs)} audio file(s)")
+    summary = embed_files(
+        model, jobs, win_len, args.hop_size, device, args.nworkers, args.overwrite
+    )
+    if out_folder is not None:
+        write_failure_log(os.path.join(out_folder, FAILURE_LOG), summary["failed"])
+    rate = summary.get("audio_seconds", 0) / max(summary.get("wall_seconds", 0), 1e-9)
+    print(
+        f"Done: {len(summary['done'])} embedded ({rate:.1f} s of audio per second), "
+        f"{len(summary['skipped'])} already there (skipped), {len(summary['failed'])} failed"
+    )
+    if summary["failed"]:
+        where = os.path.join(out_folder, FAILURE_LOG) if out_folder else "above"
+        print(f"Failed files are listed in {where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except (InferenceError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; run again to continue", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit("inference.py is not available yet: it is being built in issue #7.")
+    sys.exit(main())

@@ -20,7 +20,6 @@ Exit status: 0 done, 1 bad data / checkpoint / audio, 2 bad arguments.
 
 import csv
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -38,8 +37,14 @@ from tqdm import tqdm
 
 from lib import eval as evaluation
 from lib import retrieval, training
-from lib.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state
-from lib.config import ConfigError, apply_overrides, check_accelerator, load_yaml, parse_overrides
+from lib.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    run_config,
+)
+from lib.config import ConfigError, apply_overrides, check_accelerator, parse_overrides
 from lib.dataset import Dataset
 from lib.extract import (
     ExtractionError,
@@ -50,6 +55,7 @@ from lib.extract import (
     tracks_digest,
 )
 from lib.filters import DomainIndex, FilterError
+from lib.model_base import build_model
 from lib.preproc import SPLITS, DatasetError
 from lib.tensor_ops import parse_redux
 
@@ -105,18 +111,9 @@ USAGE = (
 def model_config(args, state):
     """The run's config: conf=, else configuration.yaml beside the checkpoint, else the one
     stored in the checkpoint; path_audio / path_meta override its paths."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "configuration.yaml")
-    if args.conf:
-        conf, source = load_yaml(args.conf), args.conf
-    elif os.path.isfile(beside):
-        conf, source = load_yaml(beside), beside
-    elif state.get("conf") is not None:
-        conf, source = OmegaConf.create(state["conf"]), f"{args.checkpoint} (stored config)"
-    else:
-        raise ConfigError(f"{args.checkpoint}: no conf= given, no {beside} and no stored config")
-    for key in ("model", "data", "path"):
-        if key not in conf:
-            raise ConfigError(f"{source}: no '{key}' section")
+    conf, source = run_config(args.checkpoint, state, args.conf)
+    if "path" not in conf:
+        raise ConfigError(f"{source}: no 'path' section")
     if args.path_audio:
         conf.path.audio = args.path_audio
     if args.path_meta:
@@ -284,8 +281,10 @@ def main(argv):
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(args) + "-" * 65)
 
     torch.backends.cudnn.benchmark = False
-    module = importlib.import_module(f"models.{conf.model.name}")
-    model = module.Model(conf.model, sr=int(conf.data.samplerate))
+    try:
+        model = build_model(conf.model, sr=int(conf.data.samplerate))
+    except ValueError as err:
+        raise ConfigError(f"{conf_source}: {err}") from err
     load_model_state(model, state, source=args.checkpoint)
     model.to(fabric.device).eval()
     if "epoch" in state:

@@ -9,7 +9,6 @@ improvement of training.monitor), checkpoint_epoch<N>.ckpt (every training.save_
 TensorBoard event files. Running the same command again resumes from checkpoint_last.ckpt.
 """
 
-import importlib
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ from lib.augmentations import Augment
 from lib.checkpoint import CheckpointError, atomic_write, load_model_state, save_checkpoint
 from lib.config import ConfigError, load_config
 from lib.dataset import Dataset
+from lib.model_base import build_model
 from lib.optim import get_optimizer, get_scheduler
 from lib.preproc import DatasetError
 
@@ -212,8 +212,10 @@ def main(argv):
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("medium")
     training.seed_epoch(conf.seed, -1, 0)  # identical initialisation on every rank
-    module = importlib.import_module(f"models.{conf.model.name}")
-    net = module.Model(conf.model, sr=int(conf.data.samplerate))
+    try:
+        net = build_model(conf.model, sr=int(conf.data.samplerate))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     printer(f"Model {conf.model.name}: {sum(p.numel() for p in net.parameters()):,} parameters")
     optim = get_optimizer(conf.training.optim, net.parameters())
     monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode

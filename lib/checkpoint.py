@@ -226,3 +226,40 @@ def load_model_state(model, state, source="checkpoint"):
         )
     model.load_state_dict(weights, strict=True)
     return model
+
+
+def run_config(checkpoint, state, conf_path=None):
+    """The config of a trained model: ``conf_path`` if given, else ``configuration.yaml`` beside
+    the checkpoint (as the original expected), else the one stored in the checkpoint.
+    Returns (DictConfig, where it came from); ``ConfigError`` when there is none."""
+    from lib.config import ConfigError, load_yaml
+
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "configuration.yaml")
+    if conf_path:
+        conf, source = load_yaml(conf_path), os.fspath(conf_path)
+    elif os.path.isfile(beside):
+        conf, source = load_yaml(beside), beside
+    elif state.get("conf") is not None:
+        conf, source = OmegaConf.create(state["conf"]), f"{checkpoint} (stored config)"
+    else:
+        raise ConfigError(f"{checkpoint}: no conf given, no {beside} and no stored config")
+    for key in ("model", "data"):
+        if key not in conf:
+            raise ConfigError(f"{source}: no '{key}' section")
+    return conf, source
+
+
+def load_trained_model(checkpoint, conf_path=None, device="cpu"):
+    """(model in eval mode on ``device``, its config, config source) from a checkpoint of this
+    project or of the original code."""
+    from lib.config import ConfigError
+    from lib.model_base import build_model
+
+    state = load_checkpoint(checkpoint)
+    conf, source = run_config(checkpoint, state, conf_path)
+    try:
+        model = build_model(conf.model, sr=int(conf.data.get("samplerate", 16000)))
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    load_model_state(model, state, source=os.fspath(checkpoint))
+    return model.to(device).eval(), conf, source

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lib import tensor_ops
 from lib.audio import AudioError, load_audio
 from lib.checkpoint import atomic_write
 from lib.retrieval import Embeddings
@@ -64,23 +65,45 @@ def window_count(maxlen, slen, shop, sr):
     return max(1, 1 + (mxlen - length) // hop)
 
 
+def frame_count(nsamples, length, hop):
+    """Windows of ``length`` samples every ``hop`` samples over ``nsamples`` samples, the last
+    one completed by padding (the model's framing): max(ceil((T - L) / H), 0) + 1."""
+    return max(-(-(nsamples - length) // hop), 0) + 1
+
+
 @torch.inference_mode()
-def embed_track(model, audio, slen, shop, nwin, device, max_windows=32):
-    """Embeddings (nwin, D) float32 and padding mask (nwin,) of one track ``audio`` (T,) at the
-    model's rate. Windows are embedded ``max_windows`` at a time to bound memory."""
+def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_count=None):
+    """Embeddings (S, D) float32 (on the CPU) of the windows of ``slen`` s every ``shop`` s of one
+    waveform ``audio`` (T,) at the model's rate, the last window completed with the model's
+    padding; ``slen`` <= 0 embeds the whole waveform as one window. Only ``max_windows``
+    windows are framed and embedded at a time, so memory does not grow with the file's length;
+    ``max_count`` keeps the first windows only."""
     sr = model.sr
-    x = audio.to(device)[None]
+    x = audio.to(device)
     if slen <= 0:
         seconds = max(x.size(-1), 1) / sr
-        shingles = model.prepare(x, shingle_len=seconds, shingle_hop=seconds)
-    else:
-        shingles = model.prepare(x, shingle_len=slen, shingle_hop=shop)
-    shingles = shingles[:, :nwin]
-    parts = [
-        model.embed(shingles[:, i : i + max_windows].clone())[0][0]
-        for i in range(0, shingles.size(1), max_windows)
-    ]
-    z = torch.cat(parts).float().cpu()
+        return model.embed(model.prepare(x[None], seconds, seconds).clone())[0][0].float().cpu()
+    length, hop = int(slen * sr), int(shop * sr)
+    count = frame_count(x.size(-1), length, hop)
+    if max_count is not None:
+        count = min(count, int(max_count))
+    # pad the whole waveform once, as framing it whole would, then cut exact chunks of windows
+    total = (count - 1) * hop + length
+    if x.size(-1) < total:
+        x = tensor_ops.force_length(x, total, pad_mode=model.frame_pad)
+    parts = []
+    for first in range(0, count, max_windows):
+        last = min(count, first + max_windows)
+        piece = x[first * hop : (last - 1) * hop + length]
+        shingles = model.prepare(piece[None], shingle_len=slen, shingle_hop=shop)
+        parts.append(model.embed(shingles.clone())[0][0].float().cpu())
+    return torch.cat(parts)
+
+
+def embed_track(model, audio, slen, shop, nwin, device, max_windows=32):
+    """Embeddings (nwin, D) float32 and padding mask (nwin,) of one track ``audio`` (T,) at the
+    model's rate: its first ``nwin`` windows, missing ones as masked zero rows."""
+    z = window_embeddings(model, audio, slen, shop, device, max_windows, max_count=nwin)
     out = torch.zeros(nwin, z.size(-1))
     out[: z.size(0)] = z
     mask = torch.ones(nwin, dtype=torch.bool)

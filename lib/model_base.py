@@ -1,6 +1,10 @@
 """What every baseline model shares: training shingles, the CQT front end, ``forward`` and the
 retrieval distances (the common interface of spec section 9.1)."""
 
+import importlib
+import os
+import re
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -81,3 +85,22 @@ class SegmentModel(nn.Module):
             mask = qmask[:, None, :, None] | cmask[None, :, None, :]
         redux = self.default_redux if redux_strategy is None else redux_strategy
         return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)
+
+
+def available_models():
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+    return sorted(
+        name[:-3] for name in os.listdir(folder) if name.endswith(".py") and name != "__init__.py"
+    )
+
+
+def build_model(conf, sr=16000):
+    """``models/<conf.name>.py``'s ``Model(conf, sr)``; ``conf`` is a config's ``model`` section.
+    An unknown name is a ``ValueError`` listing the available ones."""
+    name = str(conf.get("name"))
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name not in available_models():
+        raise ValueError(
+            f"model.name={name!r}: unknown model; available: {', '.join(available_models())}"
+        )
+    module = importlib.import_module(f"models.{name}")
+    return module.Model(conf, sr=sr)

@@ -64,6 +64,16 @@ def test_resolve_windows(model):
         X.resolve_windows(model, 3, 0)
 
 
+@pytest.mark.parametrize("seconds", [0.7, 2.0, 7.3])
+def test_window_embeddings_in_chunks_equal_framing_the_whole_waveform(model, seconds):
+    audio = torch.randn(int(seconds * SR))
+    z = X.window_embeddings(model, audio, 2.0, 1.0, "cpu", max_windows=2)
+    assert z.shape[0] == X.frame_count(audio.numel(), 2 * SR, SR)
+    with torch.inference_mode():
+        direct = model(audio[None], shingle_len=2.0, shingle_hop=1.0)[0]
+    assert z.shape == direct.shape and torch.allclose(z, direct, atol=1e-5)
+
+
 def test_embed_track_pads_and_masks(model):
     audio = torch.randn(int(4.5 * SR))
     z, mask = X.embed_track(model, audio, 2.0, 1.0, nwin=6, device="cpu", max_windows=2)

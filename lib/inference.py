@@ -1,0 +1,195 @@
+"""Embeddings of audio files: the work behind ``inference.py`` and ``match.py index``.
+
+Each input file gives one ``.pt`` file holding its window embeddings, a float32 tensor (S, D)
+(the original's output format). Windows: ``win_len`` seconds every ``hop_size`` seconds over the
+whole file, the last one completed by the model's padding. Files are decoded in worker processes
+while the model runs in the main process; outputs are written atomically, so an interrupted run
+leaves only complete files and the next run skips them.
+
+A folder of outputs carries ``inference.json``: the checkpoint, its digest and the window
+settings the embeddings were made with (``match.py`` reads it to place windows in time).
+"""
+
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from lib.checkpoint import atomic_torch_save, atomic_write
+from lib.extract import file_digest, window_embeddings
+
+MANIFEST = "inference.json"
+FAILURE_LOG = "inference_failures.log"
+MANIFEST_VERSION = 1
+
+
+class InferenceError(Exception):
+    """The run cannot start (bad arguments, colliding outputs, outputs of other settings)."""
+
+
+def is_audio(path):
+    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def find_files(path_in):
+    """(audio files, other files) under ``path_in``, recursively, sorted; hidden files and
+    folders (names starting with '.') are not looked at."""
+    audio, other = [], []
+    for root, dirs, files in os.walk(path_in):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            (audio if is_audio(name) else other).append(path)
+    return audio, other
+
+
+def output_path(path, path_in, path_out):
+    """``path_out/<path relative to path_in, extension replaced by .pt>``."""
+    rel = os.path.relpath(path, path_in)
+    return os.path.join(path_out, os.path.splitext(rel)[0] + ".pt")
+
+
+def plan_folder(path_in, path_out):
+    """[(input, output)] for every audio file of ``path_in`` and the non-audio files found.
+    Inputs that would write the same output (``a.mp3`` and ``a.wav``) are an error listing all
+    of them, raised before any work starts."""
+    if not os.path.isdir(path_in):
+        raise InferenceError(f"{path_in}: input folder not found")
+    audio, other = find_files(path_in)
+    jobs = [(path, output_path(path, path_in, path_out)) for path in audio]
+    by_output = {}
+    for src, dst in jobs:
+        by_output.setdefault(dst, []).append(src)
+    clashes = {dst: srcs for dst, srcs in by_output.items() if len(srcs) > 1}
+    if clashes:
+        lines = [f"  {dst} <- {', '.join(srcs)}" for dst, srcs in sorted(clashes.items())]
+        raise InferenceError(
+            f"{len(clashes)} output file(s) would be written by more than one input (files that "
+            "differ only by extension); rename them or embed them separately:\n" + "\n".join(lines)
+        )
+    return jobs, other
+
+
+def settings_of(model, checkpoint, win_len, hop_size):
+    """What the embeddings depend on, as stored in ``inference.json``."""
+    return {
+        "version": MANIFEST_VERSION,
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
+        "model": type(model).__module__.split(".")[-1],
+        "samplerate": int(model.sr),
+        "win_len": float(win_len),
+        "hop_size": float(hop_size),
+        "metric": getattr(model, "segment_metric", "cos"),
+        "redux": str(getattr(model, "default_redux", "min")),
+    }
+
+
+SAME_SETTINGS_KEYS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size")
+
+
+def read_manifest(folder):
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise InferenceError(f"{path}: unreadable ({err})") from err
+
+
+def check_manifest(folder, settings, overwrite):
+    """Refuse to mix embeddings of other settings into ``folder`` (unless ``overwrite``)."""
+    old = read_manifest(folder)
+    if old is None or overwrite:
+        return
+    changed = [k for k in SAME_SETTINGS_KEYS if old.get(k) != settings[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed)
+        raise InferenceError(
+            f"{folder} holds embeddings made with other settings ({detail}); use another output "
+            "folder, or --overwrite to recompute every file"
+        )
+
+
+def write_manifest(folder, settings):
+    text = json.dumps(settings, indent=2) + "\n"
+    atomic_write(os.path.join(folder, MANIFEST), lambda handle: handle.write(text), text=True)
+
+
+class DecodedFiles(torch.utils.data.Dataset):
+    """Items (index, audio (T,) tensor or None, error text or None); a decoding error travels
+    back as text so that the main process reports it and goes on."""
+
+    def __init__(self, paths, samplerate):
+        self.paths, self.samplerate = paths, samplerate
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            x = load_audio(self.paths[i], self.samplerate)
+        except AudioError as err:
+            return i, None, str(err)
+        except Exception as err:  # a decoder crash must not stop the other files
+            return i, None, f"{self.paths[i]}: {type(err).__name__}: {err}"
+        return i, torch.from_numpy(x), None
+
+
+def _first(batch):
+    return batch[0]
+
+
+def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, log=print):
+    """Embed every (input, output) of ``jobs``. Existing outputs are skipped unless ``overwrite``.
+
+    Returns {"done": [...], "skipped": [...], "failed": [(input, reason), ...]}."""
+    todo = [(src, dst) for src, dst in jobs if overwrite or not os.path.isfile(dst)]
+    skipped = [src for src, dst in jobs if not overwrite and os.path.isfile(dst)]
+    summary = {"done": [], "skipped": skipped, "failed": []}
+    if not todo:
+        return summary
+    loader = torch.utils.data.DataLoader(
+        DecodedFiles([src for src, _ in todo], model.sr),
+        batch_size=1,
+        collate_fn=_first,
+        num_workers=max(0, int(nworkers)),
+        prefetch_factor=2 if nworkers > 0 else None,
+    )
+    seconds, start = 0.0, time.time()
+    bar = tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True)
+    for i, audio, error in loader:
+        src, dst = todo[i]
+        if error is None:
+            try:
+                z = window_embeddings(model, audio, win_len, hop_size, device)
+                atomic_torch_save(z.contiguous(), dst)
+                summary["done"].append(src)
+                seconds += audio.numel() / model.sr
+            except (RuntimeError, OSError) as err:
+                error = f"{src}: {type(err).__name__}: {err}"
+        if error is not None:
+            summary["failed"].append((src, error))
+            bar.write(f"  failed: {error}")
+        bar.update(1)
+    bar.close()
+    summary["audio_seconds"] = seconds
+    summary["wall_seconds"] = time.time() - start
+    return summary
+
+
+def write_failure_log(path, failed):
+    """One line per failed input ('path<TAB>reason'); an empty run removes an old log."""
+    if not failed:
+        if os.path.isfile(path):
+            os.remove(path)
+        return
+    text = "".join(f"{src}\t{reason}\n" for src, reason in failed)
+    atomic_write(path, lambda handle: handle.write(text), text=True)
