@@ -206,7 +206,8 @@ def _greedy_pairs(x, qq, heads, cols, num, floor=0.0):
     row_index = (pair_q[:, None] * sq + torch.arange(sq, device=device)) * bc + pair_c[:, None]
     row_index = row_index.reshape(-1)
     qq_flat = qq.index_select(0, pair_q).reshape(-1)
-    heads, cols = heads.clone(), cols.clone()
+    heads = heads.clone(memory_format=torch.contiguous_format)
+    cols = cols.clone(memory_format=torch.contiguous_format)
     heads_flat, cols_flat = heads.view(-1), cols.view(-1)
     retired = torch.zeros(npairs, sc, dtype=torch.bool, device=device)
     total = torch.zeros(npairs, dtype=heads.dtype, device=device)

@@ -233,3 +233,20 @@ def test_embeddings_check_their_shapes():
         R.Embeddings(torch.zeros(2), torch.zeros(2), torch.zeros(2, 3, 4), torch.zeros(2, 4).bool())
     with pytest.raises(ValueError, match=r"\(N, S, D\)"):
         R.Embeddings(torch.zeros(2), torch.zeros(2), torch.zeros(2, 3), None)
+
+
+def test_bpwr_fast_path_with_a_single_query_window():
+    # one query track with one window against several candidates: the permuted (P, Sq) views
+    # are not contiguous (regression: the greedy matching used .view on them)
+    torch.manual_seed(0)
+    q = R.Embeddings(
+        torch.zeros(1, dtype=torch.long),
+        torch.zeros(1, dtype=torch.long),
+        torch.randn(1, 1, 8).half(),
+        None,
+    )
+    c = R.Embeddings(torch.arange(5), torch.arange(5), torch.randn(5, 4, 8).half(), None)
+    got = R.block_distances(q, c, "bpwr-5", metric="nsqeuc")
+    flat_q, flat_c = q.z.float().reshape(1, 8), c.z.float().reshape(20, 8)
+    want = T.pairwise_distance_matrix(flat_q, flat_c, mode="nsqeuc").view(5, 4).amin(-1)
+    assert torch.allclose(got[0], want, atol=1e-3)

@@ -1,0 +1,198 @@
+"""match.py: a catalogue from a generated corpus finds where a held-out, re-encoded 20 s excerpt
+comes from (track and time range), the two-stage search agrees with brute force, catalogues
+from inference.py outputs, bad clips and checkpoints, and the MIREX distance matrix."""
+
+import json
+
+import numpy as np
+import pytest
+
+import inference
+import match
+from lib import catalogue as C
+from lib import synth
+from lib.audio import load_audio, write_audio
+from tests.test_inference import tiny_checkpoint
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("match")
+    path, model = tiny_checkpoint(root)  # 2 s windows
+    audio = root / "audio"
+    synth.make_corpus(
+        str(audio), works=5, versions=2, seconds=30, seed=7, formats=("wav", "mp3", "flac")
+    )
+    cat = root / "cat"
+    status = match.main(
+        [
+            "index",
+            f"--checkpoint={path}",
+            f"--audio={audio}",
+            f"--out={cat}",
+            "--device=cpu",
+            "--hop_size=1",
+            "--nworkers=0",
+            "--index=ivf",
+            "--nlist=8",
+        ]
+    )
+    assert status == 0
+    return root, path, audio, cat
+
+
+def excerpt(setup, name, start, seconds=20.0):
+    """A 20 s excerpt of a catalogue track, quieter, with noise, re-encoded as mp3."""
+    root, _, audio, _ = setup
+    source = sorted((audio / "work002").glob(f"{name}.*"))[0]
+    x = load_audio(str(source), SR)[int(start * SR) : int((start + seconds) * SR)]
+    rng = np.random.default_rng(0)
+    x = 0.7 * x + 0.003 * rng.standard_normal(x.size).astype(np.float32)
+    clip = root / f"clip_{name}_{start:g}.mp3"
+    write_audio(str(clip), x, SR)
+    return clip
+
+
+def test_catalogue_files(setup):
+    _, _, _, cat = setup
+    loaded = C.load(str(cat))
+    assert len(loaded.tracks) == 10 and loaded.info["kind"] == "IndexIVFFlat"
+    assert loaded.index.ntotal == int((~loaded.mask).sum()) == len(loaded.segments)
+    assert loaded.settings["win_len"] == 2.0 and loaded.settings["hop_size"] == 1.0
+    ids = sorted(t["id"] for t in loaded.tracks)
+    assert ids[:2] == ["work000/v0", "work000/v1"]
+
+
+@pytest.mark.parametrize("start", [0.0, 6.5])
+def test_query_finds_the_track_and_where(setup, tmp_path, capsys, start):
+    _, _, _, cat = setup
+    clip = excerpt(setup, "v1", start)
+    out = tmp_path / "m.json"
+    assert (
+        match.main(
+            ["query", f"--catalogue={cat}", str(clip), "--device=cpu", "--topk=3", f"--json={out}"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "work002/v1" in printed
+    report = json.loads(out.read_text())[0]
+    best = report["matches"][0]
+    assert best["id"] == "work002/v1"
+    # where: the whole clip, at the excerpt's start in the track (within the 1 s window hop)
+    assert best["clip_s"] == [0.0, pytest.approx(20.0, abs=0.01)]
+    assert abs(best["track_s"][0] - start) <= 1.0
+    assert best["track_s"][1] - best["track_s"][0] == pytest.approx(20.0, abs=0.01)
+    assert f"{match.clock(best['track_s'][0])}-" in printed
+    assert len(best["pairs"]) == 5  # the closest window pairs, for detail
+
+
+def test_two_stage_search_agrees_with_brute_force(setup):
+    _, path, _, cat = setup
+    loaded = C.load(str(cat))
+    rng = np.random.default_rng(1)
+    for row in rng.choice(len(loaded.tracks), 5, replace=False):
+        valid = ~loaded.mask[row]
+        query = np.asarray(loaded.z[row][valid][3:7], dtype=np.float32)
+        fast = C.search(loaded, query, topk=3, nprobe=8)
+        exact = C.search(loaded, query, topk=3, exact=True)
+        assert [m.row for m in fast] == [m.row for m in exact]
+        assert fast[0].row == row and fast[0].distance == pytest.approx(0, abs=1e-6)
+        assert fast[0].offset == 3.0  # windows 3-6 of the track, 1 s hop
+        assert fast[0].distance == pytest.approx(exact[0].distance)
+
+
+def test_catalogue_from_inference_outputs_and_bad_inputs(setup, tmp_path, capsys):
+    root, path, audio, cat = setup
+    emb = tmp_path / "emb"
+    assert (
+        inference.main(
+            [
+                f"--checkpoint={path}",
+                f"--path_in={audio}",
+                f"--path_out={emb}",
+                "--device=cpu",
+                "--hop_size=1",
+                "--nworkers=0",
+            ]
+        )
+        == 0
+    )
+    cat2 = tmp_path / "cat2"
+    assert match.main(["index", f"--embeddings={emb}", f"--out={cat2}"]) == 0
+    a, b = C.load(str(cat)), C.load(str(cat2))
+    assert np.array_equal(np.asarray(a.z), np.asarray(b.z)) and b.info["kind"] == "IndexFlatL2"
+    # a corrupt clip is reported, the good one still answered, exit status 1
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"\x00" * 3000)
+    clip = excerpt(setup, "v0", 2.0)
+    capsys.readouterr()
+    assert match.main(["query", f"--catalogue={cat2}", str(bad), str(clip), "--device=cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "bad.mp3" in captured.err and "work002/v0" in captured.out
+    # another checkpoint than the catalogue's: refused
+    other, _ = tiny_checkpoint(tmp_path / "other")
+    with open(other, "ab") as handle:
+        handle.write(b"\0")
+    assert match.main(["query", f"--catalogue={cat2}", str(clip), f"--checkpoint={other}"]) == 2
+    assert "not the checkpoint" in capsys.readouterr().err
+    assert match.main(["query", f"--catalogue={tmp_path}", str(clip)]) == 1  # not a catalogue
+    assert match.main(["index", f"--out={tmp_path / 'c3'}"]) == 2  # neither source
+
+
+def test_max_distance_says_no_version(setup, capsys):
+    _, _, _, cat = setup
+    clip = excerpt(setup, "v1", 0.0)
+    assert (
+        match.main(["query", f"--catalogue={cat}", str(clip), "--device=cpu", "--max_distance=-1"])
+        == 0
+    )
+    assert "no version in the catalogue within distance -1" in capsys.readouterr().out
+
+
+def test_mirex_distance_matrix(setup, tmp_path):
+    root, path, audio, _ = setup
+    files = sorted(str(p) for p in audio.rglob("*.*"))
+    coll, queries = tmp_path / "coll.txt", tmp_path / "q.txt"
+    coll.write_text("\n".join(files) + "\n")
+    queries.write_text(f"{files[3]}\n{files[0]}\n")
+    out = tmp_path / "dist.txt"
+    assert (
+        match.main(
+            [
+                "mirex",
+                f"--checkpoint={path}",
+                f"--collection={coll}",
+                f"--queries={queries}",
+                f"--out={out}",
+                "--device=cpu",
+                "--hop_size=1",
+                "--nworkers=0",
+                "--name=test run",
+            ]
+        )
+        == 0
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0] == "test run"
+    assert lines[1:11] == [f"{i + 1}\t{f}" for i, f in enumerate(files)]
+    assert lines[11] == "Q/R\t" + "\t".join(str(i) for i in range(1, 11))
+    rows = [line.split("\t") for line in lines[12:]]
+    assert [r[0] for r in rows] == ["4", "1"] and all(len(r) == 11 for r in rows)
+    dist = np.array([[float(v) for v in r[1:]] for r in rows])
+    assert dist[0].argmin() == 3 and dist[1].argmin() == 0  # each query is closest to itself
+    queries.write_text(f"{tmp_path / 'elsewhere.wav'}\n")
+    assert (
+        match.main(
+            [
+                "mirex",
+                f"--checkpoint={path}",
+                f"--collection={coll}",
+                f"--queries={queries}",
+                f"--out={out}",
+            ]
+        )
+        == 1
+    )  # listed file missing
