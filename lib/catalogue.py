@@ -164,11 +164,14 @@ class Catalogue:
         return start, start + float(self.settings["win_len"])
 
     def embeddings(self, rows):
-        """``retrieval.Embeddings`` of the tracks at ``rows`` (sorted indices)."""
-        rows = np.asarray(rows)
+        """``retrieval.Embeddings`` of the tracks at ``rows`` (sorted indices or a slice)."""
+        if isinstance(rows, slice):
+            ids = torch.arange(self.z.shape[0])[rows]
+        else:
+            rows = np.asarray(rows)
+            ids = torch.as_tensor(rows, dtype=torch.long)
         z = torch.from_numpy(np.ascontiguousarray(self.z[rows]))
         mask = torch.from_numpy(np.ascontiguousarray(self.mask[rows]))
-        ids = torch.as_tensor(rows, dtype=torch.long)
         return retrieval.Embeddings(ids, ids, z, mask)
 
 
@@ -229,7 +232,7 @@ def shortlist(cat, query, neighbours=256, size=100, nprobe=16):
     return ranked[: int(size)]
 
 
-def track_distances(cat, query, rows, redux, block=4096):
+def track_distances(cat, query, rows, redux, block=1024):
     """Stage 2: exact track distances (len(rows),) between the clip windows ``query`` (Sq, D)
     and the catalogue tracks ``rows``."""
     q = torch.from_numpy(np.asarray(query, dtype=np.float16))[None]
@@ -237,8 +240,12 @@ def track_distances(cat, query, rows, redux, block=4096):
         torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), q, None
     )
     out = []
+    rows = np.asarray(rows)
+    whole = len(rows) == cat.z.shape[0] and np.array_equal(rows, np.arange(len(rows)))
     for i in range(0, len(rows), block):
-        cand = cat.embeddings(rows[i : i + block]).trimmed()
+        # every track: contiguous slices, no gather copy
+        part = slice(i, i + block) if whole else rows[i : i + block]
+        cand = cat.embeddings(part).trimmed()
         out.append(retrieval.block_distances(qemb, cand, redux, metric=cat.metric)[0])
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
