@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import faiss
@@ -170,7 +171,10 @@ class Catalogue:
         else:
             rows = np.asarray(rows)
             ids = torch.as_tensor(rows, dtype=torch.long)
-        z = torch.from_numpy(np.ascontiguousarray(self.z[rows]))
+        with warnings.catch_warnings():
+            # slices of the read-only memory map are only read by the engine: no copy needed
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            z = torch.from_numpy(np.ascontiguousarray(self.z[rows]))
         mask = torch.from_numpy(np.ascontiguousarray(self.mask[rows]))
         return retrieval.Embeddings(ids, ids, z, mask)
 
