@@ -18,20 +18,17 @@ import argparse
 import os
 import sys
 
-import torch
-
 from lib.checkpoint import CheckpointError, load_trained_model
 from lib.config import ConfigError
 from lib.inference import (
     FAILURE_LOG,
     InferenceError,
-    check_manifest,
     embed_files,
+    embed_into_folder,
     is_audio,
+    pick_device,
     plan_folder,
-    settings_of,
-    write_failure_log,
-    write_manifest,
+    window_length,
 )
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -90,16 +87,6 @@ def parse_args(argv):
     return args
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InferenceError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise InferenceError("--device mps: not available on this machine (use --device cpu)")
-    return torch.device(name)
-
-
 def plan(args):
     """(jobs, non-audio files, output folder) of the run."""
     if args.path_in is not None:
@@ -118,23 +105,21 @@ def run(args):
     print("=" * 80 + "\n" + "\n".join(f"{k}: {v}" for k, v in vars(args).items()) + "\n" + "=" * 80)
     print("Load model...")
     model, conf, source = load_trained_model(args.checkpoint, args.conf, device)
-    win_len = args.win_len if args.win_len > 0 else model.get_shingle_params()[0]
+    win_len = window_length(model, args.win_len)
     print(
         f"  {conf.model.name} from {args.checkpoint} (config {source}) on {device}; "
         f"windows of {win_len:g} s every {args.hop_size:g} s"
     )
     if other:
         print(f"  {len(other)} file(s) without an audio extension not embedded, e.g. {other[0]}")
-    if out_folder is not None:
-        settings = settings_of(model, args.checkpoint, win_len, args.hop_size)
-        check_manifest(out_folder, settings, args.overwrite)
-        write_manifest(out_folder, settings)
     print(f"{len(jobs)} audio file(s)")
-    summary = embed_files(
-        model, jobs, win_len, args.hop_size, device, args.nworkers, args.overwrite
-    )
-    if out_folder is not None:
-        write_failure_log(os.path.join(out_folder, FAILURE_LOG), summary["failed"])
+    embed = dict(device=device, nworkers=args.nworkers, overwrite=args.overwrite)
+    if out_folder is None:
+        summary = embed_files(model, jobs, win_len, args.hop_size, **embed)
+    else:
+        summary = embed_into_folder(
+            out_folder, model, args.checkpoint, jobs, win_len, args.hop_size, **embed
+        )
     rate = summary.get("audio_seconds", 0) / max(summary.get("wall_seconds", 0), 1e-9)
     print(
         f"Done: {len(summary['done'])} embedded ({rate:.1f} s of audio per second), "

@@ -19,11 +19,11 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 from lib import catalogue as C
 from lib import inference as I
+from lib import retrieval as R
 from lib.audio import AudioError, load_audio
 from lib.checkpoint import CheckpointError, atomic_write, load_trained_model
 from lib.config import ConfigError
@@ -32,14 +32,6 @@ from lib.extract import file_digest, window_embeddings
 
 class UsageError(Exception):
     pass
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
-    return torch.device(name)
 
 
 def load_model(checkpoint, conf, device):
@@ -61,19 +53,23 @@ def clock(seconds):
 def embed_audio_folder(args, folder):
     """inference.py's folder mode into ``folder``: returns (tracks, failed)."""
     jobs, other = I.plan_folder(args.audio, folder)
-    device = pick_device(args.device)
+    device = I.pick_device(args.device)
     model = load_model(args.checkpoint, args.conf, device)
-    win_len = args.win_len if args.win_len > 0 else model.get_shingle_params()[0]
-    settings = I.settings_of(model, args.checkpoint, win_len, args.hop_size)
-    settings["path_in"] = os.path.abspath(args.audio)
-    I.check_manifest(folder, settings, args.overwrite)
-    I.write_manifest(folder, settings)
+    win_len = I.window_length(model, args.win_len)
     if other:
         print(f"  {len(other)} file(s) without an audio extension left out, e.g. {other[0]}")
-    summary = I.embed_files(
-        model, jobs, win_len, args.hop_size, device, args.nworkers, args.overwrite
+    summary = I.embed_into_folder(
+        folder,
+        model,
+        args.checkpoint,
+        jobs,
+        win_len,
+        args.hop_size,
+        device,
+        args.nworkers,
+        args.overwrite,
+        extra_settings={"path_in": os.path.abspath(args.audio)},
     )
-    I.write_failure_log(os.path.join(folder, I.FAILURE_LOG), summary["failed"])
     failed = {src for src, _ in summary["failed"]}
     tracks = [
         {"id": os.path.splitext(os.path.relpath(src, args.audio))[0], "source": src, "file": dst}
@@ -183,7 +179,7 @@ def cmd_query(args):
         raise UsageError(f"{checkpoint}: checkpoint of the catalogue not found (give --checkpoint)")
     if file_digest(checkpoint) != cat.settings["checkpoint_sha256"]:
         raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
-    model = load_model(checkpoint, args.conf, pick_device(args.device))
+    model = load_model(checkpoint, args.conf, I.pick_device(args.device))
     hop = args.hop_size if args.hop_size else float(cat.settings["hop_size"])
     win_len = float(cat.settings["win_len"])
     redux = args.redux or cat.settings["redux"]
@@ -254,52 +250,45 @@ def cmd_query(args):
 def cmd_mirex(args):
     collection = C.read_file_list(args.collection)
     queries = C.read_file_list(args.queries)
-    absent = [q for q in queries if q not in set(collection)]
-    if absent:
-        raise UsageError(
-            f"{args.queries}: queries must be files of the collection; not in it: "
-            f"{', '.join(absent[:5])}"
-        )
-    device = pick_device(args.device)
+    try:
+        rows = C.collection_rows(collection, queries)
+    except C.CatalogueError as err:
+        raise UsageError(f"{args.queries}: {err}") from err
+    device = I.pick_device(args.device)
     model = load_model(args.checkpoint, args.conf, device)
-    win_len = args.win_len if args.win_len > 0 else model.get_shingle_params()[0]
+    win_len = I.window_length(model, args.win_len)
     work = args.workdir or args.out + ".embeddings"
-    settings = I.settings_of(model, args.checkpoint, win_len, args.hop_size)
-    I.check_manifest(work, settings, args.overwrite)
-    I.write_manifest(work, settings)
     jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(collection)]
-    summary = I.embed_files(
-        model, jobs, win_len, args.hop_size, device, args.nworkers, args.overwrite
+    summary = I.embed_into_folder(
+        work,
+        model,
+        args.checkpoint,
+        jobs,
+        win_len,
+        args.hop_size,
+        device,
+        args.nworkers,
+        args.overwrite,
     )
     if summary["failed"]:
-        I.write_failure_log(os.path.join(work, I.FAILURE_LOG), summary["failed"])
         for _, reason in summary["failed"]:
             print(f"error: {reason}", file=sys.stderr)
         print("no distance matrix written: every collection file must be embedded", file=sys.stderr)
         return 1
-    embeddings = [read_embedding(dst) for _, dst in jobs]
-    z, mask = C.stack_tracks(embeddings)
-    cat = C.Catalogue(
-        work,
-        {
-            "metric": model.segment_metric,
-            "win_len": win_len,
-            "hop_size": args.hop_size,
-            "redux": "",
-        },
-        [],
-        z,
-        mask,
-        None,
-        None,
-    )
+    z, mask = C.stack_tracks([read_embedding(dst) for _, dst in jobs])
+    ids = torch.arange(len(collection))
+    tracks = R.Embeddings(ids, ids, torch.from_numpy(z), torch.from_numpy(mask)).trimmed()
     redux = args.redux or str(model.default_redux)
-    number = {path: i for i, path in enumerate(collection)}
-    rows = np.arange(len(collection))
-    dist = np.stack(
-        [C.track_distances(cat, z[number[q]][~mask[number[q]]], rows, redux) for q in queries]
+    bq, bc = R.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(collection))
+    dist = torch.cat(
+        [
+            R.query_block_distances(
+                model, tracks.subset(rows[i : i + bq]), tracks, redux, device, bc
+            )
+            for i in range(0, len(rows), bq)
+        ]
     )
-    text = C.mirex_text(args.name, collection, queries, dist)
+    text = C.mirex_text(args.name, collection, rows, dist.numpy())
     atomic_write(args.out, lambda h: h.write(text), text=True)
     print(
         f"Distance matrix of {len(queries)} queries x {len(collection)} files ({redux}) in "

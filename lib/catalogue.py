@@ -360,17 +360,25 @@ def read_file_list(path):
     return files
 
 
-def mirex_text(name, collection, queries, dist):
+def collection_rows(collection, queries):
+    """0-based collection row of every query; a query outside the collection is an error."""
+    row = {path: i for i, path in enumerate(collection)}
+    absent = [q for q in queries if q not in row]
+    if absent:
+        raise CatalogueError(
+            f"queries must be files of the collection; not in it: {', '.join(absent[:5])}"
+        )
+    return [row[q] for q in queries]
+
+
+def mirex_text(name, collection, rows, dist):
     """The MIREX cover-song distance matrix file: the submission name, the numbered collection
     (1-based), a 'Q/R' header of collection numbers, then one row per query: its number in the
-    collection and its distance to every collection file. ``dist`` is (Q, N)."""
-    number = {path: i + 1 for i, path in enumerate(collection)}
-    absent = [q for q in queries if q not in number]
-    if absent:
-        raise CatalogueError(f"queries must be files of the collection; not in it: {absent[:5]}")
+    collection (``rows``: 0-based collection rows of the queries) and its distance to every
+    collection file. ``dist`` is (Q, N)."""
     lines = [name]
     lines += [f"{i + 1}\t{path}" for i, path in enumerate(collection)]
     lines.append("Q/R\t" + "\t".join(str(i + 1) for i in range(len(collection))))
-    for q, row in zip(queries, np.asarray(dist)):
-        lines.append(f"{number[q]}\t" + "\t".join(f"{float(d):.6g}" for d in row))
+    for row, values in zip(rows, np.asarray(dist)):
+        lines.append(f"{row + 1}\t" + "\t".join(f"{float(d):.6g}" for d in values))
     return "\n".join(lines) + "\n"

@@ -75,6 +75,22 @@ def plan_folder(path_in, path_out):
     return jobs, other
 
 
+def pick_device(name):
+    """``auto`` = the GPU when there is one; an unavailable device is an ``InferenceError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InferenceError("--device mps: not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def window_length(model, win_len):
+    """Window length in seconds: ``win_len``, or the model's training length when <= 0."""
+    return float(win_len) if win_len > 0 else float(model.get_shingle_params()[0])
+
+
 def settings_of(model, checkpoint, win_len, hop_size):
     """What the embeddings depend on, as stored in ``inference.json``."""
     return {
@@ -182,6 +198,30 @@ def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=Fa
     bar.close()
     summary["audio_seconds"] = seconds
     summary["wall_seconds"] = time.time() - start
+    return summary
+
+
+def embed_into_folder(
+    folder,
+    model,
+    checkpoint,
+    jobs,
+    win_len,
+    hop_size,
+    device,
+    nworkers=2,
+    overwrite=False,
+    extra_settings=None,
+):
+    """``embed_files`` for outputs kept in ``folder`` under its ``inference.json``: outputs of
+    other settings are refused (unless ``overwrite``), these settings are recorded, failures
+    logged in ``folder/inference_failures.log``. Returns the summary of ``embed_files``."""
+    settings = settings_of(model, checkpoint, win_len, hop_size)
+    settings.update(extra_settings or {})
+    check_manifest(folder, settings, overwrite)
+    write_manifest(folder, settings)
+    summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite)
+    write_failure_log(os.path.join(folder, FAILURE_LOG), summary["failed"])
     return summary
 
 
