@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lib import tensor_ops
-from lib.layers import cqt_shingles, make_cqt
+from lib.layers import ByteCoverBody, GeMPool, cqt_shingles, make_cqt, max_abs_normalise
 
 
 class SegmentModel(nn.Module):
@@ -85,6 +85,27 @@ class SegmentModel(nn.Module):
             mask = qmask[:, None, :, None] | cmask[None, :, None, :]
         redux = self.default_redux if redux_strategy is None else redux_strategy
         return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)
+
+
+class ByteCoverModel(SegmentModel):
+    """What ByteCover2x and ByteCover3x share: the ResNet50-IBN CNN at width ``ncha`` on
+    max-abs normalised CQT shingles, GeM pooling, cosine retrieval, zero-padded framing with
+    repeat-padded short shingles, and a classifier over ``maxcliques`` cliques."""
+
+    segment_metric = "cos"
+    frame_pad = "zeros"
+    min_pad = "repeat"
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        self.body = ByteCoverBody(int(self.conf.ncha))
+        self.pool = GeMPool()
+        self.maxcliques = int(self.conf.maxcliques)
+
+    def pooled(self, h):
+        """CQT shingles (B, S, F, T') -> pooled CNN features (B * S, ncha)."""
+        nb, ns, nf, nt = h.shape
+        return self.pool(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
 
 
 def available_models():

@@ -9,32 +9,24 @@ Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 from torch import nn
 
 from lib import losses
-from lib.layers import ByteCoverBody, GeMPool, max_abs_normalise
-from lib.model_base import SegmentModel
+from lib.model_base import ByteCoverModel
 
 
-class Model(SegmentModel):
-    segment_metric = "cos"
+class Model(ByteCoverModel):
     default_redux = "min"
-    frame_pad = "zeros"
-    min_pad = "repeat"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
-        self.body = ByteCoverBody(ncha)
-        self.pool = GeMPool()
         self.fc_t = nn.Linear(ncha, zdim)
         self.bn_c = nn.BatchNorm1d(zdim)
-        self.maxcliques = int(self.conf.maxcliques)
         self.classifier = nn.Linear(zdim, self.maxcliques, bias=False)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (f_c (B, S, zdim), f_t (B, S, zdim))."""
-        nb, ns, nf, nt = h.shape
-        h = self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt)))
-        f_t = self.fc_t(self.pool(h))
+        nb, ns = h.shape[:2]
+        f_t = self.fc_t(self.pooled(h))
         f_c = self.bn_c(f_t)
         return f_c.view(nb, ns, -1), f_t.view(nb, ns, -1)
 

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import losses
-from lib.layers import ByteCoverBody, GeMPool, max_abs_normalise
-from lib.model_base import SegmentModel
+from lib.model_base import ByteCoverModel
 
 SUBCENTRE_INIT = 0.076  # sub-centres start uniform in (-0.076, 0.076), as the original
 
@@ -29,19 +28,13 @@ def maxmean(x, y):
     return sim.amax(-1).mean(1)
 
 
-class Model(SegmentModel):
-    segment_metric = "cos"
+class Model(ByteCoverModel):
     default_redux = "smeanmin"
-    frame_pad = "zeros"
-    min_pad = "repeat"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
-        self.body = ByteCoverBody(ncha)
-        self.pool = GeMPool()
         self.head = nn.Sequential(nn.BatchNorm1d(ncha), nn.Linear(ncha, zdim))
-        self.maxcliques = int(self.conf.maxcliques)
         nsub = int(self.conf.nsub)
         self.subcentres = nn.Parameter(
             torch.empty(self.maxcliques, nsub, zdim).uniform_(-SUBCENTRE_INIT, SUBCENTRE_INIT)
@@ -51,9 +44,8 @@ class Model(SegmentModel):
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
-        nb, ns, nf, nt = h.shape
-        h = self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt)))
-        return self.head(self.pool(h)).view(nb, ns, -1), None
+        nb, ns = h.shape[:2]
+        return self.head(self.pooled(h)).view(nb, ns, -1), None
 
     def loss(self, labels, ids, z, extra=None):
         """Label-smoothed cross-entropy of exp(tau) x maxmean(z, sub-centres) + the similarity
