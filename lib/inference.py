@@ -167,8 +167,9 @@ def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=Fa
     """Embed every (input, output) of ``jobs``. Existing outputs are skipped unless ``overwrite``.
 
     Returns {"done": [...], "skipped": [...], "failed": [(input, reason), ...]}."""
-    todo = [(src, dst) for src, dst in jobs if overwrite or not os.path.isfile(dst)]
-    skipped = [src for src, dst in jobs if not overwrite and os.path.isfile(dst)]
+    there = [not overwrite and os.path.isfile(dst) for _, dst in jobs]
+    todo = [job for job, done in zip(jobs, there) if not done]
+    skipped = [src for (src, _), done in zip(jobs, there) if done]
     summary = {"done": [], "skipped": skipped, "failed": []}
     if not todo:
         return summary
