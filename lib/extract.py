@@ -81,7 +81,9 @@ def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_coun
     sr = model.sr
     x = audio.to(device)
     if slen <= 0:
-        seconds = max(x.size(-1), 1) / sr
+        # half a sample more, so that int(seconds * sr) gives back the whole length despite
+        # rounding (one sample short would add a second, padded window)
+        seconds = (max(x.size(-1), 1) + 0.5) / sr
         return model.embed(model.prepare(x[None], seconds, seconds).clone())[0][0].float().cpu()
     length, hop = int(slen * sr), int(shop * sr)
     count = frame_count(x.size(-1), length, hop)

@@ -89,6 +89,18 @@ def test_embed_track_pads_and_masks(model):
     assert z.shape == (1, 24) and not mask.any()
 
 
+@pytest.mark.parametrize("nsamples", [128021, 128028, 480000])
+def test_whole_track_is_one_window_whatever_its_length(model, nsamples):
+    # 128021 / 16000 * 16000 rounds down to 128020 samples: one sample short of the track, which
+    # once framed it into two windows and broke test.py's whole-track evaluation
+    assert int(nsamples / SR * SR) < nsamples or nsamples == 480000
+    audio = torch.randn(nsamples)
+    z = X.window_embeddings(model, audio, 0.0, 0.0, "cpu")
+    assert z.shape == (1, 24)
+    z, mask = X.embed_track(model, audio, 0.0, 0.0, nwin=1, device="cpu")
+    assert z.shape == (1, 24) and not mask.any()
+
+
 def test_cache_is_reused_resumed_and_never_stale(model, dataset, fabric, tmp_path):
     keys = list(dataset.versions)
     settings = X.settings_for(model, 2, 1, maxlen=4)
