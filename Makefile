@@ -1,10 +1,14 @@
-# `make test` sets up .venv if needed, then runs the test suite on CPU.
+# `make demo` and `make test` set up .venv if needed (install_requirements.sh), then run the
+# whole pipeline on the built-in synthetic corpus / the test suite, on CPU.
 PY := .venv/bin/python
 
-.PHONY: install test
+.PHONY: install demo test
 
 install:
 	bash install_requirements.sh
+
+demo: install
+	$(PY) demo.py
 
 test: install
 	$(PY) -m pytest -q tests

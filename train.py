@@ -5,8 +5,9 @@
 
 Any config key can be overridden with key=value. The run folder logs/<jobname>/ receives the
 resolved configuration.yaml, checkpoint_last.ckpt (every epoch), checkpoint_best.ckpt (on
-improvement of training.monitor), checkpoint_epoch<N>.ckpt (every training.save_freq epochs) and
-TensorBoard event files. Running the same command again resumes from checkpoint_last.ckpt.
+improvement of training.monitor), checkpoint_epoch<N>.ckpt (every training.save_freq epochs, and
+checkpoint_epoch0.ckpt with the starting weights) and TensorBoard event files. Running the same
+command again resumes from checkpoint_last.ckpt.
 """
 
 import math
@@ -196,6 +197,19 @@ def report_scores(scores):
     return ",  ".join(f"{k} = {v:.3f}" for k, v in sorted(scores.items()))
 
 
+def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
+    """What a checkpoint holds (the original's keys), after ``epoch`` finished epochs."""
+    return {
+        "model": net.state_dict(),
+        "optim": optim.state_dict(),
+        "sched": sched.state_dict(),
+        "conf": conf,
+        "epoch": epoch,
+        "lr": optim.param_groups[0]["lr"],
+        "cost_best": cost_best,
+    }
+
+
 def main(argv):
     conf = load_config(argv)
     conf.data.path = conf.path
@@ -250,6 +264,9 @@ def main(argv):
             fabric.log_dict({f"valid/{k}": v for k, v in baseline.items()}, step=0)
             text = report_scores({k: baseline[k] for k in ("l_main",) + training.METRIC_KEYS})
             printer(f"[{time.strftime('%H:%M:%S')}] Epoch 0/{epochs}:  {text}  (before training)")
+            if save_freq and fabric.is_global_zero:  # the starting weights, to compare against
+                state = checkpoint_state(net, optim, sched, conf, 0, cost_best)
+                save_checkpoint(state, os.path.join(log_dir, "checkpoint_epoch0.ckpt"))
 
         while epoch < epochs:
             start = time.time()
@@ -277,15 +294,7 @@ def main(argv):
             sched.step(value) if on_metric else sched.step()
             new_lr = optim.param_groups[0]["lr"]
             epoch += 1
-            state = {
-                "model": net.state_dict(),
-                "optim": optim.state_dict(),
-                "sched": sched.state_dict(),
-                "conf": conf,
-                "epoch": epoch,
-                "lr": new_lr,
-                "cost_best": cost_best,
-            }
+            state = checkpoint_state(net, optim, sched, conf, epoch, cost_best)
             if fabric.is_global_zero:
                 save_checkpoint(state, paths["last"])
                 if improved:

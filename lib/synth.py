@@ -1,10 +1,11 @@
 """Built-in demo corpus: seeded synthetic pieces, each rendered as several versions that differ
-the way real covers do.
+the way covers do.
 
-A piece is a scale, a chord progression per section, a melody and a bass line. A version changes
-the key (up to +/-6 semitones), the tempo (0.8-1.25x), the instruments and their timbre, the
-arrangement (sustained or arpeggiated chords, bass pattern, drums), the structure (where it starts,
-sections dropped or repeated) and the mix (noise, reverb, EQ, level).
+A piece is a scale, a one-bar melodic motif, chord progressions for verse, chorus and bridge
+(sharing material, as songs do), a melody, a bass line and an arrangement (instruments, sustained
+or arpeggiated chords, bass pattern, drums). A version changes the key (up to +/-6 semitones),
+the tempo (0.8-1.25x), the structure (where it starts, sections dropped or repeated), the mix
+(noise, reverb, EQ, level) and, in a quarter of the versions, the lead instrument.
 
     python -m lib.synth --out data/demo/audio --works 40 --versions 4 --seconds 40
 
@@ -16,6 +17,7 @@ import argparse
 import math
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,38 +59,70 @@ class Piece:
     beats_per_bar: int
     sections: dict  # name -> Section
     form: list  # section names in order
+    arrangement: dict  # instruments and patterns of the piece's own recording (Version fields)
 
 
 def compose(rng, target_seconds=40.0):
-    """A random piece whose base form lasts about ``target_seconds``."""
+    """A random piece whose base form lasts about ``target_seconds``.
+
+    As in most songs, the sections share material: a one-bar melodic motif runs through all of
+    them, the chorus (B) keeps half of the verse's (A) chords, and only the bridge (C) has its
+    own progression; so any two excerpts of a piece have something in common."""
     scale = SCALES[rng.choice(list(SCALES))]
     beats_per_bar = int(rng.choice([3, 4, 4, 4]))
     bpm = float(rng.uniform(80, 140))
-    sections = {}
-    for name in "ABC":
-        chords = [0] + [int(rng.choice([1, 2, 3, 4, 5])) for _ in range(SECTION_BARS - 1)]
-        sections[name] = Section(chords=chords, melody=_melody(rng, chords, beats_per_bar))
+    motif = _motif(rng, beats_per_bar)
+    verse = [0] + [int(rng.choice([1, 2, 3, 4, 5])) for _ in range(SECTION_BARS - 1)]
+    chorus = [
+        c if bar % 2 == 0 else int(rng.choice([1, 2, 3, 4, 5])) for bar, c in enumerate(verse)
+    ]
+    bridge = [int(rng.choice([1, 2, 3, 4, 5])) for _ in range(SECTION_BARS)]
+    sections = {
+        name: Section(chords=chords, melody=_melody(rng, chords, motif, beats_per_bar))
+        for name, chords in zip("ABC", (verse, chorus, bridge))
+    }
     section_seconds = SECTION_BARS * beats_per_bar * 60 / bpm
     nsections = max(3, round(target_seconds / section_seconds))
     form = ["A", "B"] + [str(rng.choice(list("ABC"))) for _ in range(nsections - 2)]
-    return Piece(scale, int(rng.integers(55, 67)), bpm, beats_per_bar, sections, form)
+    tonic = int(rng.integers(55, 67))
+    return Piece(scale, tonic, bpm, beats_per_bar, sections, form, _arrangement(rng))
 
 
-def _melody(rng, chords, beats_per_bar):
-    notes, degree = [], int(rng.integers(0, 7))
+def _arrangement(rng):
+    timbres = list(TIMBRES)
+    return dict(
+        melody_timbre=str(rng.choice(timbres)),
+        chord_timbre=str(rng.choice(timbres)),
+        bass_timbre=str(rng.choice(["sine", "soft", "organ", "saw"])),
+        melody_env=str(rng.choice(ENVELOPES)),
+        chord_env=str(rng.choice(ENVELOPES)),
+        arpeggio=bool(rng.random() < 0.4),
+        bass_pattern=str(rng.choice(["whole", "beats", "root-fifth"])),
+        drums=bool(rng.random() < 0.5),
+        melody_octave=int(rng.choice([0, 0, 1, -1])),
+    )
+
+
+def _motif(rng, beats_per_bar):
+    """One bar of melody: (start beat, length in beats, scale steps from the bar's first note)."""
+    notes, beat, step = [], 0.0, 0
+    while beat < beats_per_bar:
+        length = min(float(rng.choice([0.5, 1.0, 1.0, 1.5, 2.0])), beats_per_bar - beat)
+        notes.append((beat, length, step))
+        step += int(rng.choice([-2, -1, -1, 1, 1, 2, 3]))
+        beat += length
+    return notes
+
+
+def _melody(rng, chords, motif, beats_per_bar):
+    """The motif on every bar, starting on a chord tone, with a few notes changed or left out."""
+    notes = []
     for bar, root in enumerate(chords):
-        beat = 0.0
-        while beat < beats_per_bar:
-            length = float(rng.choice([0.5, 1.0, 1.0, 1.5, 2.0]))
-            length = min(length, beats_per_bar - beat)
-            if beat == 0:  # strong beat: a chord tone
-                degree = root + int(rng.choice([0, 2, 4]))
-            else:
-                degree += int(rng.choice([-2, -1, -1, 1, 1, 2, 3]))
-                degree = int(np.clip(degree, -3, 10))
+        first = root + int(rng.choice([0, 2, 4]))
+        for beat, length, step in motif:
+            degree = first + step + (int(rng.choice([-1, 1])) if rng.random() < 0.15 else 0)
             if rng.random() > 0.1:  # a few rests
-                notes.append((bar * beats_per_bar + beat, length, degree, 0))
-            beat += length
+                notes.append((bar * beats_per_bar + beat, length, int(np.clip(degree, -3, 10)), 0))
     return notes
 
 
@@ -128,7 +162,10 @@ class Version:
 
 
 def vary(piece, rng):
-    """Random cover-like changes of a piece."""
+    """Random cover-like changes of a piece: key, tempo, structure and mix always; the lead
+    instrument in a quarter of the versions (the rest of the arrangement is the piece's own, as
+    the band's sound usually survives a cover: a demo model learns key, tempo and structure
+    invariance in minutes, arrangement invariance takes far more data)."""
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
         form = form[int(rng.integers(1, 3)) :]
@@ -137,25 +174,20 @@ def vary(piece, rng):
     if rng.random() < 0.4:  # repeat a section
         i = int(rng.integers(0, len(form)))
         form.insert(i, form[i])
-    timbres = list(TIMBRES)
+    arrangement = dict(piece.arrangement)
+    if rng.random() < 0.25:  # another lead instrument
+        arrangement["melody_timbre"] = str(rng.choice(list(TIMBRES)))
+        arrangement["melody_env"] = str(rng.choice(ENVELOPES))
     return Version(
         transpose=int(rng.integers(-6, 7)),
         tempo=float(rng.uniform(0.8, 1.25)),
         form=form,
-        melody_timbre=str(rng.choice(timbres)),
-        chord_timbre=str(rng.choice(timbres)),
-        bass_timbre=str(rng.choice(["sine", "soft", "organ", "saw"])),
-        melody_env=str(rng.choice(ENVELOPES)),
-        chord_env=str(rng.choice(ENVELOPES)),
-        arpeggio=bool(rng.random() < 0.4),
-        bass_pattern=str(rng.choice(["whole", "beats", "root-fifth"])),
-        drums=bool(rng.random() < 0.5),
-        melody_octave=int(rng.choice([0, 0, 1, -1])),
         noise_db=float(rng.uniform(15, 45)),
         reverb=float(rng.uniform(0.0, 0.4)),
         reverb_s=float(rng.uniform(0.2, 1.5)),
         tilt=float(rng.uniform(-1, 1)),
         gain=float(rng.uniform(0.4, 0.9)),
+        **arrangement,
     )
 
 
@@ -300,25 +332,51 @@ def _mix(x, version, sr, rng):
 ###################################################################################################
 
 
-def make_corpus(out, works=40, versions=4, seconds=40.0, seed=0, sr=16000, formats=FORMATS):
-    """Render ``works`` pieces with ``versions`` versions each into ``out``/<work>/<version>.<ext>.
+def render_work(out, w, versions, seconds, seed, sr, formats):
+    """Render and write the versions of work ``w``; its random stream depends only on (seed, w),
+    so the corpus is the same whatever the number of processes.
+
+    Returns (number of files, seconds of audio, seconds rendering, seconds encoding)."""
+    rng = np.random.default_rng([seed, w])
+    piece = compose(rng, seconds)
+    nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
+    for v in range(versions):
+        t0 = time.perf_counter()
+        x = render(piece, vary(piece, rng), sr, rng)
+        t1 = time.perf_counter()
+        ext = formats[(w + v) % len(formats)]
+        write_audio(os.path.join(out, f"work{w:03d}", f"v{v}.{ext}"), x, sr)
+        encode_s += time.perf_counter() - t1
+        render_s += t1 - t0
+        audio_s += len(x) / sr
+        nfiles += 1
+    return nfiles, audio_s, render_s, encode_s
+
+
+def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0):
+    """A version of work ``work`` of the corpus made with (``seed``, ``seconds``) that is not in
+    it: the same piece, varied and mixed from another random stream. Returns float32 audio."""
+    piece = compose(np.random.default_rng([seed, work]), seconds)
+    rng = np.random.default_rng([seed, work, 1_000_000 + variant])
+    return render(piece, vary(piece, rng), sr, rng)
+
+
+def make_corpus(
+    out, works=40, versions=4, seconds=40.0, seed=0, sr=16000, formats=FORMATS, njobs=1
+):
+    """Render ``works`` pieces with ``versions`` versions each into ``out``/<work>/<version>.<ext>,
+    in ``njobs`` processes (-1: one per core).
 
     Returns (number of files, seconds of audio, seconds spent rendering, seconds spent encoding).
     """
-    nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
-    for w in range(works):
-        rng = np.random.default_rng([seed, w])
-        piece = compose(rng, seconds)
-        for v in range(versions):
-            t0 = time.perf_counter()
-            x = render(piece, vary(piece, rng), sr, rng)
-            t1 = time.perf_counter()
-            ext = formats[(w + v) % len(formats)]
-            write_audio(os.path.join(out, f"work{w:03d}", f"v{v}.{ext}"), x, sr)
-            encode_s += time.perf_counter() - t1
-            render_s += t1 - t0
-            audio_s += len(x) / sr
-            nfiles += 1
+    njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
+    jobs = [(out, w, versions, seconds, seed, sr, tuple(formats)) for w in range(works)]
+    if njobs == 1 or works == 1:
+        results = [render_work(*job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(min(njobs, works)) as pool:
+            results = list(pool.map(render_work, *zip(*jobs)))
+    nfiles, audio_s, render_s, encode_s = (sum(column) for column in zip(*results))
     return nfiles, audio_s, render_s, encode_s
 
 
@@ -331,16 +389,25 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samplerate", type=int, default=16000)
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, rotated")
+    parser.add_argument("--njobs", type=int, default=1, help="processes (-1: one per core)")
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2 or args.seconds <= 0:
         parser.error("need --works >= 1, --versions >= 2 and --seconds > 0")
     formats = tuple(f.strip().lstrip(".") for f in args.formats.split(",") if f.strip())
     nfiles, audio_s, render_s, encode_s = make_corpus(
-        args.out, args.works, args.versions, args.seconds, args.seed, args.samplerate, formats
+        args.out,
+        args.works,
+        args.versions,
+        args.seconds,
+        args.seed,
+        args.samplerate,
+        formats,
+        args.njobs,
     )
     print(
         f"Wrote {nfiles} files ({audio_s / 60:.1f} min of audio) to {args.out}: rendering "
-        f"{audio_s / render_s:.0f}x real time, encoding {audio_s / encode_s:.0f}x real time"
+        f"{audio_s / render_s:.0f}x real time, encoding {audio_s / encode_s:.0f}x real time "
+        "(per process)"
     )
     return 0
 

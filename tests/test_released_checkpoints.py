@@ -25,6 +25,7 @@ SR = 16000
 def original_conf(corpus):
     conf = OmegaConf.load("config/demo-clews.yaml")
     conf.model = tiny_conf()
+    conf.data.samplerate = SR
     conf.model.shingling.len, conf.model.shingling.hop = 4.0, 4.0
     conf.jobname = "orig"
     conf.path.audio, conf.path.meta = str(corpus / "audio"), str(corpus / "meta.pt")

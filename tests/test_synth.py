@@ -47,11 +47,19 @@ def test_versions_vary_like_covers(piece):
     assert 0.8 <= min(tempos) < 0.85 and 1.2 < max(tempos) <= 1.25
     assert any(v.form[0] != piece.form[0] for v in versions)  # different start
     assert any(len(v.form) < len(piece.form) for v in versions)  # dropped section
-    assert len({(v.melody_timbre, v.chord_timbre, v.bass_timbre) for v in versions}) > 50
-    assert {v.arpeggio for v in versions} == {True, False} and {v.drums for v in versions} == {
-        True,
-        False,
+    # the arrangement is the piece's own; a quarter of the versions change the lead instrument
+    chords = {
+        (v.chord_timbre, v.bass_timbre, v.arpeggio, v.drums, v.bass_pattern) for v in versions
     }
+    assert len(chords) == 1
+    leads = [(v.melody_timbre, v.melody_env) for v in versions]
+    own = (piece.arrangement["melody_timbre"], piece.arrangement["melody_env"])
+    assert 0.6 < sum(lead == own for lead in leads) / len(leads) < 0.9
+    pieces = [synth.compose(np.random.default_rng(s), 20) for s in range(200)]
+    arrangements = {tuple(sorted(p.arrangement.items())) for p in pieces}
+    assert len(arrangements) > 150
+    assert {p.arrangement["arpeggio"] for p in pieces} == {True, False}
+    assert {p.arrangement["drums"] for p in pieces} == {True, False}
 
 
 def test_key_change_shifts_pitch_content(piece):

@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from lib import training
 from lib.checkpoint import load_checkpoint
+from lib.model_base import build_model
 from tests.corpus import ROOT, folder_corpus, run_script
 
 SMALL = [
@@ -57,7 +59,7 @@ def test_two_epochs_write_the_run_folder(corpus, tmp_path):
     folder = tmp_path / "demo"
     names = {p.name for p in folder.iterdir()}
     assert {"configuration.yaml", "checkpoint_last.ckpt", "checkpoint_best.ckpt"} <= names
-    assert {"checkpoint_epoch1.ckpt", "checkpoint_epoch2.ckpt"} <= names
+    assert {"checkpoint_epoch0.ckpt", "checkpoint_epoch1.ckpt", "checkpoint_epoch2.ckpt"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     state = load_checkpoint(folder / "checkpoint_last.ckpt")
     assert state["epoch"] == 2 and set(state) >= {
@@ -69,6 +71,13 @@ def test_two_epochs_write_the_run_folder(corpus, tmp_path):
         "cost_best",
     }
     assert 0 < state["cost_best"] <= 1  # best validation MAP
+    # checkpoint_epoch0 holds the starting weights: those of a fresh model with the run's seed
+    start = load_checkpoint(folder / "checkpoint_epoch0.ckpt")
+    assert start["epoch"] == 0 and set(start) == set(state)
+    training.seed_epoch(state["conf"].seed, -1, 0)
+    fresh = build_model(state["conf"].model, sr=int(state["conf"].data.samplerate)).state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in start["model"].items())
+    assert not torch.equal(start["model"]["proj.1.weight"], state["model"]["proj.1.weight"])
     assert state["conf"].data.audiolen == 10
     assert "Epoch 2/2" in result.stdout and "m_MAP" in result.stdout
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
