@@ -278,9 +278,12 @@ def closest_pairs(dist, valid, count):
 
 def best_offset(dist, valid, clip_hop, track_hop):
     """Where the clip sits in the track: the time offset (s, track time of the clip's start,
-    on the track's window grid) whose aligned window pairs have the smallest mean distance.
-    Offsets supported by fewer than half of the clip's windows are not considered (unless no
-    offset has that many), so a single chance match cannot win."""
+    on the track's window grid) whose aligned window pairs have the smallest mean distance,
+    clip windows that fall outside the track counting as the median pair distance (an
+    unrelated pair): in music with repeated sections a shorter diagonal through a repeat
+    would otherwise beat the whole clip in place. Offsets supported by fewer than half of the
+    clip's windows are not considered (unless no offset has that many), so a single chance
+    match cannot win."""
     nq = dist.shape[0]
     starts_q = np.arange(nq)[:, None] * clip_hop
     starts_c = valid[None, :] * track_hop
@@ -288,7 +291,8 @@ def best_offset(dist, valid, clip_hop, track_hop):
     keys, inverse = np.unique(offset, return_inverse=True)
     total = np.bincount(inverse.ravel(), weights=dist.ravel(), minlength=len(keys))
     count = np.bincount(inverse.ravel(), minlength=len(keys))
-    mean = total / count
+    outside = float(np.median(dist))
+    mean = (total + (nq - np.minimum(count, nq)) * outside) / np.maximum(count, nq)
     enough = count >= max(1, (nq + 1) // 2)
     if enough.any():
         mean = np.where(enough, mean, np.inf)

@@ -4,6 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import torch
+
 import data_preproc
 from lib import synth
 
@@ -27,3 +29,21 @@ def run_script(cmd, env=None):
     """Run a top-level script from the repository root with one OpenMP thread per process."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def randomised(model, seed):
+    """Every parameter and BatchNorm statistic random (gains away from their 0 init), as after
+    training."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = model.state_dict()
+    for key, value in sd.items():
+        if key.startswith("cqt.") or not value.is_floating_point():
+            continue
+        noise = torch.randn(value.shape, generator=gen)
+        if key.endswith("running_var"):
+            sd[key] = 0.5 + noise.abs()
+        elif key.endswith(("gain", "weight")) and value.ndim <= 1:
+            sd[key] = 1.0 + 0.3 * noise
+        else:
+            sd[key] = value + 0.1 * noise
+    return sd

@@ -17,18 +17,22 @@ from lib import extract, synth
 from lib.audio import load_audio, write_audio
 from lib.checkpoint import save_checkpoint
 from models.clews import Model
-from tests.corpus import ROOT
+from tests.corpus import ROOT, randomised
 from tests.models.test_clews import tiny_conf
 
 SR = 16000
 
 
-def tiny_checkpoint(folder):
-    """A small CLEWS checkpoint (2 s windows) in this project's format, config stored inside."""
+def tiny_checkpoint(folder, randomise=None):
+    """A small CLEWS checkpoint (2 s windows) in this project's format, config stored inside;
+    ``randomise`` (a seed) gives every weight and BatchNorm statistic random values, as after
+    training (a fresh model embeds every window at nearly the same point)."""
     torch.manual_seed(0)
     conf = tiny_conf()
     conf.shingling.len, conf.shingling.hop = 2.0, 2.0
     model = Model(conf, sr=SR).eval()
+    if randomise is not None:
+        model.load_state_dict(randomised(model, randomise))
     path = folder / "ckpt" / "checkpoint_best.ckpt"
     full = {"model": conf, "data": {"samplerate": SR}}
     save_checkpoint({"model": model.state_dict(), "conf": full, "epoch": 1}, path)

@@ -16,7 +16,7 @@ from lib import synth
 from lib.audio import load_audio, write_audio
 from models.clews import Model
 from tests import reference_clews
-from tests.corpus import folder_corpus, run_script
+from tests.corpus import folder_corpus, randomised, run_script
 from tests.models.test_clews import tiny_conf
 
 SR = 16000
@@ -32,24 +32,6 @@ def original_conf(corpus):
     conf.data.path = conf.path  # the original copied the paths into data
     conf.training.optim.sched = "plateau_10"
     return conf
-
-
-def randomised(model, seed):
-    """Every parameter and BatchNorm statistic random (gains away from their 0 init), as after
-    training."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = model.state_dict()
-    for key, value in sd.items():
-        if key.startswith("cqt.") or not value.is_floating_point():
-            continue
-        noise = torch.randn(value.shape, generator=gen)
-        if key.endswith("running_var"):
-            sd[key] = 0.5 + noise.abs()
-        elif key.endswith(("gain", "weight")) and value.ndim <= 1:
-            sd[key] = 1.0 + 0.3 * noise
-        else:
-            sd[key] = value + 0.1 * noise
-    return sd
 
 
 @pytest.fixture(scope="module")
