@@ -145,6 +145,16 @@ def as_list(value):
     return values
 
 
+def select_tracks(domains, name, expression):
+    """The tracks an expression selects (None without one); errors name the argument."""
+    if not expression:
+        return None
+    try:
+        return domains.select(expression)
+    except FilterError as err:
+        raise FilterError(f"{name}: {err}") from None
+
+
 def eval_name(qfilter, cfilter):
     if not qfilter and not cfilter:
         return "overall"
@@ -303,8 +313,7 @@ def main(argv):
     )
     keys = list(dataset.versions)
     domains = DomainIndex(dataset.info, keys, source=str(conf.path.meta))
-    qsel = domains.select(args.qfilter) if args.qfilter else None
-    csel = domains.select(args.cfilter) if args.cfilter else None
+    qsel, csel = (select_tracks(domains, name, args[name]) for name in ("qfilter", "cfilter"))
     redux = retrieval.default_redux(model) if args.redux is None else str(args.redux)
     key_parts = {
         "checkpoint": file_digest(args.checkpoint),
