@@ -332,13 +332,19 @@ def _mix(x, version, sr, rng):
 ###################################################################################################
 
 
+def work_piece(w, seed, seconds):
+    """(random stream, piece) of work ``w`` of a corpus: both depend only on (seed, w), so the
+    corpus is the same whatever the number of processes, and a version rendered later
+    (``unseen_version``) is of the same piece. The stream continues into the work's versions."""
+    rng = np.random.default_rng([seed, w])
+    return rng, compose(rng, seconds)
+
+
 def render_work(out, w, versions, seconds, seed, sr, formats):
-    """Render and write the versions of work ``w``; its random stream depends only on (seed, w),
-    so the corpus is the same whatever the number of processes.
+    """Render and write the versions of work ``w`` (see ``work_piece``).
 
     Returns (number of files, seconds of audio, seconds rendering, seconds encoding)."""
-    rng = np.random.default_rng([seed, w])
-    piece = compose(rng, seconds)
+    rng, piece = work_piece(w, seed, seconds)
     nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
     for v in range(versions):
         t0 = time.perf_counter()
@@ -356,7 +362,7 @@ def render_work(out, w, versions, seconds, seed, sr, formats):
 def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0):
     """A version of work ``work`` of the corpus made with (``seed``, ``seconds``) that is not in
     it: the same piece, varied and mixed from another random stream. Returns float32 audio."""
-    piece = compose(np.random.default_rng([seed, work]), seconds)
+    _, piece = work_piece(work, seed, seconds)
     rng = np.random.default_rng([seed, work, 1_000_000 + variant])
     return render(piece, vary(piece, rng), sr, rng)
 

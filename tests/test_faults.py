@@ -11,11 +11,10 @@ import sys
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint, save_checkpoint
+from lib.checkpoint import load_checkpoint
 from lib.preproc import load_metadata, save_metadata
-from models.clews import Model
 from tests.corpus import folder_corpus, run_script
-from tests.models.test_clews import tiny_conf
+from tests.test_inference import tiny_checkpoint
 
 SR = 16000
 
@@ -38,17 +37,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(corpus):
     """A tiny CLEWS checkpoint (config inside) whose paths point at the corpus."""
-    torch.manual_seed(0)
-    model_conf = tiny_conf()
-    model_conf.shingling.len, model_conf.shingling.hop = 2.0, 2.0
-    model = Model(model_conf, sr=SR).eval()
-    conf = {
-        "model": model_conf,
-        "data": {"samplerate": SR, "audiolen": 4, "n_per_class": 2, "nworkers": 0},
-        "path": {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")},
-    }
-    path = corpus / "run" / "checkpoint_best.ckpt"
-    save_checkpoint({"model": model.state_dict(), "conf": conf, "epoch": 1}, path)
+    data = {"samplerate": SR, "audiolen": 4, "n_per_class": 2, "nworkers": 0}
+    paths = {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")}
+    path, _ = tiny_checkpoint(corpus, data=data, path=paths)
     return path
 
 

@@ -23,10 +23,11 @@ from tests.models.test_clews import tiny_conf
 SR = 16000
 
 
-def tiny_checkpoint(folder, randomise=None):
+def tiny_checkpoint(folder, randomise=None, **sections):
     """A small CLEWS checkpoint (2 s windows) in this project's format, config stored inside;
     ``randomise`` (a seed) gives every weight and BatchNorm statistic random values, as after
-    training (a fresh model embeds every window at nearly the same point)."""
+    training (a fresh model embeds every window at nearly the same point); ``sections`` are
+    more config sections (``data`` replaces the default one)."""
     torch.manual_seed(0)
     conf = tiny_conf()
     conf.shingling.len, conf.shingling.hop = 2.0, 2.0
@@ -34,7 +35,7 @@ def tiny_checkpoint(folder, randomise=None):
     if randomise is not None:
         model.load_state_dict(randomised(model, randomise))
     path = folder / "ckpt" / "checkpoint_best.ckpt"
-    full = {"model": conf, "data": {"samplerate": SR}}
+    full = {"model": conf, "data": {"samplerate": SR}, **sections}
     save_checkpoint({"model": model.state_dict(), "conf": full, "epoch": 1}, path)
     return path, model
 

@@ -154,6 +154,12 @@ def test_max_distance_says_no_version(setup, capsys):
     assert "no version in the catalogue within distance -1" in capsys.readouterr().out
 
 
+def mirex(checkpoint, collection, queries, out, *extra):
+    """Exit status of ``match.py mirex`` with these files and ``extra`` options."""
+    files = [f"--checkpoint={checkpoint}", f"--collection={collection}", f"--queries={queries}"]
+    return match.main(["mirex", *files, f"--out={out}", *extra])
+
+
 def test_mirex_distance_matrix(setup, tmp_path):
     root, path, audio, _ = setup
     files = sorted(str(p) for p in audio.rglob("*.*"))
@@ -162,18 +168,15 @@ def test_mirex_distance_matrix(setup, tmp_path):
     queries.write_text(f"{files[3]}\n{files[0]}\n")
     out = tmp_path / "dist.txt"
     assert (
-        match.main(
-            [
-                "mirex",
-                f"--checkpoint={path}",
-                f"--collection={coll}",
-                f"--queries={queries}",
-                f"--out={out}",
-                "--device=cpu",
-                "--hop_size=1",
-                "--nworkers=0",
-                "--name=test run",
-            ]
+        mirex(
+            path,
+            coll,
+            queries,
+            out,
+            "--device=cpu",
+            "--hop_size=1",
+            "--nworkers=0",
+            "--name=test run",
         )
         == 0
     )
@@ -186,18 +189,7 @@ def test_mirex_distance_matrix(setup, tmp_path):
     dist = np.array([[float(v) for v in r[1:]] for r in rows])
     assert dist[0].argmin() == 3 and dist[1].argmin() == 0  # each query is closest to itself
     queries.write_text(f"{tmp_path / 'elsewhere.wav'}\n")
-    assert (
-        match.main(
-            [
-                "mirex",
-                f"--checkpoint={path}",
-                f"--collection={coll}",
-                f"--queries={queries}",
-                f"--out={out}",
-            ]
-        )
-        == 1
-    )  # listed file missing
+    assert mirex(path, coll, queries, out) == 1  # listed file missing
 
 
 def test_offset_prefers_the_whole_clip_in_place_over_a_shorter_repeat():
