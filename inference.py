@@ -92,6 +92,8 @@ def plan(args):
     if args.path_in is not None:
         jobs, other = plan_folder(args.path_in, args.path_out)
         return jobs, other, args.path_out
+    if os.path.isdir(args.fn_in):
+        raise InferenceError(f"{args.fn_in}: is a directory, not an audio file (use --path_in)")
     if not os.path.isfile(args.fn_in):
         raise InferenceError(f"{args.fn_in}: input file not found")
     if not is_audio(args.fn_in):

@@ -159,7 +159,7 @@ def cmd_index(args):
 
 
 def clip_windows(model, path, win_len, hop):
-    audio = torch.from_numpy(load_audio(path, model.sr))
+    audio = torch.from_numpy(load_audio(path, model.sr, refuse_silence=True))
     z = window_embeddings(model, audio, win_len, hop, next(model.parameters()).device)
     return z.numpy(), audio.numel() / model.sr
 

@@ -437,3 +437,8 @@ if __name__ == "__main__":
     except (DatasetError, CheckpointError, ExtractionError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except RuntimeError as err:
+        if not training.peer_failure(err):
+            raise
+        training.report_peer_failure()
+        sys.exit(1)

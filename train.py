@@ -25,9 +25,15 @@ from tqdm import tqdm
 
 from lib import training
 from lib.augmentations import Augment
-from lib.checkpoint import CheckpointError, atomic_write, load_model_state, save_checkpoint
+from lib.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_model_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from lib.config import ConfigError, load_config
-from lib.dataset import Dataset
+from lib.dataset import BadAudioLog, Dataset
 from lib.model_base import build_model
 from lib.optim import get_optimizer, get_scheduler
 from lib.preproc import DatasetError
@@ -55,9 +61,13 @@ def make_fabric(conf, log_dir):
     return fabric
 
 
-def make_loaders(conf, fabric):
-    train_set = Dataset(conf.data, "train", augment=True, limit_cliques=conf.get("limit_num"))
-    valid_set = Dataset(conf.data, "valid", augment=False, limit_cliques=conf.get("limit_num"))
+def make_loaders(conf, fabric, log_dir):
+    common = {
+        "limit_cliques": conf.get("limit_num"),
+        "bad_audio": BadAudioLog(os.path.join(log_dir, "bad_audio.tsv")),
+    }
+    train_set = Dataset(conf.data, "train", augment=True, **common)
+    valid_set = Dataset(conf.data, "valid", augment=False, **common)
     batch = int(conf.training.batchsize)
     if len(train_set) < batch * fabric.world_size:
         raise DatasetError(
@@ -197,6 +207,12 @@ def report_scores(scores):
     return ",  ".join(f"{k} = {v:.3f}" for k, v in sorted(scores.items()))
 
 
+def error(fabric, text):
+    """The run's error line, once (rank 0), on stderr."""
+    if fabric.is_global_zero:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+
+
 def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
     """What a checkpoint holds (the original's keys), after ``epoch`` finished epochs."""
     return {
@@ -217,6 +233,8 @@ def main(argv):
     fabric = make_fabric(conf, log_dir)
     printer = fabric.print
     if fabric.is_global_zero:
+        for path in remove_stale_temporaries(log_dir):
+            printer(f"Removed {path}, left by a run killed while writing it")
         yaml_text = OmegaConf.to_yaml(conf)
         path = os.path.join(log_dir, "configuration.yaml")
         atomic_write(path, lambda handle: handle.write(yaml_text), text=True)
@@ -251,7 +269,7 @@ def main(argv):
 
     model, optim = fabric.setup(net, optim)
     model.mark_forward_method("embed")
-    train_loader, valid_loader, sampler = make_loaders(conf, fabric)
+    train_loader, valid_loader, sampler = make_loaders(conf, fabric, log_dir)
     training.check_classifier_size(net, train_loader.dataset, valid_loader.dataset)
     augment = Augment(conf.get("augmentations"), sr=int(conf.data.samplerate))
     min_lr = conf.training.optim.get("min_lr")
@@ -276,7 +294,9 @@ def main(argv):
             try:
                 train_logs = train_epoch(fabric, model, net, optim, augment, train_loader, conf)
             except NonFiniteLoss as err:
-                printer(f"NaN or inf reached ({err}). Stop; the last good checkpoint is kept.")
+                error(
+                    fabric, f"NaN or inf reached ({err}); stopped, the last good checkpoint is kept"
+                )
                 return 1
             valid_logs = valid_epoch(fabric, model, net, valid_loader, conf)
             train_logs = mean_over_ranks(fabric, train_logs)
@@ -284,8 +304,9 @@ def main(argv):
             if not all(
                 math.isfinite(v) for v in list(train_logs.values()) + list(valid_logs.values())
             ):
-                printer(
-                    "NaN or inf in the epoch's averages. Stop; the last good checkpoint is kept."
+                error(
+                    fabric,
+                    "NaN or inf in the epoch's averages; stopped, the last good checkpoint is kept",
                 )
                 return 1
             value = valid_logs[monitor]
@@ -333,5 +354,10 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (DatasetError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {training.original_message(err)}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as err:
+        if not training.peer_failure(err):
+            raise
+        training.report_peer_failure()
         sys.exit(1)

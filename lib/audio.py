@@ -30,6 +30,9 @@ SEEK_MARGIN_S = 0.5
 # extra audio decoded on each side of an excerpt that gets resampled (resampler edge effects)
 RESAMPLE_MARGIN_S = 0.05
 WAV_TRUNCATED = "truncated: the WAV header declares more audio data than the file holds"
+# peak below -80 dBFS: digital silence or a dead capture, nothing a version could match
+SILENCE_PEAK = 1e-4
+SILENT = "silent: no sample above -80 dBFS"
 
 
 class AudioError(Exception):
@@ -82,6 +85,43 @@ def _av_declared_duration(container, stream):
     return None
 
 
+def _mp4_problem(path):
+    """Why an MP4/M4A file that FFmpeg rejects is broken, read from its top-level boxes (size,
+    type, ...), or None when it does not look like a damaged MP4."""
+    size = os.path.getsize(path)
+    seen, pos = [], 0
+    with open(path, "rb") as handle:
+        while pos + 8 <= size:
+            handle.seek(pos)
+            head = handle.read(16)
+            box_size, name = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
+            if box_size == 1 and len(head) == 16:  # 64-bit size
+                box_size = int.from_bytes(head[8:16], "big")
+            elif box_size == 0:  # runs to the end of the file
+                box_size = size - pos
+            if box_size < 8 or (not seen and name != "ftyp"):
+                return None
+            if pos + box_size > size:
+                return (
+                    f"truncated: its '{name}' box needs {pos + box_size - size:,} more bytes "
+                    "than the file holds (an interrupted download?)"
+                )
+            seen.append(name)
+            pos += box_size
+    if seen and "moov" not in seen:
+        return "incomplete MP4: no 'moov' index box (an interrupted download or recording?)"
+    return None
+
+
+def _av_error(path, what, err):
+    """AudioError for an FFmpeg failure; a damaged MP4 says how it is damaged."""
+    if os.path.splitext(path)[1].lower() in (".mp4", ".m4a"):
+        problem = _mp4_problem(path)
+        if problem:
+            return AudioError(path, problem)
+    return AudioError(path, f"{what} ({_describe(err)})")
+
+
 def get_info(path):
     """Sample rate, duration (s) and channel count from the header, without decoding."""
     path = str(path)
@@ -108,7 +148,7 @@ def get_info(path):
     except AudioError:
         raise
     except Exception as err:
-        raise AudioError(path, f"not a readable audio file ({_describe(err)})") from err
+        raise _av_error(path, "not a readable audio file", err) from err
     if samplerate <= 0 or channels <= 0:
         raise AudioError(path, f"invalid header (rate {samplerate}, channels {channels})")
     if duration is None:  # no duration in the header (rare raw streams): count the samples
@@ -118,7 +158,12 @@ def get_info(path):
     return AudioInfo(samplerate, duration, channels)
 
 
-def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
+def is_silent(x):
+    """True if the audio array (any shape) has no sample above -80 dBFS."""
+    return x.size == 0 or float(np.abs(x).max()) < SILENCE_PEAK
+
+
+def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refuse_silence=False):
     """Decode an excerpt of a file as float32.
 
     Args:
@@ -127,6 +172,8 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
         start: excerpt start in seconds.
         duration: excerpt length in seconds (None = until the end of the file).
         mono: average the channels.
+        refuse_silence: raise AudioError if the excerpt is silent (whole files to embed:
+            a silent one would match every other silent or near-silent file).
 
     Returns:
         (T,) array if ``mono`` else (channels, T). T = round(duration * samplerate) unless the file
@@ -155,6 +202,8 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True):
     if x.shape[-1] == 0:
         raise AudioError(path, f"no audio samples from {start:.2f} s on")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if refuse_silence and is_silent(x):
+        raise AudioError(path, SILENT)
     return x[0] if mono else x
 
 
@@ -254,7 +303,7 @@ def _read_pyav(path, plan):
     try:
         container = av.open(path)
     except Exception as err:
-        raise AudioError(path, f"not a readable audio file ({_describe(err)})") from err
+        raise _av_error(path, "not a readable audio file", err) from err
     with container:
         stream = _av_audio_stream(container, path)
         declared = _av_declared_duration(container, stream)
@@ -267,7 +316,7 @@ def _read_pyav(path, plan):
         except AudioError:
             raise
         except Exception as err:
-            raise AudioError(path, f"decoding failed ({_describe(err)})") from err
+            raise _av_error(path, "decoding failed", err) from err
     if rate is None or x.shape[-1] == 0:
         extra = f" (file is {declared:.2f} s long)" if declared else ""
         raise AudioError(path, f"no audio samples from {start:.2f} s on{extra}")

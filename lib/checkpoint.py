@@ -9,6 +9,7 @@ data-only classes in ``ALLOWED_GLOBALS`` can be rebuilt. Any other pickled objec
 call, an arbitrary class) is refused with ``CheckpointError`` before anything runs.
 """
 
+import glob
 import os
 import pickle
 import pickletools
@@ -100,6 +101,18 @@ def atomic_write(path, write, text=False):
             os.remove(tmp)
         raise
     _fsync_folder(folder)
+
+
+def remove_stale_temporaries(folder, names=("*.ckpt", "configuration.yaml")):
+    """Delete the temporaries that a process killed inside ``atomic_write`` left in ``folder``
+    for files matching ``names``; returns their paths. Only for a folder no other process is
+    writing to."""
+    stale = []
+    for name in names:
+        stale += glob.glob(os.path.join(glob.escape(os.fspath(folder)), f"{name}.*.tmp"))
+    for path in sorted(stale):
+        os.remove(path)
+    return sorted(stale)
 
 
 def _fsync_folder(folder):

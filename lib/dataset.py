@@ -5,16 +5,22 @@ versions of its clique, each an excerpt of ``audiolen`` seconds. Items are flat 
 ``[clique_id, song_id_1, audio_1, song_id_2, audio_2, ...]`` with audio (T,) float32 at
 ``samplerate``; with ``fullsongs`` only ``[clique_id, song_id, full audio]``.
 
+A file that cannot be read while training (deleted, replaced, corrupt in a part the
+preprocessing probes did not decode) is reported once in a ``BadAudioLog`` and another version
+of its clique takes its place; without a log it raises.
+
 Numeric clique ids are ``offset + position of the clique in the split``, the offset being 0 for
 train, the number of train cliques for valid, and train + valid for test, so ids never collide
 across splits.
 """
 
+import csv
 import os
+import sys
 
 import torch
 
-from lib.audio import load_audio
+from lib.audio import AudioError, load_audio
 from lib.preproc import SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
@@ -29,9 +35,11 @@ class Dataset(torch.utils.data.Dataset):
         checks=True,
         verbose=False,
         limit_cliques=None,
+        bad_audio=None,
     ):
         """conf: the config's ``data`` section with ``path.audio`` and ``path.meta`` set (train.py
-        copies the top-level ``path`` into it, as the original did)."""
+        copies the top-level ``path`` into it, as the original did). bad_audio: a BadAudioLog to
+        go on past unreadable files (None: raise AudioError)."""
         if split not in SPLITS:
             raise ValueError(f"invalid split {split!r}; valid splits: {', '.join(SPLITS)}")
         self.conf = conf
@@ -56,6 +64,8 @@ class Dataset(torch.utils.data.Dataset):
         if not cliques:
             raise DatasetError(f"{meta_path}: split '{split}' has no cliques")
         self.cliques = {c: [self._full_key(c, v) for v in vs] for c, vs in cliques.items()}
+        self.bad_audio = bad_audio
+        self.unreadable = {}  # key -> reason, in this process
         if checks:
             self._check(meta_path)
 
@@ -68,6 +78,8 @@ class Dataset(torch.utils.data.Dataset):
             key: os.path.join(audio_root, self.info[key]["filename"]) for key in self.versions
         }
         self.id2key = {self.info[key]["id"]: key for key in self.versions}
+        if checks:
+            self._check_files(audio_root)
         if verbose:
             print(f"  {split}: --- Found {len(self.cliques):,} cliques, {len(self):,} songs ---")
 
@@ -90,6 +102,36 @@ class Dataset(torch.utils.data.Dataset):
             shown = "; ".join(problems[:5])
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise DatasetError(f"{meta_path}: invalid split '{self.split}': {shown}{more}")
+
+    def _check_files(self, audio_root):
+        """Missing files (or folders in their place): an error if a whole clique (or everything)
+        is gone, else reported and replaced by other versions of their cliques (with a
+        BadAudioLog) when drawn."""
+        missing = {k: _missing_reason(self.filename[k]) for k in self.versions}
+        missing = {k: reason for k, reason in missing.items() if reason}
+        if not missing:
+            return
+        keys = list(missing)
+        example = self.filename[keys[0]]
+        if len(missing) == len(self.versions):
+            raise DatasetError(
+                f"none of the {len(missing):,} audio files of split '{self.split}' exists "
+                f"(e.g. {example}); check path.audio={audio_root}"
+            )
+        empty = [c for c, ks in self.cliques.items() if all(k in missing for k in ks)]
+        if empty or self.bad_audio is None:
+            shown = ", ".join(f"{self.filename[k]} ({missing[k]})" for k in keys[:5])
+            shown += f" and {len(keys) - 5:,} more" if len(keys) > 5 else ""
+            whole = f"; every version of clique {empty[0]} is missing" if empty else ""
+            raise DatasetError(
+                f"{len(keys):,} audio file(s) of split '{self.split}' missing: {shown}"
+                f"{whole}; run data_preproc.py again to check the files and drop them"
+            )
+        self.unreadable.update(missing)
+        self.bad_audio.report_missing(
+            self.split,
+            [(self.filename[k], reason, self.clique_of[k]) for k, reason in missing.items()],
+        )
 
     def __len__(self):
         return len(self.versions)
@@ -136,14 +178,97 @@ class Dataset(torch.utils.data.Dataset):
             )
         return x
 
+    def _candidates(self, key, clique):
+        """``key``, then the clique's other versions (shuffled when augmenting); drawn only
+        after a failure, so that readable data leaves the random streams as they were."""
+        yield key
+        others = [k for k in self.cliques[clique] if k != key]
+        if self.augment:
+            others = [others[i] for i in torch.randperm(len(others)).tolist()]
+        yield from others
+
+    def load_readable(self, key, clique):
+        """(key, audio) of ``key`` or, when its file cannot be read and a BadAudioLog is set, of
+        the first readable other version of ``clique``."""
+        for candidate in self._candidates(key, clique):
+            if candidate in self.unreadable:
+                continue
+            try:
+                return candidate, self.load(candidate)
+            except AudioError as err:
+                if self.bad_audio is None:
+                    raise
+                self.unreadable[candidate] = err.reason
+                self.bad_audio.report(err.path, err.reason, clique)
+        raise DatasetError(
+            f"every version of clique {clique} is unreadable (e.g. {self.filename[key]}: "
+            f"{self.unreadable[key]}); run data_preproc.py again to check the files and drop them"
+        )
+
     def __getitem__(self, idx):
         anchor = self.versions[idx]
         clique = self.clique_of[anchor]
-        item = [self.clique_id[clique], self.info[anchor]["id"], self.load(anchor)]
+        anchor, audio = self.load_readable(anchor, clique)
+        item = [self.clique_id[clique], self.info[anchor]["id"], audio]
         if self.fullsongs:
             return item
         others = self._other_versions(anchor, clique)
         for k in range(self.n_per_class - 1):
-            key = others[k % len(others)]
-            item += [self.info[key]["id"], self.load(key)]
+            key, audio = self.load_readable(others[k % len(others)], clique)
+            item += [self.info[key]["id"], audio]
         return item
+
+
+def _missing_reason(path):
+    if os.path.isfile(path):
+        return None
+    return "is a directory, not an audio file" if os.path.isdir(path) else "file not found"
+
+
+class BadAudioLog:
+    """Unreadable audio met while training: each file reported once on stderr (also across
+    DataLoader workers and resumed runs) and listed in ``path``, a TSV of file, reason, clique."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def listed(self):
+        try:
+            with open(self.path, newline="") as handle:
+                return {row[0] for row in csv.reader(handle, delimiter="\t") if row}
+        except FileNotFoundError:
+            return set()
+
+    def _append(self, rows):
+        new = not os.path.isfile(self.path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            if new:
+                writer.writerow(["file", "reason", "clique"])
+            writer.writerows(rows)
+
+    def report(self, filename, reason, clique):
+        if filename in self.listed():
+            return
+        self._append([(filename, reason, clique)])
+        print(
+            f"warning: {filename}: {reason}; another version of clique {clique} is used instead "
+            f"(listed in {self.path})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def report_missing(self, split, files):
+        """``files``: [(filename, reason, clique), ...] found missing before training."""
+        listed = self.listed()
+        rows = [row for row in files if row[0] not in listed]
+        if not rows:
+            return
+        self._append(rows)
+        print(
+            f"warning: {len(rows):,} audio file(s) of split '{split}' missing (e.g. {rows[0][0]}); "
+            f"other versions of their cliques are used instead (listed in {self.path})",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -238,9 +238,12 @@ def _flush(shard):
     shard["done"].flush()
 
 
-def extract_shard(model, dataset, keys, folder, rank, world, settings, device, nworkers=0):
+def extract_shard(
+    model, dataset, keys, folder, rank, world, settings, device, nworkers=0, printer=None
+):
     """Embed this process's rows (rank, rank + world, ...) of ``keys`` into its shard of
-    ``folder``, skipping rows an interrupted run already finished."""
+    ``folder``, skipping rows an interrupted run already finished. Every unreadable track is
+    listed in one ExtractionError at the end."""
     slen, shop, maxlen, nwin = (
         settings["slen"],
         settings["shop"],
@@ -254,6 +257,8 @@ def extract_shard(model, dataset, keys, folder, rank, world, settings, device, n
     todo = [row for row in rows if not shard["done"][local[row]]]
     if not todo:
         return
+    if len(todo) < len(rows) and printer is not None:
+        printer(f"  resuming: {len(rows) - len(todo):,} of {len(rows):,} tracks already embedded")
     loader = torch.utils.data.DataLoader(
         TrackAudio(dataset, keys, todo, maxlen),
         batch_size=None,
@@ -269,10 +274,13 @@ def extract_shard(model, dataset, keys, folder, rank, world, settings, device, n
         unit="track",
         dynamic_ncols=True,
     )
+    unreadable = []
     try:
         for row, audio, error in loader:
-            if error is not None:
-                raise ExtractionError(error)
+            if error is not None:  # go on: one run lists every unreadable file
+                unreadable.append(error)
+                bar.update(1)
+                continue
             key = keys[row]
             try:
                 z, mask = embed_track(model, audio, slen, shop, nwin, device)
@@ -297,6 +305,19 @@ def extract_shard(model, dataset, keys, folder, rank, world, settings, device, n
     finally:
         _flush(shard)
         bar.close()
+    if unreadable:
+        raise ExtractionError(unreadable_message(unreadable))
+
+
+def unreadable_message(errors, shown=5):
+    """One line for the decoding errors ``errors`` ('<path>: <reason>' each)."""
+    more = f"; and {len(errors) - shown:,} more" if len(errors) > shown else ""
+    return (
+        f"{len(errors):,} track(s) could not be read: "
+        + "; ".join(errors[:shown])
+        + more
+        + "; run data_preproc.py again to check the files and drop them"
+    )
 
 
 def merge_shards(folder, key, keys, dataset, world, manifest_extra):
@@ -369,6 +390,7 @@ def embeddings_for(
         settings,
         fabric.device,
         nworkers,
+        printer,
     )
     fabric.barrier()
     if fabric.is_global_zero:

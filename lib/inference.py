@@ -151,7 +151,7 @@ class DecodedFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            x = load_audio(self.paths[i], self.samplerate)
+            x = load_audio(self.paths[i], self.samplerate, refuse_silence=True)
         except AudioError as err:
             return i, None, str(err)
         except Exception as err:  # a decoder crash must not stop the other files

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from lib.audio import AUDIO_EXTENSIONS, AudioError, get_info, load_audio
+from lib.audio import AUDIO_EXTENSIONS, SILENT, AudioError, get_info, is_silent, load_audio
 from lib.checkpoint import atomic_torch_save, atomic_write, safe_torch_load
 from lib.filters import DOMAINS
 
@@ -322,11 +322,12 @@ DATASETS = {
 
 
 def check_audio(path, mode="quick", min_duration=1.0):
-    """Header info of a file after making sure it decodes.
+    """Header info of a file after making sure it decodes and is not silent.
 
-    quick: read the header, decode a short probe at the start and one just before the declared
-    end (a truncated download fails there); full: decode everything.
-    Returns ({"samplerate", "length", "channels"}, None) or (None, reason).
+    quick: read the header, decode short probes at the start, the middle and just before the
+    declared end (a truncated download fails there), and everything only if all three are
+    silent; full: decode everything. Returns ({"samplerate", "length", "channels"}, None) or
+    (None, reason).
     """
     if not os.path.exists(path):
         return None, "missing file"
@@ -335,15 +336,17 @@ def check_audio(path, mode="quick", min_duration=1.0):
         if info.duration < min_duration:
             return None, f"too short: {info.duration:.2f} s < {min_duration:.2f} s"
         if mode == "full":
-            load_audio(path, samplerate=None)
+            excerpts = [load_audio(path, samplerate=None)]
         else:
             probe = min(QUICK_CHECK_SECONDS, info.duration)
-            load_audio(path, samplerate=None, start=0.0, duration=probe)
-            load_audio(
-                path, samplerate=None, start=max(0.0, info.duration - 2 * probe), duration=probe
-            )
+            starts = (0.0, max(0.0, info.duration / 2 - probe), max(0.0, info.duration - 2 * probe))
+            excerpts = [load_audio(path, samplerate=None, start=s, duration=probe) for s in starts]
+            if all(is_silent(x) for x in excerpts):
+                excerpts = [load_audio(path, samplerate=None)]
     except AudioError as err:
         return None, f"undecodable: {err.reason}"
+    if all(is_silent(x) for x in excerpts):
+        return None, SILENT
     return {"samplerate": info.samplerate, "length": info.duration, "channels": info.channels}, None
 
 

@@ -4,6 +4,7 @@ cross-rank gathering, validation retrieval metrics, and resume logic."""
 import math
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -14,6 +15,34 @@ from lib.checkpoint import CheckpointError, load_checkpoint
 from lib.config import ConfigError
 
 METRIC_KEYS = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
+
+
+def original_message(err):
+    """The message of an error raised in a DataLoader worker, without the worker's traceback
+    that the DataLoader puts in front of it when re-raising it in the main process."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
+
+
+# what a gloo collective says when another process of the run has died
+PEER_FAILURE_SIGNS = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_failure(err):
+    """True for the error raised in this process by a collective whose peer process died: the
+    peer's own error is the one to read."""
+    return isinstance(err, RuntimeError) and any(sign in str(err) for sign in PEER_FAILURE_SIGNS)
+
+
+def report_peer_failure():
+    print(
+        "error: another process of this run failed (its error is above); stopping this one too",
+        file=sys.stderr,
+    )
 
 
 def seed_epoch(seed, epoch, rank):

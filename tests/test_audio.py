@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, lfilter
 
-from lib.audio import AudioError, get_info, load_audio, write_audio
+from lib.audio import SILENT, AudioError, get_info, is_silent, load_audio, write_audio
 
 RATE = 44100
 SECONDS = 30
@@ -153,6 +153,64 @@ def test_bad_file_reasons_are_specific(audio_dir, tmp_path):
     for name, reason in reasons.items():
         with pytest.raises(AudioError, match=reason):
             load_audio(tmp_path / name)
+
+
+def _faststart_m4a(path, seconds=4.0, rate=16000):
+    """An M4A with its 'moov' index before the audio data, as streaming encoders write it."""
+    import av
+
+    x = _noise(seconds, rate)[None]
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(0, x.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(x[:, i : i + 4096]), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_damaged_m4a_says_how_it_is_damaged(audio_dir, tmp_path):
+    plain = (audio_dir / "noise.m4a").read_bytes()  # 'moov' after the audio data
+    _faststart_m4a(tmp_path / "fast.m4a")
+    fast = (tmp_path / "fast.m4a").read_bytes()
+    assert fast.index(b"moov") < fast.index(b"mdat") and plain.index(b"mdat") < plain.index(b"moov")
+    assert abs(len(load_audio(tmp_path / "fast.m4a")) - 4 * 16000) <= 1024  # AAC frame padding
+    for name, data in {"plain": plain, "fast": fast}.items():
+        cut = tmp_path / f"{name}-cut.m4a"
+        cut.write_bytes(data[: len(data) // 2])
+        # with the index first the header still reads: only decoding reveals the cut
+        for read in (load_audio, get_info) if name == "plain" else (load_audio,):
+            with pytest.raises(AudioError, match="truncated: its 'mdat' box needs"):
+                read(cut)
+    # every box complete but the index missing: a recording that was never finalised
+    mdat = plain.index(b"mdat") - 4
+    size = int.from_bytes(plain[mdat : mdat + 4], "big")
+    (tmp_path / "nomoov.m4a").write_bytes(plain[: mdat + size])
+    with pytest.raises(AudioError, match="incomplete MP4: no 'moov'"):
+        load_audio(tmp_path / "nomoov.m4a")
+    # text named .m4a is not taken for a damaged MP4
+    (tmp_path / "text.m4a").write_text("not audio at all\n" * 20)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(tmp_path / "text.m4a")
+
+
+def test_silence_is_refused_only_when_asked(tmp_path):
+    rate = 16000
+    quiet = np.zeros(2 * rate, np.float32)
+    quiet[100] = 5e-5  # below -80 dBFS
+    write_audio(tmp_path / "silence.wav", quiet, rate)
+    assert is_silent(quiet) and not is_silent(quiet + 2e-4) and is_silent(np.zeros(0))
+    assert len(load_audio(tmp_path / "silence.wav", rate)) == 2 * rate
+    with pytest.raises(AudioError, match=SILENT) as info:
+        load_audio(tmp_path / "silence.wav", rate, refuse_silence=True)
+    assert info.value.path == str(tmp_path / "silence.wav")
+    write_audio(tmp_path / "tone.wav", quiet + 0.01, rate)
+    assert len(load_audio(tmp_path / "tone.wav", rate, refuse_silence=True)) == 2 * rate
 
 
 def test_truncated_mp3_start_still_reads_but_end_does_not(audio_dir, tmp_path):

@@ -190,3 +190,65 @@ def test_p_samesong_lets_the_anchor_be_another_version(corpus):
     anchor = never.versions[0]
     assert anchor not in never._other_versions(anchor, never.clique_of[anchor])
     assert anchor in always._other_versions(anchor, always.clique_of[anchor])
+
+
+def test_unreadable_files_are_reported_once_and_replaced_by_other_versions(
+    corpus, tmp_path, capsys
+):
+    import shutil
+
+    from lib.dataset import BadAudioLog
+
+    shutil.copytree(corpus / "audio", tmp_path / "audio")
+    conf = data_conf(corpus, path={"audio": str(tmp_path / "audio")})
+    probe = Dataset(conf, "train")
+    clique = max(probe.cliques, key=lambda c: len(probe.cliques[c]))
+    gone, broken, *kept = probe.cliques[clique]
+    assert kept
+    (tmp_path / "audio" / probe.info[gone]["filename"]).unlink()  # deleted after preprocessing
+    (tmp_path / "audio" / probe.info[broken]["filename"]).write_bytes(b"RIFF" + bytes(40))
+    with pytest.raises(preproc.DatasetError, match="1 audio file.* missing: .*" + gone):
+        Dataset(conf, "train")  # without a log: an error naming the file, before any work
+    log = BadAudioLog(tmp_path / "run" / "bad_audio.tsv")
+    dset = Dataset(conf, "train", augment=True, bad_audio=log)
+    assert "1 audio file(s) of split 'train' missing" in capsys.readouterr().err
+    ids = {dset.info[k]["id"] for k in kept}
+    for _ in range(2):
+        for anchor in (gone, broken):
+            item = dset[dset.versions.index(anchor)]
+            assert set(item[1::2]) <= ids and all(x.abs().max() > 0 for x in item[2::2])
+    err = capsys.readouterr().err
+    assert err.count(probe.filename[broken]) == 1 and "another version of clique" in err
+    rows = (tmp_path / "run" / "bad_audio.tsv").read_text().splitlines()
+    assert rows[0] == "file\treason\tclique"
+    assert rows[1] == f"{probe.filename[gone]}\tfile not found\t{clique}"
+    assert rows[2].startswith(f"{probe.filename[broken]}\tnot a readable") and len(rows) == 3
+    # a new process (a resumed run, another DataLoader worker) does not report them again
+    again = Dataset(conf, "train", augment=True, bad_audio=log)
+    again[again.versions.index(broken)]
+    assert probe.filename[broken] not in capsys.readouterr().err
+    # nothing left to read in the clique: an error, not an endless search
+    for key in kept:
+        (tmp_path / "audio" / probe.info[key]["filename"]).write_bytes(b"not audio")
+    dset = Dataset(conf, "train", augment=True, bad_audio=log)
+    with pytest.raises(preproc.DatasetError, match=f"every version of clique {clique} is"):
+        dset[dset.versions.index(kept[0])]
+
+
+def test_missing_clique_or_audio_folder_is_an_error_before_any_work(corpus, tmp_path):
+    from lib.dataset import BadAudioLog
+
+    log = BadAudioLog(tmp_path / "bad_audio.tsv")
+    conf = data_conf(corpus, path={"audio": str(tmp_path / "nowhere")})
+    with pytest.raises(preproc.DatasetError, match="none of the .* exists .* check path.audio"):
+        Dataset(conf, "train", bad_audio=log)
+    import shutil
+
+    shutil.copytree(corpus / "audio", tmp_path / "audio")
+    conf = data_conf(corpus, path={"audio": str(tmp_path / "audio")})
+    dset = Dataset(conf, "train")
+    clique = next(iter(dset.cliques))
+    for key in dset.cliques[clique]:
+        (tmp_path / "audio" / dset.info[key]["filename"]).unlink()
+    with pytest.raises(preproc.DatasetError, match=f"every version of clique {clique} is missing"):
+        Dataset(conf, "train", bad_audio=log)

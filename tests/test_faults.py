@@ -1,19 +1,32 @@
 """Fault tests across the entry points, each run as the user would run it (a subprocess): the
 exit status, one clear line naming the file and the problem, and nothing else lost.
 
-Untrusted files: a checkpoint or metadata file carrying a pickle that would run a command is
-refused by every script before anything executes; filter expressions and config values stay
-data. Wrong usage: misspelt keys, wrong paths, a checkpoint of another model, an empty split."""
+Bad audio (corrupt, truncated, empty, silent, text, a directory, deleted after preprocessing) in
+preprocessing, training, evaluation, inference and matching. Untrusted files: a checkpoint or
+metadata file carrying a pickle that would run a command is refused by every script before
+anything executes; filter expressions and config values stay data. Wrong usage: misspelt keys,
+wrong paths, a checkpoint of another model, an empty split.
 
+Faults tested next to the feature they hit: kill -9 during a training epoch
+(tests/test_train.py), NaN/inf losses (tests/test_train.py), kill -9 during inference
+(tests/test_inference.py), colliding outputs (tests/test_inference.py)."""
+
+import csv
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
+from lib.audio import write_audio
 from lib.checkpoint import load_checkpoint
 from lib.preproc import load_metadata, save_metadata
-from tests.corpus import folder_corpus, run_script
+from tests.corpus import ROOT, folder_corpus, run_script
 from tests.test_inference import tiny_checkpoint
 
 SR = 16000
@@ -50,6 +63,226 @@ def last_line(result):
 
 def script(*args):
     return run_script([sys.executable, *map(str, args)])
+
+
+def train_args(data, logs, job, *extra):
+    """train.py on ``data`` (a folder with audio/ and meta.pt): tiny CPU settings."""
+    return [
+        "train.py",
+        f"jobname={job}",
+        "conf=config/demo-clews.yaml",
+        f"path.audio={data / 'audio'}",
+        f"path.meta={data / 'meta.pt'}",
+        f"path.logs={logs}",
+        "fabric.accelerator=cpu",
+        "data.samplerate=16000",
+        "data.audiolen=4",
+        "training.batchsize=2",
+        *extra,
+    ]
+
+
+def evaluation_args(checkpoint, data, cache, *extra, meta=None):
+    """test.py of ``checkpoint`` on ``data`` (audio/ and meta.pt, or ``meta``) on CPU."""
+    return [
+        "test.py",
+        f"checkpoint={checkpoint}",
+        f"path_audio={data / 'audio'}",
+        f"path_meta={meta or data / 'meta.pt'}",
+        f"cache_dir={cache}",
+        "accelerator=cpu",
+        *extra,
+    ]
+
+
+###################################################################################################
+# Bad audio
+###################################################################################################
+
+# what each kind of bad file is called in reports
+REASONS = {
+    "corrupt": "not a readable audio file",
+    "truncated-m4a": "truncated: its 'mdat' box",
+    "truncated-wav": "truncated",
+    "empty": "empty file (0 bytes)",
+    "silence": "silent",
+    "text": "not a readable audio file",
+    "directory": "is a directory",
+    "deleted": "file not found",
+}
+
+
+def spoil(path, kind, scratch):
+    """Turn the audio file ``path`` into a bad file of ``kind`` (keeping its name)."""
+    path = str(path)
+    good = open(path, "rb").read() if os.path.isfile(path) else b""
+    if os.path.isfile(path):
+        os.remove(path)
+    if kind == "corrupt":
+        open(path, "wb").write(np.random.default_rng(0).bytes(6000))
+    elif kind == "truncated-m4a":
+        m4a = os.path.join(scratch, "whole.m4a")
+        write_audio(m4a, 0.3 * np.sin(np.arange(8 * SR) / SR * 2000).astype(np.float32), SR)
+        data = open(m4a, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif kind == "truncated-wav":
+        open(path, "wb").write(good[: len(good) // 3])
+    elif kind == "empty":
+        open(path, "wb").close()
+    elif kind == "silence":
+        write_audio(path, np.zeros(8 * SR, np.float32), SR)
+    elif kind == "text":
+        open(path, "w").write("this is a text file, not audio\n" * 40)
+    elif kind == "directory":
+        os.mkdir(path)
+    else:
+        assert kind == "deleted"
+
+
+@pytest.fixture()
+def data(corpus, tmp_path):
+    """A copy of the corpus (audio and metadata) to spoil; (root, info, splits)."""
+    root = tmp_path / "data"
+    shutil.copytree(corpus / "audio", root / "audio")
+    shutil.copy(corpus / "meta.pt", root / "meta.pt")
+    info, splits = load_metadata(root / "meta.pt")
+    return root, info, splits
+
+
+def versions(root, info, splits, split):
+    """Audio paths of every version of ``split``, clique by clique."""
+    return [[root / "audio" / info[k]["filename"] for k in keys] for keys in splits[split].values()]
+
+
+def test_bad_audio_in_preprocessing_is_listed_and_the_rest_kept(corpus, tmp_path):
+    audio = tmp_path / "audio"
+    shutil.copytree(corpus / "audio", audio)
+    names = {
+        "corrupt": "corrupt.mp3",
+        "truncated-m4a": "cut.m4a",
+        "empty": "empty.wav",
+        "silence": "silence.flac",
+        "text": "text.mp3",
+        "directory": "folder.mp3",
+    }
+    work = sorted(audio.iterdir())[0]
+    for kind, name in names.items():
+        spoil(work / name, kind, tmp_path)
+    meta = tmp_path / "meta.pt"
+    result = script(
+        "data_preproc.py",
+        "--dataset=folder",
+        f"--path_audio={audio}",
+        "--ext_in=any",
+        f"--fn_out={meta}",
+        "--njobs=2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 versions left out" in result.stdout
+    with open(tmp_path / "meta.rejected.tsv", newline="") as handle:
+        rejected = {r["filename"]: r["reason"] for r in csv.DictReader(handle, delimiter="\t")}
+    assert rejected.keys() == {f"{work.name}/{n}" for n in names.values()}
+    for kind, name in names.items():
+        assert REASONS[kind] in rejected[f"{work.name}/{name}"], (kind, rejected)
+    info, splits = load_metadata(meta)
+    assert sum(len(v) for s in splits.values() for v in s.values()) == 12  # every good version
+
+
+def test_bad_audio_in_training_is_reported_and_replaced(data, tmp_path):
+    root, info, splits = data
+    (a0, a1, _), (b0, b1, _) = versions(root, info, splits, "train")
+    (c0, c1, _), *_ = versions(root, info, splits, "valid")
+    faults = {
+        a0: "deleted",
+        a1: "corrupt",
+        b0: "empty",
+        b1: "truncated-wav",
+        c0: "directory",
+        c1: "silence",
+    }
+    for path, kind in faults.items():
+        spoil(path, kind, tmp_path)
+    result = script(
+        *train_args(root, tmp_path / "logs", "bad", "data.nworkers=1", "training.numepochs=1")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = tmp_path / "logs" / "bad" / "bad_audio.tsv"
+    with open(log, newline="") as handle:
+        listed = {r["file"]: r["reason"] for r in csv.DictReader(handle, delimiter="\t")}
+    for path, kind in faults.items():
+        if kind == "silence":  # a silent excerpt is legitimate training data (intros, breaks)
+            assert str(path) not in listed
+            continue
+        assert REASONS[kind] in listed[str(path)], (kind, listed)
+        assert str(path) in result.stderr
+    assert load_checkpoint(tmp_path / "logs" / "bad" / "checkpoint_last.ckpt")["epoch"] == 1
+
+
+def test_bad_audio_in_evaluation_names_every_file(data, checkpoint, tmp_path):
+    root, info, splits = data
+    (d0, d1, d2), *_ = versions(root, info, splits, "test")
+    command = evaluation_args(checkpoint, root, tmp_path / "cache")
+    spoil(d0, "deleted", tmp_path)
+    result = script(*command)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 audio file(s) of split 'test' missing" in last_line(result)
+    assert str(d0) in last_line(result) and "data_preproc.py" in last_line(result)
+    spoil(d0, "corrupt", tmp_path)
+    spoil(d1, "truncated-m4a", tmp_path)
+    spoil(d2, "text", tmp_path)
+    result = script(*command)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = last_line(result)
+    assert "3 track(s) could not be read" in line  # all of them, not just the first
+    for path in (d0, d1, d2):
+        assert f"{path}: not a readable audio file" in line
+
+
+def test_bad_audio_in_inference_and_matching(checkpoint, corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    goods = sorted((corpus / "audio").rglob("*.wav"))[:2]
+    for i, good in enumerate(goods):
+        shutil.copy(good, folder / f"good{i}.wav")
+    names = {
+        "corrupt": "corrupt.mp3",
+        "truncated-m4a": "cut.m4a",
+        "empty": "empty.wav",
+        "silence": "silence.wav",
+        "text": "text.mp3",
+    }
+    for kind, name in names.items():
+        spoil(folder / name, kind, tmp_path)
+    spoil(folder / "folder.mp3", "directory", tmp_path)  # walked into like any folder
+    out = tmp_path / "out"
+    result = script(
+        "inference.py", f"--checkpoint={checkpoint}", f"--path_in={folder}", f"--path_out={out}"
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.glob("*.pt")) == ["good0.pt", "good1.pt"]
+    failures = (out / "inference_failures.log").read_text()
+    for kind, name in names.items():
+        assert f"{folder / name}: {REASONS[kind]}" in failures, (kind, failures)
+    single = script(
+        "inference.py",
+        f"--checkpoint={checkpoint}",
+        f"--fn_in={folder / 'folder.mp3'}",
+        f"--fn_out={tmp_path / 'x.pt'}",
+    )
+    assert single.returncode != 0 and "folder.mp3: is a directory" in last_line(single)
+
+    catalogue = tmp_path / "catalogue"
+    index = script(
+        "match.py", "index", f"--checkpoint={checkpoint}", f"--audio={folder}", f"--out={catalogue}"
+    )
+    assert index.returncode == 1 and "5 file(s) could not be read" in index.stderr
+    assert "Catalogue" in index.stdout and "2 tracks" in index.stdout
+    clips = [folder / name for name in names.values()] + [folder / "good0.wav"]
+    query = script("match.py", "query", f"--catalogue={catalogue}", *clips)
+    assert query.returncode == 1 and "Traceback" not in query.stderr
+    for kind, name in names.items():
+        assert f"{folder / name}: {REASONS[kind]}" in query.stderr, (kind, query.stderr)
+    assert "good0" in query.stdout  # the readable clip is still answered
 
 
 ###################################################################################################
@@ -237,3 +470,154 @@ def test_empty_split_is_one_clear_line(corpus, checkpoint, tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "empty-test.pt" in last_line(result) and "test" in last_line(result)
     assert "Traceback" not in result.stderr
+
+
+###################################################################################################
+# Interrupted work
+###################################################################################################
+
+# runs a script with torch.save dying (SIGKILL) halfway through writing the epoch-2
+# checkpoint_last: a kill -9 that lands inside a checkpoint write, every time
+DIE_IN_CHECKPOINT_WRITE = """
+import io, os, runpy, signal, sys, torch
+real_save = torch.save
+def save(obj, handle, *args, **kwargs):
+    target = os.readlink(f"/proc/self/fd/{handle.fileno()}") if hasattr(handle, "fileno") else ""
+    if "checkpoint_last.ckpt" in target and isinstance(obj, dict) and obj.get("epoch") == 2:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        handle.write(buffer.getvalue()[: buffer.tell() // 2])
+        handle.flush()
+        os.fsync(handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *args, **kwargs)
+torch.save = save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_kill_during_a_checkpoint_write_then_resume(corpus, tmp_path):
+    args = train_args(
+        corpus,
+        tmp_path,
+        "killed",
+        "data.nworkers=0",
+        "training.numepochs=3",
+        "training.save_freq=1",
+    )
+    killed = run_script([sys.executable, "-c", DIE_IN_CHECKPOINT_WRITE, *args])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = tmp_path / "killed"
+    half = list(run.glob("checkpoint_last.ckpt.*.tmp"))
+    assert len(half) == 1  # the half-written temporary; checkpoint_last itself is untouched
+    assert load_checkpoint(run / "checkpoint_last.ckpt")["epoch"] == 1
+    resumed = script(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Removed {half[0]}" in resumed.stdout and "Resumed after epoch 1" in resumed.stdout
+    assert not list(run.glob("*.tmp"))
+    for path in run.glob("*.ckpt"):  # epoch0-3, best, last: every checkpoint on disk loads
+        assert "model" in load_checkpoint(path), path
+    assert load_checkpoint(run / "checkpoint_last.ckpt")["epoch"] == 3
+    assert {p.name for p in run.glob("checkpoint_epoch*.ckpt")} == {
+        f"checkpoint_epoch{e}.ckpt" for e in range(4)
+    }
+
+
+def test_evaluation_killed_while_embedding_resumes_where_it_stopped(data, checkpoint, tmp_path):
+    root, info, splits = data
+    everything = tmp_path / "all.pt"  # every version in the test split: more tracks to embed
+    save_metadata(everything, info, dict(splits, test={**splits["train"], **splits["test"]}))
+
+    def command(cache):
+        args = evaluation_args(checkpoint, root, cache, "nworkers=0", meta=everything)
+        return [sys.executable, *args]
+
+    straight = run_script(command(tmp_path / "other"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        command(tmp_path / "cache"), cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        flags = list((tmp_path / "cache").rglob("done.npy"))
+        if flags:
+            try:
+                done = int(np.load(flags[0]).sum())
+            except (OSError, ValueError):
+                done = 0
+            if done >= 3:
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert 3 <= done < 9, "the kill did not land during the extraction"
+    resumed = run_script(command(tmp_path / "cache"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming:" in resumed.stdout and "tracks already embedded" in resumed.stdout
+    # the same scores as the run that was never interrupted
+    score = [line for line in straight.stdout.splitlines() if "MAP" in line]
+    assert score and score == [line for line in resumed.stdout.splitlines() if "MAP" in line]
+
+
+###################################################################################################
+# Distributed faults
+###################################################################################################
+
+
+def no_process_left(marker):
+    """No process whose command line contains ``marker`` is still running."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                return False
+    return True
+
+
+def test_one_training_process_failing_stops_the_whole_run(data, tmp_path):
+
+    root, info, splits = data
+    (a0, a1, a2), _ = versions(root, info, splits, "train")
+    for path in (a0, a1, a2):  # a whole clique unreadable: the process that draws it fails
+        spoil(path, "corrupt", tmp_path)
+    job = f"ddp-fault-{os.getpid()}"
+    start = time.time()
+    result = script(
+        *train_args(
+            root,
+            tmp_path / "logs",
+            job,
+            "fabric.devices=2",
+            "data.nworkers=1",
+            "training.batchsize=1",
+            "training.numepochs=2",
+        )
+    )
+    elapsed = time.time() - start
+    assert result.returncode != 0 and elapsed < 120, (result.returncode, elapsed)
+    assert "every version of clique" in result.stderr and str(a0.parent) in result.stderr
+    assert "another process of this run failed" in result.stderr
+    assert no_process_left(f"jobname={job}")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_one_evaluation_process_failing_stops_the_whole_run(rank, data, checkpoint, tmp_path):
+
+    root, info, splits = data
+    tracks = [p for clique in versions(root, info, splits, "test") for p in clique]
+    spoil(tracks[rank], "corrupt", tmp_path)  # process r embeds tracks r, r + 2, ...
+    start = time.time()
+    job = f"eval-fault-{os.getpid()}-{rank}"
+    result = script(
+        *evaluation_args(checkpoint, root, tmp_path / "cache", "fabric.ngpus=2", f"jobname={job}")
+    )
+    elapsed = time.time() - start
+    assert result.returncode != 0 and elapsed < 120, (result.returncode, elapsed)
+    assert f"1 track(s) could not be read: {tracks[rank]}" in result.stderr
+    assert "another process of this run failed" in last_line(result)
+    assert no_process_left(job)

@@ -355,6 +355,25 @@ def test_check_modes_and_too_short(tmp_path):
     assert preproc.check_audio(str(tmp_path / "nope.wav")) == (None, "missing file")
 
 
+def test_check_rejects_silent_files_but_not_silent_passages(tmp_path):
+    rate = 16000
+    write_audio(tmp_path / "silence.wav", np.zeros(20 * rate, np.float32), rate)
+    for mode in ("quick", "full"):
+        assert preproc.check_audio(str(tmp_path / "silence.wav"), mode)[1].startswith("silent")
+    # music only between the quick probes (start, middle, end): quick decodes it all to be sure
+    x = np.zeros(20 * rate, np.float32)
+    x[4 * rate : 6 * rate] = 0.1
+    write_audio(tmp_path / "gap.wav", x, rate)
+    for mode in ("quick", "full"):
+        assert preproc.check_audio(str(tmp_path / "gap.wav"), mode)[1] is None
+    # silent start and end (intro, fade-out) with music in the middle passes both
+    x = np.zeros(20 * rate, np.float32)
+    x[3 * rate : 17 * rate] = 0.1
+    write_audio(tmp_path / "fades.wav", x, rate)
+    for mode in ("quick", "full"):
+        assert preproc.check_audio(str(tmp_path / "fades.wav"), mode)[1] is None
+
+
 def test_extension_cleaning():
     assert preproc.clean_extension("mp4/") == "mp4"
     assert preproc.clean_extension("..m4a") == "m4a"

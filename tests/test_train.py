@@ -137,8 +137,9 @@ def test_two_process_ddp_on_cpu_partitions_the_training_set(corpus, tmp_path):
     assert rank0[0] != rank0[1]  # reshuffled every epoch
 
 
-def test_nan_stops_with_error_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
-    # train one good epoch on a copy of the corpus, then poison one training file with NaNs
+@pytest.mark.parametrize("poison", [np.nan, np.inf], ids=["nan", "inf"])
+def test_nan_stops_with_error_and_keeps_the_last_good_checkpoint(poison, corpus, tmp_path):
+    # train one good epoch on a copy of the corpus, then poison the training files
     import shutil
 
     data = tmp_path / "data"
@@ -152,11 +153,14 @@ def test_nan_stops_with_error_and_keeps_the_last_good_checkpoint(corpus, tmp_pat
         for key in keys:
             path = data / "audio" / meta["info"][key]["filename"]
             x, sr = sf.read(path, dtype="float32")
-            sf.write(path, np.full_like(x, np.nan), sr, subtype="FLOAT")
+            sf.write(path, np.full_like(x, poison), sr, subtype="FLOAT")
+    best = tmp_path / "nan" / "checkpoint_best.ckpt"
+    best_before = best.read_bytes()
     again = run(train_cmd(data, tmp_path, "nan", "training.numepochs=3"))
     assert again.returncode == 1
-    assert "NaN or inf" in again.stdout
+    assert "error: NaN or inf reached (loss is nan at batch 1)" in again.stderr
     assert last.read_bytes() == before and load_checkpoint(last)["epoch"] == 1
+    assert best.read_bytes() == best_before and load_checkpoint(best)["epoch"] == 1
 
 
 def test_usage_errors_are_one_line_and_nonzero(corpus, tmp_path):
