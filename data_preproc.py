@@ -44,7 +44,8 @@ def parse_args(argv=None):
         "--check",
         choices=preproc.CHECK_MODES,
         default="quick",
-        help="quick: header plus short probes at the start and near the end; full: decode all",
+        help="quick: header plus short probes at the start, middle and near the end (the whole "
+        "file if all three are silent); full: decode all",
     )
     parser.add_argument(
         "--min_duration", type=float, default=1.0, help="seconds; shorter files are rejected"

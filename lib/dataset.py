@@ -21,7 +21,7 @@ import sys
 import torch
 
 from lib.audio import AudioError, load_audio
-from lib.preproc import SPLITS, DatasetError, load_metadata
+from lib.preproc import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
 
@@ -125,7 +125,7 @@ class Dataset(torch.utils.data.Dataset):
             whole = f"; every version of clique {empty[0]} is missing" if empty else ""
             raise DatasetError(
                 f"{len(keys):,} audio file(s) of split '{self.split}' missing: {shown}"
-                f"{whole}; run data_preproc.py again to check the files and drop them"
+                f"{whole}; {RECHECK_HINT}"
             )
         self.unreadable.update(missing)
         self.bad_audio.report_missing(
@@ -202,7 +202,7 @@ class Dataset(torch.utils.data.Dataset):
                 self.bad_audio.report(err.path, err.reason, clique)
         raise DatasetError(
             f"every version of clique {clique} is unreadable (e.g. {self.filename[key]}: "
-            f"{self.unreadable[key]}); run data_preproc.py again to check the files and drop them"
+            f"{self.unreadable[key]}); {RECHECK_HINT}"
         )
 
     def __getitem__(self, idx):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from lib import tensor_ops
 from lib.audio import AudioError, load_audio
 from lib.checkpoint import atomic_write
+from lib.preproc import RECHECK_HINT
 from lib.retrieval import Embeddings
 
 CACHE_VERSION = 1
@@ -316,7 +317,7 @@ def unreadable_message(errors, shown=5):
         f"{len(errors):,} track(s) could not be read: "
         + "; ".join(errors[:shown])
         + more
-        + "; run data_preproc.py again to check the files and drop them"
+        + f"; {RECHECK_HINT}"
     )
 
 

@@ -29,6 +29,8 @@ from lib.filters import DOMAINS
 
 SPLITS = ("train", "valid", "test")
 CHECK_MODES = ("quick", "full")
+# what to do about audio files found missing or unreadable after preprocessing
+RECHECK_HINT = "run data_preproc.py again (--check=full decodes every file) to drop them"
 QUICK_CHECK_SECONDS = 1.0  # length of each decoded probe in the quick check
 
 
