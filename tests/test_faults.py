@@ -113,28 +113,27 @@ REASONS = {
 
 
 def spoil(path, kind, scratch):
-    """Turn the audio file ``path`` into a bad file of ``kind`` (keeping its name)."""
-    path = str(path)
-    good = open(path, "rb").read() if os.path.isfile(path) else b""
-    if os.path.isfile(path):
-        os.remove(path)
+    """Turn the audio file ``path`` (a Path) into a bad file of ``kind``, keeping its name;
+    ``scratch`` is a folder for intermediate files."""
+    good = path.read_bytes() if path.is_file() else b""
+    path.unlink(missing_ok=True)
     if kind == "corrupt":
-        open(path, "wb").write(np.random.default_rng(0).bytes(6000))
+        path.write_bytes(np.random.default_rng(0).bytes(6000))
     elif kind == "truncated-m4a":
-        m4a = os.path.join(scratch, "whole.m4a")
-        write_audio(m4a, 0.3 * np.sin(np.arange(8 * SR) / SR * 2000).astype(np.float32), SR)
-        data = open(m4a, "rb").read()
-        open(path, "wb").write(data[: len(data) // 2])
+        whole = scratch / "whole.m4a"
+        write_audio(whole, 0.3 * np.sin(np.arange(8 * SR) / SR * 2000).astype(np.float32), SR)
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
     elif kind == "truncated-wav":
-        open(path, "wb").write(good[: len(good) // 3])
+        path.write_bytes(good[: len(good) // 3])
     elif kind == "empty":
-        open(path, "wb").close()
+        path.write_bytes(b"")
     elif kind == "silence":
         write_audio(path, np.zeros(8 * SR, np.float32), SR)
     elif kind == "text":
-        open(path, "w").write("this is a text file, not audio\n" * 40)
+        path.write_text("this is a text file, not audio\n" * 40)
     elif kind == "directory":
-        os.mkdir(path)
+        path.mkdir()
     else:
         assert kind == "deleted"
 
