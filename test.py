@@ -30,8 +30,6 @@ import warnings
 from datetime import timedelta
 
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -123,6 +121,11 @@ def model_config(args, state):
 
 
 def make_fabric(args):
+    # imported here, not at the top: Lightning takes seconds to import and a bad argument or
+    # file should be reported at once
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
     world = int(args.fabric.ngpus) * int(args.fabric.nnodes)
     strategy = DDPStrategy(timeout=timedelta(minutes=60)) if world > 1 else "auto"
     fabric = Fabric(

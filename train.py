@@ -17,9 +17,6 @@ import time
 from datetime import timedelta
 
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.loggers import TensorBoardLogger
-from lightning.fabric.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -44,6 +41,12 @@ class NonFiniteLoss(Exception):
 
 
 def make_fabric(conf, log_dir):
+    # imported here, not at the top: Lightning takes seconds to import and a bad argument or
+    # file should be reported at once
+    from lightning.fabric import Fabric
+    from lightning.fabric.loggers import TensorBoardLogger
+    from lightning.fabric.strategies import DDPStrategy
+
     world = int(conf.fabric.ngpus) * int(conf.fabric.nnodes)
     strategy = "auto"
     if world > 1:
