@@ -12,6 +12,7 @@ import os
 import sys
 
 from lib import preproc
+from lib.checkpoint import WriteError
 
 DATASETS = list(preproc.DATASETS) + ["folder"]
 
@@ -144,6 +145,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except preproc.DatasetError as err:
+    except (preproc.DatasetError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

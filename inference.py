@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from lib.checkpoint import CheckpointError, load_trained_model
+from lib.checkpoint import CheckpointError, WriteError, load_trained_model
 from lib.config import ConfigError
 from lib.inference import (
     FAILURE_LOG,
@@ -141,7 +141,7 @@ def main(argv=None):
     except (InferenceError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except CheckpointError as err:
+    except (CheckpointError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

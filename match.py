@@ -25,7 +25,7 @@ from lib import catalogue as C
 from lib import inference as I
 from lib import retrieval as R
 from lib.audio import AudioError, load_audio
-from lib.checkpoint import CheckpointError, atomic_write, load_trained_model
+from lib.checkpoint import CheckpointError, WriteError, atomic_write, load_trained_model
 from lib.config import ConfigError
 from lib.extract import file_digest, window_embeddings
 
@@ -390,7 +390,7 @@ def main(argv=None):
     except (UsageError, ConfigError, I.InferenceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (C.CatalogueError, CheckpointError, AudioError) as err:
+    except (C.CatalogueError, CheckpointError, AudioError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ from lib import eval as evaluation
 from lib import retrieval, training
 from lib.checkpoint import (
     CheckpointError,
+    WriteError,
     atomic_write,
     load_checkpoint,
     load_model_state,
@@ -437,7 +438,7 @@ if __name__ == "__main__":
     except (ConfigError, FilterError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (DatasetError, CheckpointError, ExtractionError) as err:
+    except (DatasetError, CheckpointError, ExtractionError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except RuntimeError as err:

@@ -24,6 +24,7 @@ from lib import training
 from lib.augmentations import Augment
 from lib.checkpoint import (
     CheckpointError,
+    WriteError,
     atomic_write,
     load_model_state,
     remove_stale_temporaries,
@@ -356,7 +357,7 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (DatasetError, CheckpointError) as err:
+    except (DatasetError, CheckpointError, WriteError) as err:
         print(f"error: {training.original_message(err)}", file=sys.stderr)
         sys.exit(1)
     except RuntimeError as err:

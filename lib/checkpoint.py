@@ -68,6 +68,12 @@ class CheckpointError(Exception):
     """A checkpoint could not be read, was refused, or does not fit the model."""
 
 
+class WriteError(Exception):
+    """A file could not be written (disk full, file too large, no permission, read-only disk);
+    the file that was there before, if any, is unchanged. Not an ``OSError`` on purpose: callers
+    that skip one bad input and go on must not go on writing to a full disk."""
+
+
 def save_checkpoint(state, path):
     """Write a checkpoint dict atomically, with its config (if any) as plain data."""
     state = dict(state)
@@ -81,26 +87,62 @@ def atomic_torch_save(obj, path):
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path, write, text=False):
     """Call ``write(handle)`` on a temporary file in the same folder, flush it to disk, then
     rename it over ``path``. An interrupted or failed write leaves the previous file intact and
-    no temporary. ``text`` opens the temporary in text mode (UTF-8, no newline translation)."""
+    no temporary; a failure of the file system (full, read-only, no permission) raises
+    ``WriteError`` naming ``path``. ``text`` opens the temporary in text mode (UTF-8, no newline
+    translation)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    tmp = None
     mode = {"mode": "w", "encoding": "utf-8", "newline": ""} if text else {"mode": "wb"}
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; give what open() would have given
         with os.fdopen(fd, **mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        cause = _os_error_behind(err)
+        if cause is None or isinstance(err, KeyboardInterrupt):
+            raise
+        raise write_failure(path, cause) from err
     _fsync_folder(folder)
+
+
+def write_failure(path, cause):
+    """The ``WriteError`` for ``path`` whose writing failed with the ``OSError`` ``cause``."""
+    return WriteError(
+        f"{path}: could not be written ({cause.strerror or cause}); the file there before, if "
+        "any, is unchanged: make room or fix the folder, then run the same command again"
+    )
+
+
+def _os_error_behind(err):
+    """The ``OSError`` that ``err`` is or was raised while handling (torch.save turns a failed
+    write into a RuntimeError about zip positions), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def remove_stale_temporaries(folder, names=("*.ckpt", "configuration.yaml")):

@@ -12,6 +12,7 @@ made of. Extraction writes per-process shards that are flushed as it goes, so an
 run continues where it stopped; a cache is only read when its key matches exactly.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from lib import tensor_ops
 from lib.audio import AudioError, load_audio
-from lib.checkpoint import atomic_write
+from lib.checkpoint import atomic_write, write_failure
 from lib.preproc import RECHECK_HINT
 from lib.retrieval import Embeddings
 
@@ -114,10 +115,18 @@ def embed_track(model, audio, slen, shop, nwin, device, max_windows=32):
     return out, mask
 
 
+def unbatched(batch):
+    """``collate_fn`` for loaders of one item at a time that keeps numpy arrays as they are: a
+    worker then sends the audio through its pipe, not through shared memory (/dev/shm), which
+    containers often keep too small for a whole track (64 MB by default in Docker) and whose
+    exhaustion makes torch's DataLoader wait forever."""
+    return batch[0]
+
+
 class TrackAudio(torch.utils.data.Dataset):
-    """Full tracks (truncated to ``maxlen`` s) of ``keys``: items (row, audio (T,) or None,
-    error message or None); a decoding error travels back as text to be raised in the main
-    process, naming the file."""
+    """Full tracks (truncated to ``maxlen`` s) of ``keys``: items (row, audio (T,) float32
+    numpy array or None, error message or None); a decoding error travels back as text to be
+    raised in the main process, naming the file."""
 
     def __init__(self, dataset, keys, rows, maxlen):
         self.dataset, self.keys, self.rows, self.maxlen = dataset, keys, rows, maxlen
@@ -133,7 +142,7 @@ class TrackAudio(torch.utils.data.Dataset):
             x = load_audio(self.dataset.filename[key], self.dataset.samplerate, duration=duration)
         except AudioError as err:
             return row, None, str(err)
-        return row, torch.from_numpy(x), None
+        return row, x, None
 
 
 ###################################################################################################
@@ -206,6 +215,31 @@ def _shard_dir(folder, rank, world):
     return os.path.join(folder, f"shard-{rank}-of-{world}")
 
 
+def new_memmap(file, dtype, shape):
+    """A new ``.npy`` memory map at ``file`` whose disk blocks are reserved at once: a full disk
+    is a ``WriteError`` here rather than a SIGBUS (the process dying without a word) when the
+    map is written to later."""
+    try:
+        array = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+    except OSError as err:
+        raise write_failure(file, err) from err
+    reserve_blocks(file)
+    return array
+
+
+def reserve_blocks(file):
+    """Allocate every disk block of ``file`` now (``WriteError`` when the disk is full)."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no way to reserve; keep the sparse file
+        return
+    try:
+        with open(file, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as err:
+        # file systems that cannot reserve blocks (some network ones) keep the sparse file
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise write_failure(file, err) from err
+
+
 def _open_shard(path, nrows, nwin, dim):
     """Memory-mapped shard arrays, reopened when an earlier run left them (resume)."""
     os.makedirs(path, exist_ok=True)
@@ -222,8 +256,10 @@ def _open_shard(path, nrows, nwin, dim):
                 arr = None
             if arr is not None and (arr.shape != shapes[name] or arr.dtype != dtypes[name]):
                 arr = None
+            if arr is not None:  # a run stopped by a full disk may have left it sparse
+                reserve_blocks(file)
         if arr is None:
-            arr = np.lib.format.open_memmap(file, mode="w+", dtype=dtypes[name], shape=shapes[name])
+            arr = new_memmap(file, dtypes[name], shapes[name])
             if name == "done":
                 arr[:] = False
         out[name] = arr
@@ -262,7 +298,8 @@ def extract_shard(
         printer(f"  resuming: {len(rows) - len(todo):,} of {len(rows):,} tracks already embedded")
     loader = torch.utils.data.DataLoader(
         TrackAudio(dataset, keys, todo, maxlen),
-        batch_size=None,
+        batch_size=1,
+        collate_fn=unbatched,
         num_workers=nworkers,
         prefetch_factor=4 if nworkers > 0 else None,
     )
@@ -282,7 +319,7 @@ def extract_shard(
                 unreadable.append(error)
                 bar.update(1)
                 continue
-            key = keys[row]
+            key, audio = keys[row], torch.from_numpy(audio)
             try:
                 z, mask = embed_track(model, audio, slen, shop, nwin, device)
             except torch.OutOfMemoryError as err:
@@ -335,20 +372,18 @@ def merge_shards(folder, key, keys, dataset, world, manifest_extra):
         if not shard["done"].all():
             raise ExtractionError(f"{folder}: shard {r} of {world} is incomplete")
     nwin, dim = shards[0]["z"].shape[1:]
-    z = np.lib.format.open_memmap(
-        os.path.join(folder, "z.npy"), mode="w+", dtype=np.float16, shape=(n, nwin, dim)
-    )
+    z = new_memmap(os.path.join(folder, "z.npy"), np.float16, (n, nwin, dim))
     mask = np.zeros((n, nwin), dtype=np.bool_)
     for r, shard in enumerate(shards):
         z[r::world] = shard["z"]
         mask[r::world] = shard["mask"]
     z.flush()
     del z
-    np.save(os.path.join(folder, "mask.npy"), mask)
     cliques = np.array([dataset.clique_id[dataset.clique_of[k]] for k in keys], dtype=np.int64)
     ids = np.array([dataset.info[k]["id"] for k in keys], dtype=np.int64)
-    np.save(os.path.join(folder, "cliques.npy"), cliques)
-    np.save(os.path.join(folder, "ids.npy"), ids)
+    for name, array in (("mask", mask), ("cliques", cliques), ("ids", ids)):
+        path = os.path.join(folder, f"{name}.npy")
+        atomic_write(path, lambda handle, a=array: np.save(handle, a))
     manifest = {
         "version": CACHE_VERSION,
         "key": key,

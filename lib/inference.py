@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from lib.checkpoint import atomic_torch_save, atomic_write
-from lib.extract import file_digest, window_embeddings
+from lib.extract import file_digest, unbatched, window_embeddings
 
 MANIFEST = "inference.json"
 FAILURE_LOG = "inference_failures.log"
@@ -140,8 +140,8 @@ def write_manifest(folder, settings):
 
 
 class DecodedFiles(torch.utils.data.Dataset):
-    """Items (index, audio (T,) tensor or None, error text or None); a decoding error travels
-    back as text so that the main process reports it and goes on."""
+    """Items (index, audio (T,) float32 numpy array or None, error text or None); a decoding
+    error travels back as text so that the main process reports it and goes on."""
 
     def __init__(self, paths, samplerate):
         self.paths, self.samplerate = paths, samplerate
@@ -156,11 +156,7 @@ class DecodedFiles(torch.utils.data.Dataset):
             return i, None, str(err)
         except Exception as err:  # a decoder crash must not stop the other files
             return i, None, f"{self.paths[i]}: {type(err).__name__}: {err}"
-        return i, torch.from_numpy(x), None
-
-
-def _first(batch):
-    return batch[0]
+        return i, x, None
 
 
 def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, log=print):
@@ -176,27 +172,27 @@ def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=Fa
     loader = torch.utils.data.DataLoader(
         DecodedFiles([src for src, _ in todo], model.sr),
         batch_size=1,
-        collate_fn=_first,
+        collate_fn=unbatched,
         num_workers=max(0, int(nworkers)),
         prefetch_factor=2 if nworkers > 0 else None,
     )
     seconds, start = 0.0, time.time()
-    bar = tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True)
-    for i, audio, error in loader:
-        src, dst = todo[i]
-        if error is None:
-            try:
-                z = window_embeddings(model, audio, win_len, hop_size, device)
-                atomic_torch_save(z.contiguous(), dst)
-                summary["done"].append(src)
-                seconds += audio.numel() / model.sr
-            except (RuntimeError, OSError) as err:
-                error = f"{src}: {type(err).__name__}: {err}"
-        if error is not None:
-            summary["failed"].append((src, error))
-            bar.write(f"  failed: {error}")
-        bar.update(1)
-    bar.close()
+    with tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True) as bar:
+        for i, audio, error in loader:
+            src, dst = todo[i]
+            if error is None:
+                audio = torch.from_numpy(audio)
+                try:
+                    z = window_embeddings(model, audio, win_len, hop_size, device)
+                    atomic_torch_save(z.contiguous(), dst)
+                    summary["done"].append(src)
+                    seconds += audio.numel() / model.sr
+                except (RuntimeError, OSError) as err:
+                    error = f"{src}: {type(err).__name__}: {err}"
+            if error is not None:
+                summary["failed"].append((src, error))
+                bar.write(f"  failed: {error}")
+            bar.update(1)
     summary["audio_seconds"] = seconds
     summary["wall_seconds"] = time.time() - start
     return summary

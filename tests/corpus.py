@@ -25,10 +25,19 @@ def folder_corpus(root, works, versions, seconds, seed, split):
     return root
 
 
-def run_script(cmd, env=None):
-    """Run a top-level script from the repository root with one OpenMP thread per process."""
+def run_script(cmd, env=None, preexec_fn=None):
+    """Run a top-level script from the repository root with one OpenMP thread per process
+    (``preexec_fn`` runs in the child before the script, e.g. to set resource limits)."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
+        preexec_fn=preexec_fn,
+    )
 
 
 def randomised(model, seed):

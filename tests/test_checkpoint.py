@@ -1,4 +1,5 @@
 import argparse
+import errno
 import os
 import pickle
 
@@ -7,7 +8,14 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lib.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from lib.checkpoint import (
+    CheckpointError,
+    WriteError,
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from models.clews import Model
 from tests.models.test_clews import tiny_conf
 
@@ -166,9 +174,54 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "checkpoint_last.ckpt"
     save_checkpoint({"epoch": 1, "model": {"w": torch.ones(3)}}, path)
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception) as failure:
         # a lambda cannot be pickled: torch.save fails after it started writing
         save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(3)}, "bad": lambda: 0}, path)
+    assert not isinstance(failure.value, WriteError)  # a bug, not the disk: raised as it is
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.ckpt"]
     assert load_checkpoint(path)["epoch"] == 1
+
+
+class FullDisk:
+    """A binary file handle that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, handle, room):
+        self.handle, self.room = handle, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+@pytest.mark.parametrize("writer", ["bytes", "torch.save"])
+def test_full_disk_is_a_write_error_naming_the_file(tmp_path, writer):
+    path = tmp_path / "checkpoint_last.ckpt"
+    save_checkpoint({"epoch": 1, "model": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    state = {"epoch": 2, "model": {"w": torch.zeros(1000)}}
+    if writer == "bytes":
+        write = lambda handle: FullDisk(handle, 100).write(b"x" * 1000)  # noqa: E731
+    else:  # torch.save turns the OSError into a RuntimeError about zip positions
+        write = lambda handle: torch.save(state, FullDisk(handle, 1000))  # noqa: E731
+    with pytest.raises(WriteError) as failure:
+        atomic_write(path, write)
+    assert str(failure.value).startswith(f"{path}: could not be written (No space left on device)")
+    assert "run the same command again" in str(failure.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.ckpt"]
+
+
+def test_written_files_get_the_permissions_open_gives(tmp_path):
+    with open(tmp_path / "plain", "w") as handle:
+        handle.write("x")
+    atomic_write(tmp_path / "atomic", lambda handle: handle.write(b"x"))
+    save_checkpoint({"epoch": 1}, tmp_path / "c.ckpt")
+    mode = (tmp_path / "plain").stat().st_mode & 0o777
+    assert (tmp_path / "atomic").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == mode

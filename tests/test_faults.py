@@ -5,7 +5,8 @@ Bad audio (corrupt, truncated, empty, silent, text, a directory, deleted after p
 preprocessing, training, evaluation, inference and matching. Untrusted files: a checkpoint or
 metadata file carrying a pickle that would run a command is refused by every script before
 anything executes; filter expressions and config values stay data. Wrong usage: misspelt keys,
-wrong paths, a checkpoint of another model, an empty split.
+wrong paths, a checkpoint of another model, an empty split. Full disk while checkpoints,
+embeddings and the evaluation cache are written.
 
 Faults tested next to the feature they hit: kill -9 during a training epoch
 (tests/test_train.py), NaN/inf losses (tests/test_train.py), kill -9 during inference
@@ -13,6 +14,7 @@ Faults tested next to the feature they hit: kill -9 during a training epoch
 
 import csv
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -620,3 +622,115 @@ def test_one_evaluation_process_failing_stops_the_whole_run(rank, data, checkpoi
     assert f"1 track(s) could not be read: {tracks[rank]}" in result.stderr
     assert "another process of this run failed" in last_line(result)
     assert no_process_left(job)
+
+
+###################################################################################################
+# Full disk
+###################################################################################################
+
+
+def file_size_limit(nbytes):
+    """For ``preexec_fn``: the child cannot grow a file past ``nbytes`` (EFBIG, "File too
+    large"): a full disk that needs no special file system. DataLoader workers pass tensors
+    through shared-memory files, so runs under this limit use no workers."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return apply
+
+
+def test_full_disk_while_saving_a_checkpoint(corpus, tmp_path):
+    args = train_args(corpus, tmp_path, "full", "data.nworkers=0")
+    first = script(*args, "training.numepochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "full"
+    before = {p.name: p.read_bytes() for p in run.glob("*.ckpt")}
+    command = [sys.executable, *map(str, args), "training.numepochs=2"]
+    full = run_script(command, preexec_fn=file_size_limit(200_000))
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    line = last_line(full)
+    assert line.startswith(f"error: {run / 'checkpoint_last.ckpt'}: could not be written (File")
+    assert "run the same command again" in line
+    assert {p.name: p.read_bytes() for p in run.glob("*.ckpt")} == before
+    assert not list(run.glob("*.tmp"))
+    again = run_script(command)
+    assert again.returncode == 0 and "Resumed after epoch 1" in again.stdout
+    assert load_checkpoint(run / "checkpoint_last.ckpt")["epoch"] == 2
+
+
+def test_full_disk_while_embedding(checkpoint, corpus, tmp_path):
+    evaluation = [sys.executable, *evaluation_args(checkpoint, corpus, tmp_path / "cache")]
+    full = run_script(evaluation, preexec_fn=file_size_limit(5000))
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert "z.npy: could not be written (File too large)" in last_line(full)
+    assert "MAP" in run_script(evaluation).stdout  # the same command, with room, finishes
+
+    out = tmp_path / "out"
+    inference = [
+        sys.executable,
+        "inference.py",
+        f"--checkpoint={checkpoint}",
+        f"--path_in={corpus / 'audio'}",
+        f"--path_out={out}",
+        "--nworkers=0",
+    ]
+    full = run_script(inference, preexec_fn=file_size_limit(1000))
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert ".pt: could not be written (File too large)" in last_line(full)
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.tmp"))
+    assert run_script(inference).returncode == 0
+    assert len(list(out.rglob("*.pt"))) == 12
+
+
+def can_mount_in_a_namespace():
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /tmp"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not can_mount_in_a_namespace(), reason="no user namespace to mount a small tmpfs in"
+)
+def test_really_full_disk_under_the_embedding_cache(checkpoint, corpus, tmp_path):
+    """A cache on a tmpfs with 16 KiB free: memory-mapped arrays must reserve their blocks when
+    made, or the first write into the map kills the process with SIGBUS and no message."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    fill = f"mount -t tmpfs -o size=1m tmpfs {disk} && head -c 1032192 /dev/zero > {disk}/filler"
+    evaluation = evaluation_args(checkpoint, corpus, disk / "cache")
+    command = ["unshare", "-rm", "sh", "-c", f'{fill} && exec "$@"', "sh", sys.executable]
+    full = run_script(command + evaluation)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, (full.returncode, full.stderr)
+    assert "could not be written (No space left on device)" in last_line(full)
+
+
+@pytest.mark.skipif(
+    not can_mount_in_a_namespace(), reason="no user namespace to mount a small tmpfs in"
+)
+def test_tiny_shared_memory_does_not_stall_the_decoding_workers(checkpoint, corpus, tmp_path):
+    """A /dev/shm of 256 KiB (Docker gives 64 MB; a track is more): the workers that decode
+    whole tracks hand them over through their pipe, so inference and test.py go on; through
+    shared memory torch's DataLoader would wait forever."""
+    mount = 'mount -t tmpfs -o size=256k tmpfs /dev/shm && exec "$@"'
+    small = ["timeout", "120", "unshare", "-rm", "sh", "-c", mount]  # a stall fails in 2 min
+    inference = [
+        "inference.py",
+        f"--checkpoint={checkpoint}",
+        f"--path_in={corpus / 'audio'}",
+        f"--path_out={tmp_path / 'out'}",
+        "--nworkers=2",
+    ]
+    evaluation = evaluation_args(checkpoint, corpus, tmp_path / "cache", "nworkers=2")
+    for args in (inference, evaluation):
+        result = run_script([*small, "sh", sys.executable, *args])
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "out").rglob("*.pt"))) == 12
+    assert "MAP" in result.stdout
