@@ -433,16 +433,11 @@ def run_name(redux, query_settings, candidate_settings):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (ConfigError, FilterError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (DatasetError, CheckpointError, ExtractionError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as err:
-        if not training.peer_failure(err):
-            raise
-        training.report_peer_failure()
-        sys.exit(1)
+    sys.exit(
+        training.exit_status(
+            main,
+            sys.argv[1:],
+            usage_errors=(ConfigError, FilterError),
+            run_errors=(DatasetError, CheckpointError, ExtractionError, WriteError),
+        )
+    )

@@ -352,16 +352,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (DatasetError, CheckpointError, WriteError) as err:
-        print(f"error: {training.original_message(err)}", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as err:
-        if not training.peer_failure(err):
-            raise
-        training.report_peer_failure()
-        sys.exit(1)
+    sys.exit(
+        training.exit_status(
+            main,
+            sys.argv[1:],
+            usage_errors=ConfigError,
+            run_errors=(DatasetError, CheckpointError, WriteError),
+        )
+    )

@@ -38,11 +38,26 @@ def peer_failure(err):
     return isinstance(err, RuntimeError) and any(sign in str(err) for sign in PEER_FAILURE_SIGNS)
 
 
-def report_peer_failure():
-    print(
-        "error: another process of this run failed (its error is above); stopping this one too",
-        file=sys.stderr,
-    )
+def exit_status(main, argv, usage_errors, run_errors):
+    """Run a script's ``main(argv)``, turning its expected errors into one ``error:`` line on
+    stderr and an exit status: 2 for ``usage_errors``, 1 for ``run_errors`` and for a collective
+    whose peer process died. Anything else propagates with its traceback (a bug to report)."""
+    try:
+        return main(argv)
+    except usage_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except run_errors as err:
+        print(f"error: {original_message(err)}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if not peer_failure(err):
+            raise
+        print(
+            "error: another process of this run failed (its error is above); stopping this one too",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def seed_epoch(seed, epoch, rank):
