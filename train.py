@@ -27,6 +27,7 @@ from lib.checkpoint import (
     WriteError,
     atomic_write,
     load_model_state,
+    optimizer_state,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -263,7 +264,7 @@ def main(argv):
     if kind == "resume":
         training.check_model_section(source, state["conf"].model, conf.model)
         load_model_state(net, state)
-        optim.load_state_dict(state["optim"])
+        optim.load_state_dict(optimizer_state(net, state))
         sched.load_state_dict(state["sched"])
         epoch, cost_best = int(state["epoch"]), float(state["cost_best"])
         printer(f"Resumed after epoch {epoch} (best {monitor} = {cost_best:.4f})")

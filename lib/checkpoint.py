@@ -248,10 +248,45 @@ def _strip_wrapper_prefixes(weights):
     return weights
 
 
-def load_model_state(model, state, source="checkpoint"):
-    """Load weights into ``model`` strictly, accepting DDP/compile name prefixes and scalar
-    parameters saved as shape () or (1,). Raises ``CheckpointError`` naming what does not fit."""
+def translate_legacy_names(model, weights):
+    """``weights`` with the names this project used before it took the original's (mapped by the
+    model's ``legacy_key``) renamed, when that is what makes them fit ``model``; else unchanged.
+    Returns (weights, whether they were renamed)."""
+    expected = model.state_dict()
+    if set(weights) == set(expected):
+        return weights, False
+    renamed = {model.legacy_key(key): value for key, value in weights.items()}
+    if len(renamed) == len(weights) and set(renamed) == set(expected):
+        return renamed, True
+    return weights, False
+
+
+def optimizer_state(model, state):
+    """The ``optim`` entry of a full checkpoint, for an optimiser over ``model.parameters()``.
+    Optimiser states are indexed by parameter position; a checkpoint saved with this project's
+    earlier names may have held the parameters in another order (CoverHunter-C's), so its
+    indices are moved to the positions of the same parameters now."""
+    optim = state["optim"]
     weights = _strip_wrapper_prefixes(dict(model_state_dict(state)))
+    _, renamed = translate_legacy_names(model, weights)
+    if not renamed:
+        return optim
+    names = [name for name, _ in model.named_parameters()]
+    old_order = [model.legacy_key(k) for k in weights if model.legacy_key(k) in set(names)]
+    if old_order == names or len(optim.get("param_groups", [])) != 1:
+        return optim
+    position = {name: i for i, name in enumerate(names)}
+    moved = {position[old_order[int(i)]]: value for i, value in optim["state"].items()}
+    group = dict(optim["param_groups"][0], params=list(range(len(names))))
+    return {"state": moved, "param_groups": [group]}
+
+
+def load_model_state(model, state, source="checkpoint"):
+    """Load weights into ``model`` strictly, accepting DDP/compile name prefixes, scalar
+    parameters saved as shape () or (1,), and the names of this project's checkpoints from before
+    it took the original's module names. Raises ``CheckpointError`` naming what does not fit."""
+    weights = _strip_wrapper_prefixes(dict(model_state_dict(state)))
+    weights, _ = translate_legacy_names(model, weights)
     expected = model.state_dict()
     mismatched = []
     for key, value in weights.items():

@@ -2,7 +2,9 @@
 attentive statistics pooling.
 
 Sequences are (N, T, C): N examples, T frames, C channels. No padding masks: every sequence of a
-batch has the same length (fixed-length shingles).
+batch has the same length (fixed-length shingles). Module names are those of the original code
+(WeNet's ``self_attn``, ``feed_forward.w_1``, ``conv_module.pointwise_conv1``, ...), so that its
+state dicts load unchanged.
 """
 
 import math
@@ -26,7 +28,7 @@ class Conv2dSubsampling4(nn.Module):
             nn.Conv2d(dim, dim, 3, stride=2),
             nn.ReLU(),
         )
-        self.out = nn.Linear(dim * (((nfeat - 1) // 2 - 1) // 2), dim)
+        self.out = nn.Sequential(nn.Linear(dim * (((nfeat - 1) // 2 - 1) // 2), dim))
 
     def forward(self, x):
         h = self.conv(x.unsqueeze(1))  # (N, dim, T', F')
@@ -96,14 +98,16 @@ class RelPositionMultiHeadedAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """w_1 (dim -> hidden), SiLU, dropout, w_2 (hidden -> dim)."""
+
     def __init__(self, dim, hidden, dropout=0.1):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
-        )
+        self.w_1 = nn.Linear(dim, hidden)
+        self.w_2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.net(x)
+        return self.w_2(self.dropout(F.silu(self.w_1(x))))
 
 
 class ConvolutionModule(nn.Module):
@@ -114,15 +118,15 @@ class ConvolutionModule(nn.Module):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"convolution kernel must be odd, got {kernel}")
-        self.pointwise1 = nn.Conv1d(dim, 2 * dim, 1)
-        self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.pointwise_conv1 = nn.Conv1d(dim, 2 * dim, 1)
+        self.depthwise_conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.norm = nn.BatchNorm1d(dim)
-        self.pointwise2 = nn.Conv1d(dim, dim, 1)
+        self.pointwise_conv2 = nn.Conv1d(dim, dim, 1)
 
     def forward(self, x):
-        h = F.glu(self.pointwise1(x.transpose(1, 2)), dim=1)
-        h = F.silu(self.norm(self.depthwise(h)))
-        return self.pointwise2(h).transpose(1, 2)
+        h = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)
+        h = F.silu(self.norm(self.depthwise_conv(h)))
+        return self.pointwise_conv2(h).transpose(1, 2)
 
 
 class ConformerLayer(nn.Module):
@@ -130,22 +134,23 @@ class ConformerLayer(nn.Module):
 
     def __init__(self, dim, hidden, nheads=4, kernel=15, dropout=0.1):
         super().__init__()
-        self.norm_ff_macaron = nn.LayerNorm(dim, eps=1e-5)
-        self.ff_macaron = FeedForward(dim, hidden, dropout)
-        self.norm_mha = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = RelPositionMultiHeadedAttention(nheads, dim)
-        self.norm_conv = nn.LayerNorm(dim, eps=1e-5)
-        self.conv = ConvolutionModule(dim, kernel)
+        # registered in the original's order (it fixes the order of the state dict)
+        self.self_attn = RelPositionMultiHeadedAttention(nheads, dim)
+        self.feed_forward = FeedForward(dim, hidden, dropout)
+        self.feed_forward_macaron = FeedForward(dim, hidden, dropout)
+        self.conv_module = ConvolutionModule(dim, kernel)
         self.norm_ff = nn.LayerNorm(dim, eps=1e-5)
-        self.ff = FeedForward(dim, hidden, dropout)
+        self.norm_mha = nn.LayerNorm(dim, eps=1e-5)
+        self.norm_ff_macaron = nn.LayerNorm(dim, eps=1e-5)
+        self.norm_conv = nn.LayerNorm(dim, eps=1e-5)
         self.norm_final = nn.LayerNorm(dim, eps=1e-5)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, pos_emb):
-        x = x + 0.5 * self.dropout(self.ff_macaron(self.norm_ff_macaron(x)))
-        x = x + self.dropout(self.attn(self.norm_mha(x), pos_emb))
-        x = x + self.dropout(self.conv(self.norm_conv(x)))
-        x = x + 0.5 * self.dropout(self.ff(self.norm_ff(x)))
+        x = x + 0.5 * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
+        x = x + self.dropout(self.self_attn(self.norm_mha(x), pos_emb))
+        x = x + self.dropout(self.conv_module(self.norm_conv(x)))
+        x = x + 0.5 * self.dropout(self.feed_forward(self.norm_ff(x)))
         return self.norm_final(x)
 
 
@@ -157,16 +162,38 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         self.embed = Conv2dSubsampling4(nfeat, dim)
         self.pos_enc = RelPositionalEncoding(dim, dropout)
-        self.layers = nn.ModuleList(
+        self.after_norm = nn.LayerNorm(dim, eps=1e-5)
+        self.encoders = nn.ModuleList(
             ConformerLayer(dim, hidden, nheads, kernel, dropout) for _ in range(nblocks)
         )
-        self.after_norm = nn.LayerNorm(dim, eps=1e-5)
 
     def forward(self, x):
         x, pos_emb = self.pos_enc(self.embed(x))
-        for layer in self.layers:
+        for layer in self.encoders:
             x = layer(x, pos_emb)
         return self.after_norm(x)
+
+
+class LinearLayer(nn.Module):
+    """A ``nn.Linear`` held as ``linear_layer`` (the original pooling's parameter names)."""
+
+    def __init__(self, cin, cout, bias=True):
+        super().__init__()
+        self.linear_layer = nn.Linear(cin, cout, bias=bias)
+
+    def forward(self, x):
+        return self.linear_layer(x)
+
+
+class Conv1dLayer(nn.Module):
+    """A ``nn.Conv1d`` held as ``conv`` (the original pooling's parameter names)."""
+
+    def __init__(self, cin, cout, kernel):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel)
+
+    def forward(self, x):
+        return self.conv(x)
 
 
 class AttentiveStatisticsPooling(nn.Module):
@@ -176,11 +203,11 @@ class AttentiveStatisticsPooling(nn.Module):
     def __init__(self, channels, out=None, eps=1e-12):
         super().__init__()
         self.eps = eps
-        self.linear = nn.Linear(3 * channels, channels)
-        self.conv = nn.Conv1d(channels, channels, 1)
-        self.final = nn.Linear(2 * channels, out or channels, bias=False)
-        nn.init.xavier_uniform_(self.linear.weight)
-        nn.init.xavier_uniform_(self.conv.weight)
+        self._linear = LinearLayer(3 * channels, channels)
+        self._conv = Conv1dLayer(channels, channels, 1)
+        self._final_layer = nn.Linear(2 * channels, out or channels, bias=False)
+        nn.init.xavier_uniform_(self._linear.linear_layer.weight)
+        nn.init.xavier_uniform_(self._conv.conv.weight)
 
     def _stats(self, x, w):
         """Weighted mean and std over time of x (N, C, T) with weights w (N, C|1, T)."""
@@ -193,7 +220,7 @@ class AttentiveStatisticsPooling(nn.Module):
         uniform = torch.full_like(x[:, :1], 1.0 / x.size(-1))
         mean, std = self._stats(x, uniform)
         context = torch.cat([x, mean[..., None].expand_as(x), std[..., None].expand_as(x)], dim=1)
-        score = torch.tanh(self.linear(context.transpose(1, 2))).transpose(1, 2)
-        w = self.conv(score).softmax(-1)
+        score = torch.tanh(self._linear(context.transpose(1, 2))).transpose(1, 2)
+        w = self._conv(score).softmax(-1)
         mean, std = self._stats(x, w)
-        return self.final(torch.cat([mean, std], dim=1))
+        return self._final_layer(torch.cat([mean, std], dim=1))

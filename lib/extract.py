@@ -288,7 +288,7 @@ def extract_shard(
         settings["nwin"],
     )
     rows = list(range(rank, len(keys), world))
-    dim = int(model.conf.zdim)
+    dim = model.embedding_dim
     shard = _open_shard(_shard_dir(folder, rank, world), len(rows), nwin, dim)
     local = {row: i for i, row in enumerate(rows)}
     todo = [row for row in rows if not shard["done"][local[row]]]

@@ -1,5 +1,5 @@
 """Neural-network blocks shared by the models. Attribute names follow the original code so that
-its checkpoints load (``gain``/``bias``, ``bn``/``inst``, ``conv``, ``convs``/``skip``, ``p``)."""
+its checkpoints load (``gain``/``bias``, ``bn``/``inst``, ``conv``, ``convs``/``skip``/``residual``, ``p``)."""
 
 import math
 
@@ -184,7 +184,7 @@ class MyIBNResBlock(nn.Module):
 
 class ResNet50BottBlock(nn.Module):
     """Post-activation bottleneck block (every conv bias-free): 1x1 (cin -> mid) - IBN or BN -
-    ReLU - 3x3 (stride) - BN - ReLU - 1x1 (mid -> cout) - BN, plus the residual (identity, or a
+    ReLU - 3x3 (stride) - BN - ReLU - 1x1 (mid -> cout) - BN, plus ``residual`` (identity, or a
     3x3 conv with ``stride`` + BN when the shape changes), then ReLU. mid = max(cin, cout) x
     ``factor``, rounded up to even."""
 
@@ -202,73 +202,106 @@ class ResNet50BottBlock(nn.Module):
             nn.BatchNorm2d(cout),
         )
         if cin == cout and stride == 1:
-            self.skip = nn.Identity()
+            self.residual = nn.Identity()
         else:
-            self.skip = nn.Sequential(
+            self.residual = nn.Sequential(
                 nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(cout),
             )
 
     def forward(self, h):
-        return torch.relu(self.convs(h) + self.skip(h))
+        return torch.relu(self.convs(h) + self.residual(h))
 
 
-class ByteCoverBody(nn.Sequential):
-    """The ByteCover CNN (a ResNet50 with IBN in its first three stages) at width ``ncha``
-    (2048): a 7x7 stem conv (stride 1 over bins, 2 over time) to ncha/8 channels, BN, ReLU,
-    3x3 max pool (stride 2), then 3 / 4 / 6 / 3 bottleneck blocks of ncha/8, /4, /2 and ncha
-    channels (stages 2 and 3 start with stride 2). (N, 1, F, T) -> (N, ncha, F', T')."""
+class Unsqueeze(nn.Module):
+    """Insert a dimension of size 1 at ``dim`` (the channel of a CQT image)."""
 
-    def __init__(self, ncha=2048):
-        if ncha % 16:
-            raise ValueError(f"ByteCover width must be a multiple of 16, got {ncha}")
-        widths = [ncha // 8, ncha // 4, ncha // 2, ncha]
-        layers = [
-            nn.Conv2d(1, widths[0], 7, stride=(1, 2), bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2),
-        ]
-        cin = widths[0]
-        for stage, (nblocks, cout) in enumerate(zip((3, 4, 6, 3), widths)):
-            for i in range(nblocks):
-                stride = 2 if i == 0 and stage in (1, 2) else 1
-                layers.append(ResNet50BottBlock(cin, cout, stride=stride, ibn=stage < 3))
-                cin = cout
-        super().__init__(*layers)
+    def __init__(self, dim=1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, h):
+        return h.unsqueeze(self.dim)
 
 
-class CQTNetBody(nn.Sequential):
-    """The CQTNet convolution stack (Yu et al.), width ``c`` (32 in CQTNet, 48 in DVINet+):
-    five blocks of two bias-free convolutions, each followed by BatchNorm and ReLU, with max
-    pooling over time (1, 2) after blocks 1-4 and a global max pool after block 5.
-    (N, 1, F, T) -> (N, 16c)."""
+def bytecover_widths(ncha):
+    """Channels of the four ByteCover stages at width ``ncha``: ncha/8, /4, /2 and ncha."""
+    if ncha % 16:
+        raise ValueError(f"ByteCover width must be a multiple of 16, got {ncha}")
+    return [ncha // 8, ncha // 4, ncha // 2, ncha]
 
-    def __init__(self, c=32):
-        # (cin, cout, kernel, padding, dilation) of each convolution
-        convs = [
-            (1, c, (12, 3), (6, 0), 1),
-            (c, 2 * c, (13, 3), 0, (1, 2)),
-            (2 * c, 2 * c, (13, 3), 0, 1),
-            (2 * c, 2 * c, (3, 3), 0, (1, 2)),
-            (2 * c, 4 * c, 3, 0, 1),
-            (4 * c, 4 * c, 3, 0, (1, 2)),
-            (4 * c, 8 * c, 3, 0, 1),
-            (8 * c, 8 * c, 3, 0, (1, 2)),
-            (8 * c, 16 * c, 3, 0, 1),
-            (16 * c, 16 * c, 3, 0, (1, 2)),
-        ]
+
+def bytecover_frontend(ncha=2048):
+    """The ByteCover stem, (N, F, T) -> (N, ncha/8, F', T'): add the channel dimension, a 7x7
+    conv (stride 1 over bins, 2 over time) to ncha/8 channels, BN, ReLU, 3x3 max pool (stride 2).
+    Indexed as the original (``frontend.1`` conv, ``frontend.2`` BN)."""
+    width = bytecover_widths(ncha)[0]
+    return nn.Sequential(
+        Unsqueeze(1),
+        nn.Conv2d(1, width, 7, stride=(1, 2), bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2),
+    )
+
+
+def bytecover_resblocks(ncha=2048):
+    """The ByteCover ResNet50-IBN stack after the stem: 3 / 4 / 6 / 3 bottleneck blocks of
+    ncha/8, /4, /2 and ncha channels (stages 2 and 3 start with stride 2; IBN in the first three
+    stages). (N, ncha/8, F, T) -> (N, ncha, F', T')."""
+    widths = bytecover_widths(ncha)
+    blocks, cin = [], widths[0]
+    for stage, (nblocks, cout) in enumerate(zip((3, 4, 6, 3), widths)):
+        for i in range(nblocks):
+            stride = 2 if i == 0 and stage in (1, 2) else 1
+            blocks.append(ResNet50BottBlock(cin, cout, stride=stride, ibn=stage < 3))
+            cin = cout
+    return nn.Sequential(*blocks)
+
+
+def cqtnet_blocks(c=32):
+    """The five blocks of the CQTNet convolution stack (Yu et al.) at width ``c`` (32 in CQTNet,
+    48 in DVINet+), as the original's ``block1`` .. ``block5``: two bias-free convolutions, each
+    followed by BatchNorm and ReLU, then max pooling over time (1, 2) in blocks 1-4 and a global
+    max pool in block 5. Applied in turn: (N, 1, F, T) -> (N, 16c, 1, 1)."""
+    # (cin, cout, kernel, padding, dilation) of each convolution
+    convs = [
+        (1, c, (12, 3), (6, 0), 1),
+        (c, 2 * c, (13, 3), 0, (1, 2)),
+        (2 * c, 2 * c, (13, 3), 0, 1),
+        (2 * c, 2 * c, (3, 3), 0, (1, 2)),
+        (2 * c, 4 * c, 3, 0, 1),
+        (4 * c, 4 * c, 3, 0, (1, 2)),
+        (4 * c, 8 * c, 3, 0, 1),
+        (8 * c, 8 * c, 3, 0, (1, 2)),
+        (8 * c, 16 * c, 3, 0, 1),
+        (16 * c, 16 * c, 3, 0, (1, 2)),
+    ]
+    blocks = []
+    for first in range(0, len(convs), 2):
         layers = []
-        for i, (cin, cout, kernel, padding, dilation) in enumerate(convs):
+        for cin, cout, kernel, padding, dilation in convs[first : first + 2]:
             layers += [
                 nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
                 nn.BatchNorm2d(cout),
                 nn.ReLU(inplace=True),
             ]
-            if i % 2 == 1:
-                layers.append(nn.MaxPool2d((1, 2)) if i < 9 else nn.AdaptiveMaxPool2d((1, 1)))
-        layers.append(nn.Flatten())
-        super().__init__(*layers)
+        last = first + 2 == len(convs)
+        layers.append(nn.AdaptiveMaxPool2d((1, 1)) if last else nn.MaxPool2d((1, 2)))
+        blocks.append(nn.Sequential(*layers))
+    return blocks
+
+
+def cqtnet_legacy_key(key, head_names):
+    """A name of this project's earlier CQT CNNs (``body.<i>``, seven modules per block) in the
+    original's layout (``block<n>.<j>``); ``head_names`` maps the renamed heads."""
+    parts = key.split(".")
+    if parts[0] == "body":
+        index = int(parts[1])
+        return ".".join([f"block{index // 7 + 1}", str(index % 7)] + parts[2:])
+    if parts[0] in head_names:
+        return ".".join([head_names[parts[0]]] + parts[1:])
+    return key
 
 
 def max_abs_normalise(h, eps=1e-6):

@@ -129,11 +129,12 @@ def mirex_triplet_loss(z, labels, ids=None, generator=None):
     return triplet_loss(dist, labels, ids, 0.3, "random", "hard", generator)
 
 
-def euclidean(x, y, eps=1e-12):
-    """Euclidean distances (N, M) with a gradient that stays finite at 0."""
-    sq = (x.pow(2).sum(-1)[:, None] + y.pow(2).sum(-1)[None, :] - 2 * x @ y.T).clamp(min=0)
-    zero = sq <= eps
-    return (sq + zero * eps).sqrt() * (~zero)
+def euclidean(x, y):
+    """Euclidean distances (N, M) between the rows of x (N, D) and y (M, D), from the
+    differences (as the original's small batches did), not from ||x||^2 - 2 x.y + ||y||^2: that
+    form loses the distances of near-identical embeddings (an untrained model's) to rounding.
+    The gradient is 0, not NaN, where a distance is 0."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def focal_loss(logits, labels, gamma=2.0, eps=2.2e-16):

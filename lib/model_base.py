@@ -10,17 +10,32 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lib import tensor_ops
-from lib.layers import ByteCoverBody, GeMPool, cqt_shingles, make_cqt, max_abs_normalise
+from lib.layers import (
+    bytecover_frontend,
+    bytecover_resblocks,
+    cqt_shingles,
+    make_cqt,
+    max_abs_normalise,
+)
 
 
 class SegmentModel(nn.Module):
-    """Subclasses set ``segment_metric`` / ``default_redux`` / padding modes and define ``embed``
-    and ``loss``. ``conf`` is the config's ``model`` section."""
+    """What every model provides. Subclasses set ``segment_metric`` / ``default_redux`` /
+    padding modes, set ``embedding_dim`` in ``__init__`` and define ``embed`` and ``loss``.
+    ``conf`` is the config's ``model`` section.
+
+    Module attribute names are the original code's, so that its checkpoints load with
+    ``strict=True`` and checkpoints written here load into it; ``legacy_key`` maps the names that
+    this project used before (see ``lib.checkpoint.load_model_state``)."""
 
     segment_metric = "cos"  # distance between segment embeddings ("cos", "sqeuc" or "nsqeuc")
     default_redux = "min"  # reduction of segment distances to a track distance
     frame_pad = "zeros"  # completes the last shingle of a waveform
     min_pad = "zeros"  # completes a shingle shorter than the training length
+    # CLEWS keeps its CQT and time pooling in one Sequential (state-dict names ``cqt.0.*``), the
+    # baselines the CQT alone (``cqt.*``) with a parameter-free pooling beside it
+    cqt_with_pooling = False
+    embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
 
     def __init__(self, conf, sr=16000):
         super().__init__()
@@ -28,15 +43,27 @@ class SegmentModel(nn.Module):
         self.sr = sr
         self.minlen = float(self.conf.shingling.len)
         cqt = self.conf.cqt
-        self.cqt = make_cqt(
+        transform = make_cqt(
             sr, cqt.hoplen, cqt.noctaves, cqt.get("nbinsoct", 12), cqt.get("fscale", 1.0)
         )
         # CLEWS configs give one pooling width (= stride), the baselines' {len, hop}
         pool = cqt.pool
         if isinstance(pool, int):
-            self.cqtpool = nn.AvgPool1d(pool, stride=pool)
+            pooling = nn.AvgPool1d(pool, stride=pool)
         else:
-            self.cqtpool = nn.AvgPool1d(pool.len, stride=pool.hop)
+            pooling = nn.AvgPool1d(pool.len, stride=pool.hop)
+        if self.cqt_with_pooling:
+            self.cqt = nn.Sequential(transform, pooling)
+            self.cqtpool = nn.Identity()
+        else:
+            self.cqt = transform
+            self.cqtpool = pooling
+
+    @staticmethod
+    def legacy_key(key):
+        """The current name of a state-dict entry saved under ``key`` by an earlier version of
+        this project (identity where nothing was renamed)."""
+        return key
 
     def get_shingle_params(self):
         """Training shingle (length, hop) in seconds."""
@@ -89,8 +116,9 @@ class SegmentModel(nn.Module):
 
 class ByteCoverModel(SegmentModel):
     """What ByteCover2x and ByteCover3x share: the ResNet50-IBN CNN at width ``ncha`` on
-    max-abs normalised CQT shingles, GeM pooling, cosine retrieval, zero-padded framing with
-    repeat-padded short shingles, and a classifier over ``maxcliques`` cliques."""
+    max-abs normalised CQT shingles (``frontend``, ``resblocks``), cosine retrieval, zero-padded
+    framing with repeat-padded short shingles, and a classifier over ``maxcliques`` cliques.
+    Each subclass adds its own GeM pooling and head (their names differ in the original)."""
 
     segment_metric = "cos"
     frame_pad = "zeros"
@@ -98,14 +126,27 @@ class ByteCoverModel(SegmentModel):
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        self.body = ByteCoverBody(int(self.conf.ncha))
-        self.pool = GeMPool()
+        self.frontend = bytecover_frontend(int(self.conf.ncha))
+        self.resblocks = bytecover_resblocks(int(self.conf.ncha))
         self.maxcliques = int(self.conf.maxcliques)
 
-    def pooled(self, h):
-        """CQT shingles (B, S, F, T') -> pooled CNN features (B * S, ncha)."""
+    def features(self, h):
+        """CQT shingles (B, S, F, T') -> CNN feature maps (B * S, ncha, F'', T'')."""
         nb, ns, nf, nt = h.shape
-        return self.pool(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
+        return self.resblocks(self.frontend(max_abs_normalise(h.reshape(nb * ns, nf, nt))))
+
+    @staticmethod
+    def legacy_key(key):
+        """Before the original names: ``body.0/1`` stem conv/BN, ``body.<4+i>`` block i with
+        ``skip``."""
+        parts = key.split(".")
+        if parts[0] != "body":
+            return key
+        index = int(parts[1])
+        if index < 4:
+            return ".".join(["frontend", str(index + 1)] + parts[2:])
+        rest = ["residual" if p == "skip" else p for p in parts[2:]]
+        return ".".join(["resblocks", str(index - 4)] + rest)
 
 
 def available_models():

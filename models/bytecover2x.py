@@ -9,7 +9,11 @@ Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 from torch import nn
 
 from lib import losses
+from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
+
+# this project's names before it took the original's
+LEGACY_HEADS = {"pool": "embpool.0", "fc_t": "embpool.1", "bn_c": "bn", "classifier": "fc"}
 
 
 class Model(ByteCoverModel):
@@ -18,17 +22,25 @@ class Model(ByteCoverModel):
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
-        self.fc_t = nn.Linear(ncha, zdim)
-        self.bn_c = nn.BatchNorm1d(zdim)
-        self.classifier = nn.Linear(zdim, self.maxcliques, bias=False)
+        self.embedding_dim = zdim
+        self.embpool = nn.Sequential(GeMPool(), nn.Linear(ncha, zdim))  # -> f_t
+        self.bn = nn.BatchNorm1d(zdim)  # -> f_c
+        self.fc = nn.Linear(zdim, self.maxcliques, bias=False)  # the clique classifier
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (f_c (B, S, zdim), f_t (B, S, zdim))."""
         nb, ns = h.shape[:2]
-        f_t = self.fc_t(self.pooled(h))
-        f_c = self.bn_c(f_t)
+        f_t = self.embpool(self.features(h))
+        f_c = self.bn(f_t)
         return f_c.view(nb, ns, -1), f_t.view(nb, ns, -1)
+
+    @staticmethod
+    def legacy_key(key):
+        head, _, rest = key.partition(".")
+        if head in LEGACY_HEADS:
+            return f"{LEGACY_HEADS[head]}.{rest}"
+        return ByteCoverModel.legacy_key(key)
 
     def loss(self, labels, ids, z, extra):
         """Label-smoothed cross-entropy on f_c = ``z`` + triplet loss (margin ``margin``, mining
@@ -40,7 +52,7 @@ class Model(ByteCoverModel):
         nb, ns, dim = z.shape
         labels, ids = labels.repeat_interleave(ns), ids.repeat_interleave(ns)
         f_c, f_t = z.reshape(nb * ns, dim), extra.reshape(nb * ns, dim)
-        ce = losses.smoothed_cross_entropy(self.classifier(f_c), labels, self.conf.smooth)
+        ce = losses.smoothed_cross_entropy(self.fc(f_c), labels, self.conf.smooth)
         dist = losses.euclidean(f_t, f_t)
         triplet, _, _, _ = losses.triplet_loss(
             dist, labels, ids, float(self.conf.margin), self.positives, self.negatives

@@ -12,9 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import losses
+from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
 
 SUBCENTRE_INIT = 0.076  # sub-centres start uniform in (-0.076, 0.076), as the original
+# this project's names before it took the original's
+LEGACY_HEADS = {"subcentres": "w", "pool": "embpool", "head": "proj"}
 
 
 def maxmean(x, y):
@@ -34,25 +37,35 @@ class Model(ByteCoverModel):
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
-        self.head = nn.Sequential(nn.BatchNorm1d(ncha), nn.Linear(ncha, zdim))
+        self.embedding_dim = zdim
         nsub = int(self.conf.nsub)
-        self.subcentres = nn.Parameter(
+        # the sub-centres of every clique (the original's name ``w``)
+        self.w = nn.Parameter(
             torch.empty(self.maxcliques, nsub, zdim).uniform_(-SUBCENTRE_INIT, SUBCENTRE_INIT)
         )
-        self.tau = nn.Parameter(torch.ones(()))  # logits scale exp(tau)
+        self.tau = nn.Parameter(torch.ones(1))  # logits scale exp(tau)
+        self.embpool = GeMPool()
+        self.proj = nn.Sequential(nn.BatchNorm1d(ncha), nn.Linear(ncha, zdim))
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
         nb, ns = h.shape[:2]
-        return self.head(self.pooled(h)).view(nb, ns, -1), None
+        return self.proj(self.embpool(self.features(h))).view(nb, ns, -1), None
+
+    @staticmethod
+    def legacy_key(key):
+        head, dot, rest = key.partition(".")
+        if head in LEGACY_HEADS:
+            return LEGACY_HEADS[head] + dot + rest
+        return ByteCoverModel.legacy_key(key)
 
     def loss(self, labels, ids, z, extra=None):
         """Label-smoothed cross-entropy of exp(tau) x maxmean(z, sub-centres) + the similarity
         triplet loss on maxmean(z, z) (margin ``margin``, mining ``model.mining``, batch-hard by
         default) + ``lamb`` x the mean over positive pairs of 1 - similarity."""
         losses.check_class_ids(labels, self.maxcliques)
-        logits = self.tau.exp() * maxmean(z, self.subcentres)
+        logits = self.tau.exp() * maxmean(z, self.w)
         ce = losses.smoothed_cross_entropy(logits, labels, self.conf.smooth)
         sim = maxmean(z, z)
         triplet, _, _, _ = losses.similarity_triplet_loss(

@@ -23,6 +23,7 @@ class Model(SegmentModel):
     segment_metric = "nsqeuc"
     frame_pad = "repeat"
     min_pad = "repeat"
+    cqt_with_pooling = True
 
     def __init__(self, conf, sr=16000, eps=1e-6):
         super().__init__(conf, sr)
@@ -44,7 +45,15 @@ class Model(SegmentModel):
                 cin = cout
         self.backbone = nn.Sequential(*blocks)
         self.pool = GeMPool()
-        self.proj = nn.Sequential(nn.BatchNorm1d(cin), nn.Linear(cin, self.conf.zdim, bias=False))
+        self.embedding_dim = int(self.conf.zdim)
+        self.proj = nn.Sequential(
+            nn.BatchNorm1d(cin), nn.Linear(cin, self.embedding_dim, bias=False)
+        )
+
+    @staticmethod
+    def legacy_key(key):
+        """Before the original names the CQT kernels were ``cqt.*``, not ``cqt.0.*``."""
+        return "cqt.0." + key[4:] if key.startswith("cqt.") and not key.startswith("cqt.0.") else key
 
     @property
     def default_redux(self):

@@ -19,6 +19,41 @@ from lib.model_base import SegmentModel
 CENTER_WEIGHT = 0.01
 TRIPLET_WEIGHT = 0.1
 
+# this project's names before it took the original's: (old prefix, new prefix), first match wins
+LEGACY_PREFIXES = [
+    ("centers", "center_loss.centers"),
+    ("input_norm.", "preproc."),
+    ("classifier.", "ce_layer."),
+    ("encoder.embed.out.", "backbone.embed.out.0."),
+    ("encoder.layers.", "backbone.encoders."),
+    ("encoder.", "backbone."),
+    ("pooling.linear.", "pool_layer._linear.linear_layer."),
+    ("pooling.conv.", "pool_layer._conv.conv."),
+    ("pooling.final.", "pool_layer._final_layer."),
+]
+LEGACY_LAYER_PARTS = {
+    "attn": "self_attn",
+    "ff_macaron.net.0": "feed_forward_macaron.w_1",
+    "ff_macaron.net.3": "feed_forward_macaron.w_2",
+    "ff.net.0": "feed_forward.w_1",
+    "ff.net.3": "feed_forward.w_2",
+    "conv.pointwise1": "conv_module.pointwise_conv1",
+    "conv.depthwise": "conv_module.depthwise_conv",
+    "conv.norm": "conv_module.norm",
+    "conv.pointwise2": "conv_module.pointwise_conv2",
+}
+
+
+class CenterLoss(nn.Module):
+    """Holds the clique centres (maxcliques, dim), drawn from N(0, 1), as ``centers``."""
+
+    def __init__(self, nclasses, dim):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(nclasses, dim))
+
+    def forward(self, f_t, labels):
+        return losses.center_loss(f_t, labels, self.centers)
+
 
 class Model(SegmentModel):
     segment_metric = "cos"
@@ -30,17 +65,34 @@ class Model(SegmentModel):
         super().__init__(conf, sr)
         nbins = int(self.conf.cqt.noctaves) * int(self.conf.cqt.get("nbinsoct", 12))
         dim = int(self.conf.ncha)
-        self.input_norm = nn.BatchNorm1d(nbins)
-        self.encoder = ConformerEncoder(
+        self.embedding_dim = dim
+        self.preproc = nn.BatchNorm1d(nbins)  # over the CQT bins
+        self.backbone = ConformerEncoder(
             nbins, dim, int(self.conf.ncha_attn), int(self.conf.nblocks)
         )
-        self.pooling = AttentiveStatisticsPooling(dim)
+        self.pool_layer = AttentiveStatisticsPooling(dim)
         self.bottleneck = nn.BatchNorm1d(dim)
         self.bottleneck.bias.requires_grad_(False)
         self.maxcliques = int(self.conf.maxcliques)
-        self.classifier = nn.Linear(dim, self.maxcliques, bias=False)
-        self.centers = nn.Parameter(torch.randn(self.maxcliques, dim))
+        self.ce_layer = nn.Linear(dim, self.maxcliques, bias=False)  # the clique classifier
+        self.center_loss = CenterLoss(self.maxcliques, dim)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
+
+    @staticmethod
+    def legacy_key(key):
+        for old, new in LEGACY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        parts = key.split(".")
+        if parts[:2] == ["backbone", "encoders"]:
+            rest = ".".join(parts[3:])
+            for old, new in LEGACY_LAYER_PARTS.items():
+                if rest.startswith(old + "."):
+                    rest = new + rest[len(old) :]
+                    break
+            key = ".".join(parts[:3] + [rest])
+        return key
 
     def prepare(self, h, shingle_len=None, shingle_hop=None):
         """Waveforms (B, T) -> CQT shingles (B, S, F, T'); the default hop is half the
@@ -52,8 +104,8 @@ class Model(SegmentModel):
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (f_i (B, S, ncha), f_t (B, S, ncha))."""
         nb, ns, nf, nt = h.shape
-        h = self.input_norm(h.reshape(nb * ns, nf, nt)).transpose(1, 2)
-        f_t = self.pooling(self.encoder(h))
+        h = self.preproc(h.reshape(nb * ns, nf, nt)).transpose(1, 2)
+        f_t = self.pool_layer(self.backbone(h))
         f_i = self.bottleneck(f_t)
         return f_i.view(nb, ns, -1), f_t.view(nb, ns, -1)
 
@@ -65,8 +117,8 @@ class Model(SegmentModel):
         nb, ns, dim = z.shape
         labels, ids = labels.repeat_interleave(ns), ids.repeat_interleave(ns)
         f_i, f_t = z.reshape(nb * ns, dim), extra.reshape(nb * ns, dim)
-        focal = losses.focal_loss(self.classifier(f_i), labels, float(self.conf.gamma))
-        center = losses.center_loss(f_t, labels, self.centers)
+        focal = losses.focal_loss(self.ce_layer(f_i), labels, float(self.conf.gamma))
+        center = self.center_loss(f_t, labels)
         dist = losses.euclidean(f_t, f_t)
         triplet, d_pos, d_neg, valid = losses.triplet_loss(
             dist, labels, ids, float(self.conf.margin), self.positives, self.negatives

@@ -7,9 +7,11 @@ Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 import torch.nn.functional as F
 from torch import nn
 
-from lib.layers import CQTNetBody, max_abs_normalise
+from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.losses import check_class_ids
 from lib.model_base import SegmentModel
+
+WIDTH = 32  # channels of the first convolution
 
 
 class Model(SegmentModel):
@@ -18,22 +20,29 @@ class Model(SegmentModel):
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        self.body = CQTNetBody(32)
-        self.fc0 = nn.Linear(16 * 32, int(self.conf.zdim))
+        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(WIDTH)
+        self.embedding_dim = int(self.conf.zdim)
+        self.fc0 = nn.Linear(16 * WIDTH, self.embedding_dim)
         self.maxcliques = int(self.conf.maxcliques)
-        self.classifier = nn.Linear(int(self.conf.zdim), self.maxcliques)
+        self.fc1 = nn.Linear(self.embedding_dim, self.maxcliques)  # the clique classifier
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
         nb, ns, nf, nt = h.shape
-        z = self.fc0(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
-        return z.view(nb, ns, -1), None
+        h = max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))
+        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
+            h = block(h)
+        return self.fc0(h.flatten(1)).view(nb, ns, -1), None
 
     def loss(self, labels, ids, z, extra=None):
         """Cross-entropy of the clique classifier on every segment embedding (B, S, D); each
         segment carries its track's label (the original crashed when S > 1)."""
         check_class_ids(labels, self.maxcliques)
         nb, ns, _ = z.shape
-        logits = self.classifier(z.reshape(nb * ns, -1))
+        logits = self.fc1(z.reshape(nb * ns, -1))
         loss = F.cross_entropy(logits, labels.repeat_interleave(ns))
         return loss, {"l_main": loss.detach(), "l_cent": loss.detach()}
+
+    @staticmethod
+    def legacy_key(key):
+        return cqtnet_legacy_key(key, {"classifier": "fc1"})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import losses
-from lib.layers import CQTNetBody, max_abs_normalise
+from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.model_base import SegmentModel
 
 
@@ -21,15 +21,22 @@ class Model(SegmentModel):
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         width = int(self.conf.get("ncha_in", 48))
-        self.body = CQTNetBody(width)
-        self.fc0 = nn.Linear(16 * width, int(self.conf.zdim))
+        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
+        self.embedding_dim = int(self.conf.zdim)
+        self.fc = nn.Linear(16 * width, self.embedding_dim)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (unit-norm embeddings (B, S, zdim), None)."""
         nb, ns, nf, nt = h.shape
-        z = self.fc0(self.body(max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))))
-        return F.normalize(z, dim=-1).view(nb, ns, -1), None
+        h = max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))
+        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
+            h = block(h)
+        return F.normalize(self.fc(h.flatten(1)), dim=-1).view(nb, ns, -1), None
+
+    @staticmethod
+    def legacy_key(key):
+        return cqtnet_legacy_key(key, {"fc0": "fc"})
 
     def loss(self, labels, ids, z, extra=None):
         """Triplet loss on track distances (Euclidean between segments, mean over segment pairs;

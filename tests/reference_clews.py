@@ -32,10 +32,10 @@ def _conv(h, weight, stride=1):
 def cqt(x, sd, hop):
     """nnAudio's CQT1992v2 with the stored kernels: reflect padding of half the kernel,
     real/imaginary convolutions, librosa scaling, magnitude. x (N, T) -> (N, bins, frames)."""
-    real, imag = sd["cqt.cqt_kernels_real"], sd["cqt.cqt_kernels_imag"]
+    real, imag = sd["cqt.0.cqt_kernels_real"], sd["cqt.0.cqt_kernels_imag"]
     pad = real.size(-1) // 2
     x = F.pad(x[:, None], (pad, pad), mode="reflect")
-    scale = sd["cqt.lenghts"].sqrt()[:, None]
+    scale = sd["cqt.0.lenghts"].sqrt()[:, None]
     re = F.conv1d(x, real, stride=hop) * scale
     im = F.conv1d(x, imag, stride=hop) * scale
     return (re.pow(2) + im.pow(2)).sqrt()

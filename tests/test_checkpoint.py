@@ -14,9 +14,12 @@ from lib.checkpoint import (
     atomic_write,
     load_checkpoint,
     load_model_state,
+    optimizer_state,
     save_checkpoint,
 )
+from lib.model_base import build_model
 from models.clews import Model
+from tests import golden_recipe
 from tests.models.test_clews import tiny_conf
 
 
@@ -225,3 +228,57 @@ def test_written_files_get_the_permissions_open_gives(tmp_path):
     mode = (tmp_path / "plain").stat().st_mode & 0o777
     assert (tmp_path / "atomic").stat().st_mode & 0o777 == mode
     assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == mode
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints of this project from before it took the original's module names
+# --------------------------------------------------------------------------------------------------
+
+LEGACY = torch.load("tests/legacy/models_before_original_names.pt", weights_only=True)
+
+
+def legacy_weights(model, names):
+    """The old-named state dict of tests/legacy: the golden recipe keyed by the old names; the
+    entries the recipe keeps (scalars, counters, CQT kernels) as the model builds them."""
+    built = model.state_dict()
+    weights = {}
+    for name, shape in names:
+        current = built[model.legacy_key(name)]
+        value = golden_recipe.recipe_value(name, torch.empty(shape, dtype=current.dtype))
+        weights[name] = current.clone().reshape(shape) if value is None else value
+    return weights
+
+
+@pytest.mark.parametrize("name", golden_recipe.MODELS)
+def test_checkpoints_with_the_earlier_names_load_and_embed_alike(name):
+    entry = LEGACY["models"][name]
+    model = build_model(OmegaConf.create(entry["conf"]), sr=16000)
+    old = legacy_weights(model, entry["names"])
+    assert set(old) != set(model.state_dict())  # the names did change
+    load_model_state(model, {"model": old})
+    with torch.no_grad():
+        z = model.eval()(LEGACY["signal"][None].float(), shingle_hop=5.0)[0]
+    assert ((z - entry["z"]).norm() / entry["z"].norm()).item() < 1e-5
+
+
+def test_optimizer_state_of_the_earlier_names_follows_its_parameters():
+    """CoverHunter-C's parameters came in another order under the earlier names: each Adam state
+    must reach the parameter it belongs to, not the one now at its old position."""
+    entry = LEGACY["models"]["coverhunterc"]
+    model = build_model(OmegaConf.create(entry["conf"]), sr=16000)
+    old_names = [n for n, _ in entry["names"]]
+    state = {"model": legacy_weights(model, entry["names"]), "optim": entry["optim"]}
+    load_model_state(model, state)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optim.load_state_dict(optimizer_state(model, state))
+
+    params = dict(model.named_parameters())
+    old_param_order = [n for n in old_names if model.legacy_key(n) in params]
+    assert [model.legacy_key(n) for n in old_param_order] != list(params)  # the order changed
+    for old_index, old_name in enumerate(old_param_order):
+        param = params[model.legacy_key(old_name)]
+        if not param.requires_grad:
+            continue
+        got = optim.state[param]["exp_avg"]
+        assert torch.equal(got, entry["optim"]["state"][old_index]["exp_avg"]), old_name
+    optim.step()  # shapes fit

@@ -12,7 +12,7 @@ from lib import conformer as C
 
 def test_subsampling_shapes_of_a_20_s_shingle():
     sub = C.Conv2dSubsampling4(96, 128)
-    assert sub.out.in_features == 128 * 23
+    assert sub.out[0].in_features == 128 * 23
     out = sub(torch.randn(2, 501, 96))
     assert out.shape == (2, 124, 128)  # ((501 - 1) // 2 - 1) // 2
     for t in (7, 8, 30, 77):
@@ -55,11 +55,11 @@ def test_convolution_module_by_hand():
     mod = C.ConvolutionModule(4, kernel=3).eval()
     x = torch.randn(2, 6, 4)
     got = mod(x)
-    h = mod.pointwise1(x.transpose(1, 2))
+    h = mod.pointwise_conv1(x.transpose(1, 2))
     h = h[:, :4] * torch.sigmoid(h[:, 4:])
-    h = F.conv1d(F.pad(h, (1, 1)), mod.depthwise.weight, mod.depthwise.bias, groups=4)
+    h = F.conv1d(F.pad(h, (1, 1)), mod.depthwise_conv.weight, mod.depthwise_conv.bias, groups=4)
     h = F.silu(mod.norm(h))
-    assert torch.allclose(got, mod.pointwise2(h).transpose(1, 2), atol=1e-6)
+    assert torch.allclose(got, mod.pointwise_conv2(h).transpose(1, 2), atol=1e-6)
     with pytest.raises(ValueError, match="odd"):
         C.ConvolutionModule(4, kernel=4)
 
@@ -68,10 +68,10 @@ def test_conformer_layer_is_the_macaron_sequence():
     torch.manual_seed(2)
     layer = C.ConformerLayer(8, 16, nheads=2, kernel=3).eval()
     x, pos = torch.randn(2, 5, 8), torch.randn(1, 5, 8)
-    h = x + 0.5 * layer.ff_macaron(layer.norm_ff_macaron(x))
-    h = h + layer.attn(layer.norm_mha(h), pos)
-    h = h + layer.conv(layer.norm_conv(h))
-    h = h + 0.5 * layer.ff(layer.norm_ff(h))
+    h = x + 0.5 * layer.feed_forward_macaron(layer.norm_ff_macaron(x))
+    h = h + layer.self_attn(layer.norm_mha(h), pos)
+    h = h + layer.conv_module(layer.norm_conv(h))
+    h = h + 0.5 * layer.feed_forward(layer.norm_ff(h))
     assert torch.allclose(layer(x, pos), layer.norm_final(h), atol=1e-6)
 
 
@@ -97,11 +97,11 @@ def test_attentive_statistics_pooling_by_hand():
     xt = x.transpose(1, 2)
     mean, std = xt.mean(-1, keepdim=True), xt.var(-1, unbiased=False, keepdim=True).sqrt()
     context = torch.cat([xt, mean.expand_as(xt), std.expand_as(xt)], dim=1)
-    w = pool.conv(torch.tanh(pool.linear(context.transpose(1, 2))).transpose(1, 2))
+    w = pool._conv(torch.tanh(pool._linear(context.transpose(1, 2))).transpose(1, 2))
     w = w.softmax(-1)
     mu = (w * xt).sum(-1)
     sigma = (w * (xt - mu[..., None]) ** 2).sum(-1).sqrt()
-    want = torch.cat([mu, sigma], dim=1) @ pool.final.weight.T
+    want = torch.cat([mu, sigma], dim=1) @ pool._final_layer.weight.T
     assert torch.allclose(got, want, atol=1e-5)
     # constant input: the std floor keeps the gradient finite
     flat = torch.ones(1, 5, 4, requires_grad=True)

@@ -72,21 +72,22 @@ def test_resblock_starts_as_its_skip_path_and_downsamples():
 
 
 def test_bytecover_body_shapes_and_size_of_the_original():
-    from lib.layers import ByteCoverBody, ResNet50BottBlock
+    from lib.layers import ResNet50BottBlock, bytecover_frontend, bytecover_resblocks
 
     with torch.device("meta"):
-        body = ByteCoverBody(2048)
-        out = body(torch.empty(1, 1, 84, 1304))  # a 150 s shingle
-        stem = torch.nn.Sequential(*list(body)[:4])
-        assert stem(torch.empty(1, 1, 84, 1304)).shape == (1, 256, 38, 324)
+        frontend, blocks = bytecover_frontend(2048), bytecover_resblocks(2048)
+        stem = frontend(torch.empty(1, 84, 1304))  # a 150 s shingle
+        assert stem.shape == (1, 256, 38, 324)
+        out = blocks(stem)
     assert out.shape == (1, 2048, 10, 81)
-    assert sum(p.numel() for p in body.parameters()) == 45_527_040
-    blocks = [m for m in body if isinstance(m, ResNet50BottBlock)]
+    nparams = sum(p.numel() for p in [*frontend.parameters(), *blocks.parameters()])
+    assert nparams == 45_527_040
+    assert all(isinstance(b, ResNet50BottBlock) for b in blocks)
     assert [b.convs[0].out_channels for b in blocks] == [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
     ibn = [isinstance(b.convs[1], InstanceBatchNorm2d) for b in blocks]
     assert ibn == [True] * 13 + [False] * 3
     with pytest.raises(ValueError, match="multiple of 16"):
-        ByteCoverBody(100)
+        bytecover_frontend(100)
 
 
 def test_bottleneck_block_by_hand():
@@ -95,9 +96,9 @@ def test_bottleneck_block_by_hand():
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 6)
     same = ResNet50BottBlock(8, 8).eval()
-    assert isinstance(same.skip, torch.nn.Identity)
+    assert isinstance(same.residual, torch.nn.Identity)
     assert torch.allclose(same(x), torch.relu(same.convs(x) + x))
     down = ResNet50BottBlock(8, 16, stride=2).eval()
-    assert down.convs[0].out_channels == 4 and down.skip[0].kernel_size == (3, 3)
+    assert down.convs[0].out_channels == 4 and down.residual[0].kernel_size == (3, 3)
     assert down(x).shape == (2, 16, 3, 3)
-    assert torch.allclose(down(x), torch.relu(down.convs(x) + down.skip(x)))
+    assert torch.allclose(down(x), torch.relu(down.convs(x) + down.residual(x)))

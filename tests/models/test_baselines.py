@@ -145,7 +145,7 @@ def test_cqtnet_loss_with_several_segments_and_class_ids():
     z = torch.randn(4, 3, 16)  # the original crashed for S > 1
     labels = torch.tensor([0, 0, 1, 1])
     loss, logs = model.loss(labels, torch.arange(4), z)
-    logits = model.classifier(z.reshape(12, 16))
+    logits = model.fc1(z.reshape(12, 16))
     want = torch.nn.functional.cross_entropy(logits, labels.repeat_interleave(3))
     assert loss.item() == pytest.approx(want.item()) and logs["l_main"] == loss.detach()
     with pytest.raises(ValueError, match="model.maxcliques"):
@@ -276,7 +276,7 @@ def test_bytecover2x_loss_by_hand_with_every_segment():
     f_c, f_t = torch.randn(5, 2, 16), torch.randn(5, 2, 16)
     loss, logs = model.loss(LABELS, IDS, f_c, f_t)
     labels, ids = LABELS.repeat_interleave(2), IDS.repeat_interleave(2)  # segments of a track
-    ce = smoothed_ce_by_hand(model.classifier(f_c.reshape(10, 16)), labels, 0.1)
+    ce = smoothed_ce_by_hand(model.fc(f_c.reshape(10, 16)), labels, 0.1)
     flat = f_t.reshape(10, 16)
     dist = (flat[:, None] - flat[None]).norm(dim=-1)
     triplet = batch_hard_by_hand(dist, labels, ids, 0.3)
@@ -303,9 +303,9 @@ def test_bytecover3x_maxmean_and_loss_by_hand():
     sim = bytecover3x.maxmean(z, z)
     assert sim[1, 3].item() == pytest.approx(maxmean(z[1], z[3]), abs=1e-5)
     assert sim[3, 1].item() == pytest.approx(maxmean(z[3], z[1]), abs=1e-5)  # asymmetric
-    classes = bytecover3x.maxmean(z, model.subcentres)
+    classes = bytecover3x.maxmean(z, model.w)
     assert classes.shape == (5, 10)
-    assert classes[2, 7].item() == pytest.approx(maxmean(z[2], model.subcentres[7]), abs=1e-5)
+    assert classes[2, 7].item() == pytest.approx(maxmean(z[2], model.w[7]), abs=1e-5)
     loss, logs = model.loss(LABELS, IDS, z)
     ce = smoothed_ce_by_hand(math.exp(0.5) * classes, LABELS, 0.1)
     hinge, reg = [], []
@@ -319,7 +319,7 @@ def test_bytecover3x_maxmean_and_loss_by_hand():
     assert logs["l_cont"].item() == pytest.approx(triplet, rel=1e-4, abs=1e-6)
     assert loss.item() == pytest.approx(ce + triplet + reg, rel=1e-4)
     loss.backward()
-    assert model.tau.grad is not None and model.subcentres.grad.abs().sum() > 0
+    assert model.tau.grad is not None and model.w.grad.abs().sum() > 0
 
 
 def test_coverhunterc_loss_by_hand():
@@ -327,7 +327,7 @@ def test_coverhunterc_loss_by_hand():
     f_i, f_t = torch.randn(5, 2, 16), torch.randn(5, 2, 16)
     loss, logs = model.loss(LABELS, IDS, f_i, f_t)
     labels, ids = LABELS.repeat_interleave(2), IDS.repeat_interleave(2)
-    probs = model.classifier(f_i.reshape(10, 16)).softmax(-1)
+    probs = model.ce_layer(f_i.reshape(10, 16)).softmax(-1)
     focal = (
         sum(
             -((1 - probs[i, labels[i]]) ** 2) * torch.log(probs[i, labels[i]]) for i in range(10)
@@ -335,7 +335,7 @@ def test_coverhunterc_loss_by_hand():
         / 10
     )
     flat = f_t.reshape(10, 16)
-    center = sum(((flat[i] - model.centers[labels[i]]) ** 2).sum() for i in range(10)).item() / 10
+    center = sum(((flat[i] - model.center_loss.centers[labels[i]]) ** 2).sum() for i in range(10)).item() / 10
     dist = (flat[:, None] - flat[None]).norm(dim=-1)
     triplet = batch_hard_by_hand(dist, labels, ids, 0.3)
     assert logs["l_cent"].item() == pytest.approx(focal, rel=1e-4)

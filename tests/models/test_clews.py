@@ -49,9 +49,9 @@ def test_full_size_parameter_counts_and_state_dict_names(config, zdim, nparams):
     sd = model.state_dict()
     assert len(sd) == 277
     shapes = {
-        "cqt.cqt_kernels_real": (84, 1, 16384),
-        "cqt.cqt_kernels_imag": (84, 1, 16384),
-        "cqt.lenghts": (84,),
+        "cqt.0.cqt_kernels_real": (84, 1, 16384),
+        "cqt.0.cqt_kernels_imag": (84, 1, 16384),
+        "cqt.0.lenghts": (84,),
         "frontend.0.gain": (1,),
         "frontend.0.bias": (1,),
         "frontend.1.weight": (128, 1, 12, 3),
