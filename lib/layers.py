@@ -1,5 +1,6 @@
 """Neural-network blocks shared by the models. Attribute names follow the original code so that
-its checkpoints load (``gain``/``bias``, ``bn``/``inst``, ``conv``, ``convs``/``skip``/``residual``, ``p``)."""
+its checkpoints load (``gain``/``bias``, ``bn``/``inst``, ``conv``, ``convs``/``skip``/``residual``,
+``p``)."""
 
 import math
 

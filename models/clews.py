@@ -53,7 +53,9 @@ class Model(SegmentModel):
     @staticmethod
     def legacy_key(key):
         """Before the original names the CQT kernels were ``cqt.*``, not ``cqt.0.*``."""
-        return "cqt.0." + key[4:] if key.startswith("cqt.") and not key.startswith("cqt.0.") else key
+        if key.startswith("cqt.") and not key.startswith("cqt.0."):
+            return "cqt.0." + key[4:]
+        return key
 
     @property
     def default_redux(self):

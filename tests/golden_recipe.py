@@ -14,7 +14,7 @@ OUTPUT_MAXCLIQUES = 1000  # the classifier size of the models behind original_ou
 
 
 def state_dicts():
-    """{config name ("dvi-clews", ...): {"parameters": int, "state_dict": [[name, shape, dtype]]}}"""
+    """{config ("dvi-clews", ...): {"parameters": int, "state_dict": [[name, shape, dtype]]}}"""
     return json.loads((GOLDEN / "original_state_dicts.json").read_text())
 
 

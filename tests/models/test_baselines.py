@@ -335,7 +335,8 @@ def test_coverhunterc_loss_by_hand():
         / 10
     )
     flat = f_t.reshape(10, 16)
-    center = sum(((flat[i] - model.center_loss.centers[labels[i]]) ** 2).sum() for i in range(10)).item() / 10
+    centers = model.center_loss.centers
+    center = sum(((flat[i] - centers[labels[i]]) ** 2).sum() for i in range(10)).item() / 10
     dist = (flat[:, None] - flat[None]).norm(dim=-1)
     triplet = batch_hard_by_hand(dist, labels, ids, 0.3)
     assert logs["l_cent"].item() == pytest.approx(focal, rel=1e-4)
