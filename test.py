@@ -8,8 +8,10 @@
                                                                        # 30 s per query
     python test.py checkpoint=... qfilter="release_genres:Rock" cfilter="dvi:True"
 
-Arguments are ``key=value`` (see ARGUMENTS). Window lengths and hops are in seconds; None takes
-the model's training shingle; a length <= 0 means one embedding for the whole track. Embeddings
+Arguments are ``key=value`` (see ARGUMENTS). Window lengths and hops are in seconds. As in the
+original, an unset length is the model's training shingle (20 s for CLEWS) and an unset hop is
+5 s, so the default evaluation of a 600 s track uses up to 117 windows; a length <= 0 means one
+embedding for the whole track (the hop is then ignored); hop=null takes the training hop. Embeddings
 are cached under ``cache_dir`` keyed by the checkpoint's content and the extraction settings, so
 evaluating again with another reduction or filter skips extraction. Results go to
 ``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval name>/`` (or ``out=``):
@@ -69,10 +71,10 @@ ARGUMENTS = {
     "limit_num": None,  # first N cliques of the partition
     "maxlen": 600,  # seconds of each track used
     "redux": None,  # segment-distance reduction; None = the model's
-    "qslen": None,  # query window length (s), or a list of lengths
-    "qshop": None,
-    "cslen": None,
-    "cshop": None,
+    "qslen": None,  # query window length (s), or a list of lengths; None = training shingle
+    "qshop": 5.0,  # query window hop (s), the original's default
+    "cslen": None,  # candidate window length (s); None = training shingle
+    "cshop": 5.0,  # candidate window hop (s)
     "qfilter": None,
     "cfilter": None,
     "cache_dir": "cache/embeddings",

@@ -1,5 +1,6 @@
 """Generated corpora and script runs shared by the end-to-end tests."""
 
+import concurrent.futures
 import os
 import subprocess
 from pathlib import Path
@@ -38,6 +39,13 @@ def run_script(cmd, env=None, preexec_fn=None):
         timeout=600,
         preexec_fn=preexec_fn,
     )
+
+
+def run_scripts_together(*cmds):
+    """``run_script`` of independent commands at the same time (one core each); their
+    ``CompletedProcess`` results in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(cmds)) as pool:
+        return list(pool.map(run_script, cmds))
 
 
 def randomised(model, seed):

@@ -194,3 +194,34 @@ def test_missing_checkpoint_and_unreadable_audio(trained, tmp_path):
     broken = evaluate(ckpt, tmp_path, f"path_audio={audio}")
     assert broken.returncode == 1
     assert victim.name in broken.stderr
+
+
+def load_test_script():
+    """test.py as a module (its name would otherwise be taken by Python's own ``test`` package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_script", "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_windows_are_the_originals_20_s_every_5_s():
+    """No window arguments: the training shingle length (20 s for CLEWS) every 5 s, at most 117
+    windows of a 600 s track, for queries and candidates, as the original's test.py."""
+    from lib.extract import describe_windows, settings_for
+    from models.clews import Model
+    from tests.models.test_clews import tiny_conf
+
+    script = load_test_script()
+    args = script.parse_args(["checkpoint=x.ckpt"])
+    model = Model(tiny_conf(), sr=16000)
+    assert model.get_shingle_params() == (20.0, 20.0)
+    for slen, shop in ((args.qslen, args.qshop), (args.cslen, args.cshop)):
+        settings = settings_for(model, slen, shop, args.maxlen)
+        assert (settings["slen"], settings["shop"], settings["nwin"]) == (20.0, 5.0, 117)
+        assert describe_windows(settings) == "20 s / 5 s hop, <= 117 windows"
+    # the training hop is still there on request, and whole tracks
+    args = script.parse_args(["checkpoint=x.ckpt", "qshop=null", "cslen=-1"])
+    assert settings_for(model, args.qslen, args.qshop, args.maxlen)["shop"] == 20.0
+    assert settings_for(model, args.cslen, args.cshop, args.maxlen)["slen"] == 0.0
