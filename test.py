@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lib import eval as evaluation
-from lib import retrieval, training
+from lib import retrieval, sweep, training
 from lib.checkpoint import (
     CheckpointError,
     WriteError,
@@ -81,8 +81,20 @@ ARGUMENTS = {
     "out": None,
     "nworkers": None,  # audio decoding processes; default the config's data.nworkers
     "max_elements": retrieval.DEFAULT_MAX_ELEMENTS,
+    "precision": "32",  # 32 (the original's); bf16 or 16: mixed precision, on a GPU only
+    "sweep_cfilters": None,  # "fork_tags" or a file of candidate filters: one table of all
+    "sweep_metas": None,  # a glob or list of metadata files: one table of all
 }
 SHORTCUTS = {"accelerator": "fabric.accelerator"}
+# precision= -> Fabric's name; the mixed ones apply on a GPU (autocast), the CPU computes in 32 bits
+PRECISIONS = {
+    "32": "32-true",
+    "32-true": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+}
 METRIC_FORMATS = {"ARP": "5.2f", "MAP": "5.3f", "MR1": "7.1f", "MRR": "5.3f"}
 
 
@@ -94,6 +106,10 @@ def parse_args(argv):
     if not args.checkpoint:
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
     check_accelerator(args.fabric.accelerator)
+    if str(args.precision) not in PRECISIONS:
+        raise ConfigError(
+            f"precision={args.precision!r} is not one of 32, bf16, 16 (or {', '.join(PRECISIONS)})"
+        )
     if str(args.partition) not in SPLITS:
         raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
     if args.redux is not None:
@@ -123,6 +139,21 @@ def model_config(args, state):
     return conf, source
 
 
+def uses_gpu(accelerator):
+    return str(accelerator) in ("cuda", "gpu") or (
+        str(accelerator) == "auto" and torch.cuda.is_available()
+    )
+
+
+def evaluation_precision(args):
+    """(Fabric precision, note or None): the requested mixed precision on a GPU; 32 bits on the
+    CPU, with a note when something else was asked for."""
+    wanted = PRECISIONS[str(args.precision)]
+    if wanted == "32-true" or uses_gpu(args.fabric.accelerator):
+        return wanted, None
+    return "32-true", f"precision={args.precision} applies on a GPU; the CPU computes in 32 bits"
+
+
 def make_fabric(args):
     # imported here, not at the top: Lightning takes seconds to import and a bad argument or
     # file should be reported at once
@@ -136,7 +167,7 @@ def make_fabric(args):
         devices=int(args.fabric.ngpus),
         num_nodes=int(args.fabric.nnodes),
         strategy=strategy,
-        precision="32-true",
+        precision=evaluation_precision(args)[0],
     )
     fabric.launch()
     return fabric
@@ -295,6 +326,9 @@ def main(argv):
     fabric = make_fabric(args)
     printer = fabric.print
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(args) + "-" * 65)
+    precision, note = evaluation_precision(args)
+    if note:
+        printer(note)
 
     torch.backends.cudnn.benchmark = False
     try:
@@ -309,59 +343,164 @@ def main(argv):
         )
     printer(f"Model {conf.model.name} from {args.checkpoint}, config {conf_source}")
 
-    dataset = Dataset(
-        conf.data,
-        str(args.partition),
-        fullsongs=True,
-        checks=True,
-        limit_cliques=args.limit_num,
-        verbose=fabric.is_global_zero,
-    )
-    keys = list(dataset.versions)
-    domains = DomainIndex(dataset.info, keys, source=str(conf.path.meta))
-    qsel, csel = (select_tracks(domains, name, args[name]) for name in ("qfilter", "cfilter"))
     redux = retrieval.default_redux(model) if args.redux is None else str(args.redux)
-    key_parts = {
-        "checkpoint": file_digest(args.checkpoint),
-        "model": OmegaConf.to_container(conf.model, resolve=True),
-        "partition": str(args.partition),
-        "tracks": tracks_digest(dataset, keys),
-    }
-    nworkers = int(conf.data.get("nworkers", 0) if args.nworkers is None else args.nworkers)
     maxlen = float(args.maxlen)
     try:
         candidate_settings = settings_for(model, args.cslen, args.cshop, maxlen)
         query_settings = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    windows = run_name(redux, query_settings, candidate_settings)
+    base = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)),
+        "results",
+        str(args.jobname or "test"),
+        windows,
+    )
+    meta_files, cfilters, what = sweep_items(args)
+    rows = []
+    for meta in meta_files:
+        if meta is not None:
+            conf.path.meta = conf.data.path.meta = meta
+        partition = Partition(args, conf, model, fabric, precision)
+        qsel = select_tracks(partition.domains, "qfilter", args.qfilter)
+        for cfilter in cfilters:
+            item = meta if what == "metadata file" else cfilter
+            name = eval_name(args.qfilter, cfilter)
+            try:
+                csel = select_tracks(partition.domains, "cfilter", cfilter)
+                runs = evaluate(
+                    args,
+                    model,
+                    fabric,
+                    partition,
+                    (qsel, csel, cfilter),
+                    redux,
+                    query_settings,
+                    candidate_settings,
+                    name,
+                )
+            except FilterError as err:
+                if what != "candidate filter":
+                    raise
+                # a tag that this collection lacks is an answer (no candidates), not a failure
+                printer(f"{item}: not evaluated: {err}")
+                rows.append(sweep.row(item, None, None, note=f"not evaluated: {err}"))
+                continue
+            rows += [sweep.row(item, r["summary"], r["query"]["slen"] or None) for r in runs]
+            if fabric.is_global_zero:
+                folder = base if what is None and args.out else os.path.join(base, name)
+                if meta is not None:
+                    stem = os.path.splitext(os.path.basename(meta))[0]
+                    folder = os.path.join(base, stem, name)
+                settings = OmegaConf.to_container(args, resolve=True)
+                settings.update(
+                    {
+                        "redux": redux,
+                        "config": conf_source,
+                        "metadata": str(conf.path.meta),
+                        "eval_name": name,
+                        "cfilter": cfilter,
+                        "world_size": fabric.world_size,
+                    }
+                )
+                write_outputs(folder, runs, settings)
+                printer(f"Results in {folder}")
+    if what is not None and fabric.is_global_zero:
+        folder = os.path.join(base, "sweep")
+        printer(f"Sweep over {len(meta_files) * len(cfilters)} {what}s:\n")
+        printer(sweep.write_table(folder, rows, what))
+        printer(f"Sweep table in {folder} (sweep.csv, sweep.md, sweep.png)")
+    fabric.barrier()
+    return 0
 
-    def embeddings(settings):
-        return embeddings_for(
-            model,
-            dataset,
-            keys,
-            settings,
-            key_parts,
-            args.cache_dir,
-            fabric,
-            nworkers=nworkers,
-            printer=printer,
+
+def sweep_items(args):
+    """(metadata files, candidate filters, what is swept): [None] = the config's metadata file
+    and [cfilter] = the one candidate filter when nothing is swept (``what`` is then None)."""
+    if args.sweep_cfilters is not None and args.sweep_metas is not None:
+        raise ConfigError("sweep_cfilters and sweep_metas: one sweep at a time")
+    try:
+        if args.sweep_cfilters is not None:
+            if args.cfilter:
+                raise ConfigError("cfilter and sweep_cfilters: the sweep gives the filters")
+            return [None], sweep.candidate_filters(args.sweep_cfilters), "candidate filter"
+        if args.sweep_metas is not None:
+            if args.path_meta:
+                raise ConfigError("path_meta and sweep_metas: the sweep gives the files")
+            files = args.sweep_metas
+            files = list(files) if OmegaConf.is_list(files) else str(files)
+            return sweep.metadata_files(files), [args.cfilter], "metadata file"
+    except sweep.SweepError as err:
+        raise ConfigError(str(err)) from None
+    return [None], [args.cfilter], None
+
+
+class Partition:
+    """The tracks of ``args.partition`` of the config's metadata file, their filter labels, and
+    their embeddings with given window settings (extracted once, then from the cache)."""
+
+    def __init__(self, args, conf, model, fabric, precision):
+        self.args, self.model, self.fabric = args, model, fabric
+        self.dataset = Dataset(
+            conf.data,
+            str(args.partition),
+            fullsongs=True,
+            checks=True,
+            limit_cliques=args.limit_num,
+            verbose=fabric.is_global_zero,
         )
+        self.keys = list(self.dataset.versions)
+        self.domains = DomainIndex(self.dataset.info, self.keys, source=str(conf.path.meta))
+        self.key_parts = {
+            "checkpoint": file_digest(args.checkpoint),
+            "model": OmegaConf.to_container(conf.model, resolve=True),
+            "partition": str(args.partition),
+            "tracks": tracks_digest(self.dataset, self.keys),
+        }
+        if precision != "32-true":  # other numbers: another cache entry (32-bit ones unchanged)
+            self.key_parts["precision"] = precision
+        default_workers = conf.data.get("nworkers", 0)
+        self.nworkers = int(default_workers if args.nworkers is None else args.nworkers)
+        self.loaded = {}
 
-    all_candidates = embeddings(candidate_settings)
-    candidates = all_candidates
+    def embeddings(self, settings):
+        key = json.dumps(settings, sort_keys=True)
+        if key not in self.loaded:
+            with self.fabric.autocast():
+                self.loaded[key] = embeddings_for(
+                    self.model,
+                    self.dataset,
+                    self.keys,
+                    settings,
+                    self.key_parts,
+                    self.args.cache_dir,
+                    self.fabric,
+                    nworkers=self.nworkers,
+                    printer=self.fabric.print,
+                )
+        return self.loaded[key]
+
+
+def evaluate(
+    args, model, fabric, partition, selection, redux, query_settings, candidate_settings, name
+):
+    """One evaluation per query window setting of the selected queries against the selected
+    candidates (``selection`` = (query bool array, candidate bool array, candidate filter text),
+    None = all); printed, and returned as a list of runs."""
+    qsel, csel, cfilter = selection
+    candidates = partition.embeddings(candidate_settings)
     if csel is not None:
-        candidates = all_candidates.subset(torch.from_numpy(csel))
-    name = eval_name(args.qfilter, args.cfilter)
+        candidates = candidates.subset(torch.from_numpy(csel))
     runs = []
     for settings in query_settings:
-        queries = all_candidates if settings == candidate_settings else embeddings(settings)
+        queries = partition.embeddings(settings)
         if qsel is not None:
             queries = queries.subset(torch.from_numpy(qsel))
         if len(queries) == 0 or len(candidates) == 0:
             raise FilterError(
                 f"no {'queries' if len(queries) == 0 else 'candidates'} "
-                f"pass the filter (qfilter={args.qfilter!r}, cfilter={args.cfilter!r})"
+                f"pass the filter (qfilter={args.qfilter!r}, cfilter={cfilter!r})"
             )
         start = time.time()
         index, per_query, nrel, ncand = retrieval.evaluate(
@@ -385,7 +524,7 @@ def main(argv):
             f"candidates: {describe_windows(candidate_settings)}"
         )
         title = f"Result {name} ({what}; redux {redux}; {time.time() - start:.1f} s)"
-        printer(result_block(title, summary))
+        fabric.print(result_block(title, summary))
         runs.append(
             {
                 "query": settings,
@@ -400,28 +539,7 @@ def main(argv):
                 "cliques": queries.cliques[index],
             }
         )
-    if fabric.is_global_zero:
-        folder = args.out or os.path.join(
-            os.path.dirname(os.path.abspath(args.checkpoint)),
-            "results",
-            str(args.jobname or "test"),
-            run_name(redux, query_settings, candidate_settings),
-            name,
-        )
-        settings = OmegaConf.to_container(args, resolve=True)
-        settings.update(
-            {
-                "redux": redux,
-                "config": conf_source,
-                "metadata": str(conf.path.meta),
-                "eval_name": name,
-                "world_size": fabric.world_size,
-            }
-        )
-        write_outputs(folder, runs, settings)
-        printer(f"Results in {folder}")
-    fabric.barrier()
-    return 0
+    return runs
 
 
 def run_name(redux, query_settings, candidate_settings):

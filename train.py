@@ -46,7 +46,6 @@ def make_fabric(conf, log_dir):
     # imported here, not at the top: Lightning takes seconds to import and a bad argument or
     # file should be reported at once
     from lightning.fabric import Fabric
-    from lightning.fabric.loggers import TensorBoardLogger
     from lightning.fabric.strategies import DDPStrategy
 
     world = int(conf.fabric.ngpus) * int(conf.fabric.nnodes)
@@ -60,10 +59,26 @@ def make_fabric(conf, log_dir):
         num_nodes=int(conf.fabric.nnodes),
         strategy=strategy,
         precision="32-true" if precision == "32" else precision,
-        loggers=TensorBoardLogger(root_dir=log_dir, name="", version="", default_hp_metric=False),
+        loggers=make_logger(conf, log_dir),
     )
     fabric.launch()
     return fabric
+
+
+def make_logger(conf, log_dir):
+    """``logger``: TensorBoard event files (default) or metrics.csv in the run folder, or a
+    wandb run (the fork's project "dvi2", named after the job)."""
+    if conf.logger == "csv":
+        from lightning.fabric.loggers import CSVLogger
+
+        return CSVLogger(root_dir=log_dir, name="", version="")
+    if conf.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(project="dvi2", name=str(conf.jobname), save_dir=log_dir)
+    from lightning.fabric.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(root_dir=log_dir, name="", version="", default_hp_metric=False)
 
 
 def make_loaders(conf, fabric, log_dir):

@@ -9,6 +9,7 @@ top-level ``nnodes=`` / ``ngpus=`` are shortcuts for ``fabric.nnodes`` / ``fabri
 """
 
 import difflib
+import importlib.util
 import os
 
 import yaml
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+LOGGERS = ("tensorboard", "csv", "wandb")  # training logs; the fork's configs said "wandb"
 # keys every config has even when its YAML predates them (the original configs)
 DEFAULTS = {
     "jobname": None,
@@ -23,6 +25,7 @@ DEFAULTS = {
     "checkpoint": None,
     "limit_batches": None,
     "limit_num": None,
+    "logger": "tensorboard",
     "fabric": {"nnodes": 1, "ngpus": 1, "accelerator": "auto", "precision": "32"},
 }
 SHORTCUTS = {"nnodes": "fabric.nnodes", "ngpus": "fabric.ngpus", "fabric.devices": "fabric.ngpus"}
@@ -106,6 +109,7 @@ def load_config(args, required=("jobname", "conf")):
     conf = OmegaConf.merge(OmegaConf.create(DEFAULTS), load_yaml(overrides["conf"]))
     apply_overrides(conf, overrides)
     check_accelerator(conf.fabric.accelerator, "fabric.accelerator")
+    check_logger(conf.logger)
     return conf
 
 
@@ -117,6 +121,17 @@ def apply_overrides(conf, overrides, open_sections=OPEN_SECTIONS):
         _check_known(key, known, open_sections)
     for key, value in overrides.items():
         OmegaConf.update(conf, key, value, merge=True, force_add=True)
+
+
+def check_logger(value):
+    """``logger`` is one of LOGGERS; wandb only where it is installed."""
+    if str(value) not in LOGGERS:
+        raise ConfigError(f"logger={str(value)!r} is not one of {', '.join(LOGGERS)}")
+    if str(value) == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "logger=wandb needs the wandb package, which is not installed (pip install wandb "
+            "into .venv); logger=tensorboard (the default) and logger=csv need nothing more"
+        )
 
 
 def check_accelerator(value, name="accelerator"):

@@ -117,10 +117,14 @@ def test_track_level_and_cache_reuse(trained, tmp_path):
     assert z.shape[1] == 1 and z.dtype == torch.float16 and not mask.any()
     want = definition_aps(cliques, ids, z, mask, "min")
     assert np.allclose([float(r["AP"]) for r in per_query(tmp_path / "out")], want, atol=1e-6)
-    # another reduction: no extraction
-    again = evaluate(ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", out="out2")
+    # another reduction: no extraction; precision=bf16 computes in 32 bits on a CPU, so the
+    # cached 32-bit embeddings are the ones it needs
+    again = evaluate(
+        ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", "precision=bf16", out="out2"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from the cache" in again.stdout and "extracting" not in again.stdout
+    assert "precision=bf16 applies on a GPU; the CPU computes in 32 bits" in again.stdout
     # other weights under the same file name: the cache is stale and must not be used
     state = load_checkpoint(ckpt)
     state["model"] = {
@@ -172,6 +176,7 @@ def test_several_query_lengths_and_filters(trained, tmp_path):
         (["qslen=5", "qshop=0"], 2, "hop must be > 0"),
         (["qslem=5"], 2, "did you mean 'qslen'"),
         (["partition=tset"], 2, "partition='tset' is not one of"),
+        (["precision=64"], 2, "precision=64 is not one of 32, bf16, 16"),
     ],
 )
 def test_bad_arguments_are_clear_errors(trained, tmp_path, extra, code, message):
@@ -225,3 +230,88 @@ def test_default_windows_are_the_originals_20_s_every_5_s():
     args = script.parse_args(["checkpoint=x.ckpt", "qshop=null", "cslen=-1"])
     assert settings_for(model, args.qslen, args.qshop, args.maxlen)["shop"] == 20.0
     assert settings_for(model, args.cslen, args.cshop, args.maxlen)["slen"] == 0.0
+
+
+def with_title_tags(root, tmp_path):
+    """A copy of the corpus metadata whose tracks have YouTube-title tags, as DVI2's: "live" on
+    even song ids, "cover" and "piano" on the others, "cover" alone on multiples of 3."""
+    info, splits = preproc.load_metadata(root / "meta.pt")
+    for song in info.values():
+        if song["id"] % 2 == 0:
+            song["tags_yt_title"] = ["live"]
+        else:
+            song["tags_yt_title"] = ["cover"] if song["id"] % 3 == 0 else ["cover", "piano"]
+    path = tmp_path / "tagged.pt"
+    preproc.save_metadata(str(path), info, splits)
+    return path
+
+
+def sweep_rows(folder):
+    with open(folder / "sweep" / "sweep.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_of_the_forks_tag_filters_is_one_table(trained, tmp_path):
+    root, ckpt = trained
+    meta = with_title_tags(root, tmp_path)
+    common = [f"path_meta={meta}", "qfilter=dvi:True", "redux=bpwr-3"]
+    result = evaluate(ckpt, tmp_path, *common, "sweep_cfilters=fork_tags", out="sweep")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("extracting 12 tracks") == 1  # one extraction for 20 filters
+    rows = sweep_rows(tmp_path / "sweep")
+    assert [r["candidate filter"] for r in rows][:3] == [
+        "tags_yt_title:acoustic",
+        "tags_yt_title:instrumental|karaoke",
+        "tags_yt_title:live",
+    ]
+    assert len(rows) == 20
+    by_filter = {r["candidate filter"]: r for r in rows}
+    assert "unknown label 'acoustic'" in by_filter["tags_yt_title:acoustic"]["note"]
+    evaluated = [r for r in rows if r["MAP"]]
+    assert {r["candidate filter"] for r in evaluated} == {
+        f"tags_yt_title:{tag}" for tag in ("live", "cover", "cover&piano")
+    }
+    # each row is what test.py gives for that filter alone (from the cache this time)
+    for tag in ("live", "cover&piano"):
+        alone = evaluate(ckpt, tmp_path, *common, f"cfilter=tags_yt_title:{tag}", out=tag)
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        assert "from the cache" in alone.stdout and "extracting" not in alone.stdout
+        run = json.loads((tmp_path / tag / "results.json").read_text())["runs"][0]
+        row = by_filter[f"tags_yt_title:{tag}"]
+        assert float(row["MAP"]) == pytest.approx(run["MAP"]["mean"])
+        assert float(row["MAP_ci"]) == pytest.approx(run["MAP"]["ci95"])
+        assert int(row["queries"]) == run["n_queries"]
+        assert int(row["candidates"]) == run["n_candidates"]
+    table = (tmp_path / "sweep" / "sweep" / "sweep.md").read_text()
+    assert "| `tags_yt_title:cover&piano` | 5 s | " in table
+    assert (tmp_path / "sweep" / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_of_metadata_files_is_one_table(trained, tmp_path):
+    root, ckpt = trained
+    info, splits = preproc.load_metadata(root / "meta.pt")
+    cliques = sorted(splits["test"])
+    files = []
+    for i, part in enumerate((cliques[:2], cliques[2:])):
+        strata = dict(splits, test={c: splits["test"][c] for c in part})
+        path = tmp_path / "strata" / f"dvi2_stratum_{i}.pt"
+        path.parent.mkdir(exist_ok=True)
+        preproc.save_metadata(str(path), info, strata)
+        files.append(path)
+    pattern = f"sweep_metas={tmp_path / 'strata' / '*.pt'}"
+    result = evaluate(ckpt, tmp_path, pattern, "qslen=-1", "cslen=-1", out="strata_out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = sweep_rows(tmp_path / "strata_out")
+    assert [r["metadata file"] for r in rows] == [str(f) for f in files]
+    assert [int(r["queries"]) for r in rows] == [3 * 2, 3 * (len(cliques) - 2)]
+    for path, row in zip(files, rows):
+        alone = evaluate(
+            ckpt, tmp_path, f"path_meta={path}", "qslen=-1", "cslen=-1", out=path.stem
+        )
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        run = json.loads((tmp_path / path.stem / "results.json").read_text())["runs"][0]
+        assert float(row["MAP"]) == pytest.approx(run["MAP"]["mean"])
+    both = evaluate(
+        ckpt, tmp_path, pattern, "sweep_cfilters=fork_tags", out="both"
+    )
+    assert both.returncode == 2 and "one sweep at a time" in both.stderr

@@ -2,6 +2,7 @@
 
 Each run trains a small CLEWS for 1-2 epochs on a generated corpus, as a real subprocess."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -175,6 +176,20 @@ def test_usage_errors_are_one_line_and_nonzero(corpus, tmp_path):
     assert other.returncode == 0
     changed = run(train_cmd(corpus, tmp_path, "straight2", "training.numepochs=2", "model.zdim=32"))
     assert changed.returncode == 1 and "model.zdim: 64 -> 32" in changed.stderr
+    logger = run(train_cmd(corpus, tmp_path, "logger", "logger=neptune"))
+    assert logger.returncode == 2 and "logger='neptune' is not one of" in logger.stderr
+    if importlib.util.find_spec("wandb") is None:
+        wandb = run(train_cmd(corpus, tmp_path, "wandb", "logger=wandb"))
+        assert wandb.returncode == 2 and "logger=wandb needs the wandb package" in wandb.stderr
+        assert not (tmp_path / "wandb").exists()  # refused before the run folder was made
+
+
+def test_csv_logger_writes_the_epoch_metrics(corpus, tmp_path):
+    result = run(train_cmd(corpus, tmp_path, "csv", "logger=csv", "training.numepochs=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert "valid/m_MAP" in rows[0] and len(rows) >= 3  # header, epoch 0 and epoch 1
+    assert not list((tmp_path / "csv").glob("events.out.tfevents*"))
 
 
 def test_finetune_from_weights_only_and_min_lr_stop(corpus, tmp_path):
