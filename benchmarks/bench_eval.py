@@ -2,7 +2,7 @@
 
 100 queries x 2,000 candidate tracks, 56 windows each, 1024-d fp16 embeddings, about a third of
 the windows masked (shorter tracks), ``bpwr-10``. The plain loop is written here from the
-specification (sections 7.5 and 10.1): per query, all segment distances to every candidate,
+definitions of the segment-distance reduction and of the metrics: per query, all segment distances to every candidate,
 the iterative best-pairs-without-replacement reduction, then AP by sorting. The engine is
 ``lib.retrieval.evaluate``. The floor is the time of the engine's distance products alone (the
 same matrix products, nothing else).

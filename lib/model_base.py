@@ -1,5 +1,6 @@
 """What every baseline model shares: training shingles, the CQT front end, ``forward`` and the
-retrieval distances (the common interface of spec section 9.1)."""
+retrieval distances: the interface every model of the original code had (``prepare``, ``embed``,
+``forward``, ``loss``, ``distances``, ``get_shingle_params``)."""
 
 import importlib
 import os

@@ -1,5 +1,5 @@
 """The Conformer encoder and attentive statistics pooling of CoverHunter-C against their
-definitions (spec 9.6), computed here step by step."""
+definitions (the WeNet-style Conformer CoverHunter uses), computed here step by step."""
 
 import math
 

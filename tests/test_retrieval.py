@@ -91,7 +91,7 @@ def test_randmin_returns_one_of_the_row_minima(masked):
 
 
 def test_bpwr_takes_disjoint_pairs_greedily():
-    # one query of 3 segments, one candidate of 4: the golden matrix of the specification
+    # one query of 3 segments, one candidate of 4: a matrix whose reductions were computed by hand
     golden = torch.tensor([[0.5, 0.8, 0.1, 0.2], [0.3, 0.6, 0.5, 0.9], [0.4, 0.7, 0.35, 0.45]])
     x = golden[None, :, None, :].clone()  # (bq, Sq, bc, Sc) with zero query norms
     heads, cols = x.min(-1)
@@ -154,7 +154,8 @@ class DistancesOnly:
 
 
 def plain_metrics(q, c, redux):
-    """Per-query loop of the definition (spec 7.5 + 10.1 with the query excluded)."""
+    """Per-query loop of the definition (segment distances reduced per candidate, then the
+    metrics of lib.eval with the query excluded)."""
     out = {k: [] for k in ("AP", "R1", "ARP")}
     for i in range(len(q)):
         d = definition(q.subset([i]), c, redux)[0]

@@ -141,7 +141,7 @@ def test_masked_reductions():
 
 
 # --------------------------------------------------------------------------------------------------
-# distance_tensor_redux: golden table of spec 7.5
+# distance_tensor_redux: the original's values for a fixed distance matrix
 # --------------------------------------------------------------------------------------------------
 
 D = torch.tensor([[0.5, 0.8, 0.1, 0.2], [0.3, 0.6, 0.5, 0.9], [0.4, 0.7, 0.35, 0.45]])[None, None]

@@ -1,5 +1,5 @@
 """The baselines (CQTNet, DVINet+, ByteCover2x/3x, CoverHunter-C): parameter counts of the
-original configs (spec 9.9), shapes, losses by hand, retrieval distances through the engine, a
+original configs (the published sizes), shapes, losses by hand, retrieval distances through the engine, a
 training epoch and test.py for each."""
 
 import math
@@ -23,7 +23,7 @@ MODULES = {
     "bytecover3x": bytecover3x,
     "coverhunterc": coverhunterc,
 }
-PUBLISHED_SIZES = {  # spec 9.9, at 100,000 classes
+PUBLISHED_SIZES = {  # parameters of the original models at 100,000 classes
     "cqtnet": 35_180_428,
     "dvinetp": 11_474_528,
     "bytecover2x": 202_277_377,
@@ -40,7 +40,7 @@ def test_original_configs_build_the_published_sizes(dataset, name):
     with torch.device("meta"):  # sizes without allocating ByteCover3x's 3.9 GB
         model = MODULES[name].Model(conf.model, sr=SR)
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED_SIZES[name]
-    # the swapped cqtnet blocks of the original (spec 2.4) are kept
+    # the original cqtnet configs have the other dataset's augmentations and monitor: kept
     swapped = (dataset == "shs") == (name == "cqtnet")
     quantity = "m_COMP" if swapped else "m_MAP"
     assert conf.training.monitor.quantity == quantity
