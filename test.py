@@ -385,7 +385,7 @@ def main(argv):
                     raise
                 # a tag that this collection lacks is an answer (no candidates), not a failure
                 printer(f"{item}: not evaluated: {err}")
-                rows.append(sweep.row(item, None, None, note=f"not evaluated: {err}"))
+                rows.append(sweep.row(item, None, None, note=sweep.not_evaluated(err)))
                 continue
             rows += [sweep.row(item, r["summary"], r["query"]["slen"] or None) for r in runs]
             if fabric.is_global_zero:

@@ -77,6 +77,13 @@ def metadata_files(spec):
     return files
 
 
+def not_evaluated(err):
+    """The table's short note for a filter that could not be evaluated: "not evaluated: unknown
+    label 'karaoke'" rather than the error's list of every label there is."""
+    reason = str(err).removeprefix("cfilter: ").split(" in domain")[0].split(" (")[0]
+    return f"not evaluated: {reason}"
+
+
 def row(item, summary, query_len, note=""):
     """A table row of one evaluation (``summary`` as lib.eval.aggregate returns it, or None
     when the item could not be evaluated, with ``note`` saying why)."""
@@ -123,6 +130,8 @@ def markdown(rows, what):
         if r.get("note"):
             item += f" ({r['note']})"
         length = "whole track" if r["qslen"] is None else f"{r['qslen']:g} s"
+        if r.get("MAP") is None:
+            length = "-"
         counts = f"{r['queries']} | {r['candidates']}"
         lines.append(f"| `{item}` | {length} | {counts} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -135,7 +144,7 @@ def plot(path, rows, what):
     from matplotlib import pyplot as plt
 
     shown = [r for r in rows if r.get("MAP") is not None]
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(rows) + 2), 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(shown) + 2), 4), dpi=120)
     ax.bar(
         range(len(shown)),
         [r["MAP"] for r in shown],
