@@ -101,8 +101,8 @@ def settings_of(model, checkpoint, win_len, hop_size):
         "samplerate": int(model.sr),
         "win_len": float(win_len),
         "hop_size": float(hop_size),
-        "metric": getattr(model, "segment_metric", "cos"),
-        "redux": str(getattr(model, "default_redux", "min")),
+        "metric": model.segment_metric,
+        "redux": str(model.default_redux),
     }
 
 

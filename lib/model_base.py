@@ -1,7 +1,11 @@
-"""What every baseline model shares: training shingles, the CQT front end, ``forward`` and the
-retrieval distances: the interface every model of the original code had (``prepare``, ``embed``,
-``forward``, ``loss``, ``distances``, ``get_shingle_params``)."""
+"""The interface every model provides (``SegmentModel``: the original code's ``prepare``,
+``embed``, ``forward``, ``loss``, ``distances``, ``get_shingle_params``, plus the embedding width,
+segment metric, default reduction and classifier size that callers read), what the baselines
+share (training shingles, the CQT front end, the ByteCover CNN), and ``build_model``.
 
+Adding a model is one file ``models/<name>.py`` with a ``Model(SegmentModel)`` and a config."""
+
+import abc
 import importlib
 import os
 import re
@@ -20,16 +24,18 @@ from lib.layers import (
 )
 
 
-class SegmentModel(nn.Module):
+class SegmentModel(nn.Module, abc.ABC):
     """What every model provides. Subclasses set ``segment_metric`` / ``default_redux`` /
-    padding modes, set ``embedding_dim`` in ``__init__`` and define ``embed`` and ``loss``.
-    ``conf`` is the config's ``model`` section.
+    padding modes, set ``embedding_dim`` (and ``maxcliques`` if they classify) in ``__init__``
+    and define ``embed`` and ``loss``. ``conf`` is the config's ``model`` section.
 
     Module attribute names are the original code's, so that its checkpoints load with
     ``strict=True`` and checkpoints written here load into it; ``legacy_key`` maps the names that
     this project used before (see ``lib.checkpoint.load_model_state``)."""
 
-    segment_metric = "cos"  # distance between segment embeddings ("cos", "sqeuc" or "nsqeuc")
+    # distance between segment embeddings, one of SEGMENT_METRICS (the retrieval engine computes
+    # it with matrix products)
+    segment_metric = "cos"
     default_redux = "min"  # reduction of segment distances to a track distance
     frame_pad = "zeros"  # completes the last shingle of a waveform
     min_pad = "zeros"  # completes a shingle shorter than the training length
@@ -37,6 +43,7 @@ class SegmentModel(nn.Module):
     # baselines the CQT alone (``cqt.*``) with a parameter-free pooling beside it
     cqt_with_pooling = False
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
+    maxcliques = None  # rows of the clique classifier (None: the model has none)
 
     def __init__(self, conf, sr=16000):
         super().__init__()
@@ -65,6 +72,16 @@ class SegmentModel(nn.Module):
         """The current name of a state-dict entry saved under ``key`` by an earlier version of
         this project (identity where nothing was renamed)."""
         return key
+
+    @abc.abstractmethod
+    def embed(self, h):
+        """CQT shingles (B, S, F, T') -> (embeddings (B, S, embedding_dim), extra or None): what
+        ``loss`` needs besides the embeddings (e.g. pre-normalisation features)."""
+
+    @abc.abstractmethod
+    def loss(self, labels, ids, z, extra=None):
+        """(scalar loss, dict of detached scalars to log) for embeddings ``z`` (B, S, D) of B
+        tracks with clique ``labels`` (B,) and song ``ids`` (B,)."""
 
     def get_shingle_params(self):
         """Training shingle (length, hop) in seconds."""
@@ -166,4 +183,25 @@ def build_model(conf, sr=16000):
             f"model.name={name!r}: unknown model; available: {', '.join(available_models())}"
         )
     module = importlib.import_module(f"models.{name}")
-    return module.Model(conf, sr=sr)
+    model = module.Model(conf, sr=sr)
+    check_interface(model)
+    return model
+
+
+SEGMENT_METRICS = ("cos", "sqeuc", "nsqeuc")
+
+
+def check_interface(model):
+    """A ``TypeError`` naming what a model leaves undeclared: an error of the model's code,
+    found when it is built rather than deep inside an evaluation."""
+    name = type(model).__module__
+    if not isinstance(model, SegmentModel):
+        raise TypeError(f"{name}.Model is not a lib.model_base.SegmentModel")
+    if not isinstance(model.__dict__.get("embedding_dim"), int):
+        raise TypeError(f"{name}.Model sets no integer embedding_dim in __init__")
+    if model.segment_metric not in SEGMENT_METRICS:
+        raise TypeError(
+            f"{name}.Model.segment_metric {model.segment_metric!r}: not one of "
+            f"{', '.join(SEGMENT_METRICS)}"
+        )
+    tensor_ops.parse_redux(str(model.default_redux))

@@ -28,7 +28,6 @@ import torch
 from lib import eval as metrics
 from lib import tensor_ops
 
-MATMUL_METRICS = ("sqeuc", "nsqeuc", "cos")
 DEFAULT_MAX_ELEMENTS = 2**23  # segment pairs per block: 32 MiB of fp32 distances
 FAST_REDUCTIONS = ("min", "meanmin", "bpwr")
 
@@ -240,27 +239,14 @@ def _greedy_pairs(x, qq, heads, cols, num, floor=0.0):
 ###################################################################################################
 
 
-def _segment_metric(model):
-    metric = getattr(model, "segment_metric", None)
-    return metric if metric in MATMUL_METRICS else None
-
-
-def _model_block(model, q, c, redux):
-    return model.distances(q.z.float(), c.z.float(), q.mask, c.mask, redux_strategy=redux).float()
-
-
 def query_block_distances(model, queries, candidates, redux, device, bc, inf=tensor_ops.INF):
     """Distances (bq, C) from a block of queries to every candidate, candidates in chunks of
-    ``bc``. ``model`` gives the segment metric (or its own ``distances``)."""
-    metric = _segment_metric(model)
+    ``bc``, with the model's ``segment_metric``."""
     q = _to(queries, device)
     out = torch.empty(len(queries), len(candidates), dtype=torch.float32)
     for c0 in range(0, len(candidates), bc):
         c = _to(candidates.subset(slice(c0, c0 + bc)), device)
-        if metric is None:
-            dist = _model_block(model, q, c, redux)
-        else:
-            dist = block_distances(q, c, redux, metric=metric, inf=inf)
+        dist = block_distances(q, c, redux, metric=model.segment_metric, inf=inf)
         out[:, c0 : c0 + bc] = dist.cpu()
     return out
 
@@ -283,16 +269,9 @@ def _resident(emb, device):
 
 
 def default_redux(model):
-    """The model's own reduction for evaluation: its ``default_redux`` (baselines) or its
-    positive-pair training reduction (CLEWS)."""
-    own = getattr(model, "default_redux", None)
-    if isinstance(own, str):
-        return own
-    conf = getattr(model, "conf", None)
-    try:
-        return str(conf.loss.redux.pos)
-    except AttributeError:
-        return "min"
+    """The model's own reduction for evaluation (for CLEWS its positive-pair training
+    reduction)."""
+    return str(model.default_redux)
 
 
 def query_blocks(nq, bq, rank=0, world=1):

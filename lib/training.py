@@ -162,7 +162,7 @@ def check_classifier_size(model, *datasets):
     """Classifier models (``maxcliques``) need a row for every clique id they will see, the
     validation ones included (their ids follow the training ones): say so before training
     instead of failing at the first validation batch."""
-    size = getattr(model, "maxcliques", None)
+    size = model.maxcliques
     if size is None:
         return
     largest = max(max(d.clique_id.values()) for d in datasets)

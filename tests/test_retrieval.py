@@ -138,19 +138,11 @@ def test_block_sizes_bound_the_memory_and_ignore_the_world_size():
     assert R.block_sizes(200, 200, 10, 10, max_elements=100) == (1, 1)
 
 
-class DistancesOnly:
-    """A model without a matrix-product metric: the engine must call its distances()."""
+class SquaredEuclidean:
+    """What the engine reads of a model: its segment metric and default reduction."""
 
-    def __init__(self):
-        self.calls = 0
-
-    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
-        self.calls += 1
-        return definition(
-            R.Embeddings(torch.zeros(len(q)), torch.zeros(len(q)), q, qmask),
-            R.Embeddings(torch.zeros(len(c)), torch.zeros(len(c)), c, cmask),
-            redux_strategy,
-        ).float()
+    segment_metric = "nsqeuc"
+    default_redux = "min"
 
 
 def plain_metrics(q, c, redux):
@@ -176,13 +168,12 @@ def test_evaluate_matches_a_per_query_loop(redux):
         segment_metric = "nsqeuc"
 
     want = plain_metrics(q, c, redux)
-    for model in (Metric(), DistancesOnly()):
-        index, got, nrel, ncand = R.evaluate(model, q, c, redux=redux, max_elements=300)
-        assert torch.equal(index, torch.arange(len(q)))
-        for key in want:
-            assert torch.allclose(got[key], want[key], equal_nan=True), key
-        assert torch.equal(ncand, torch.full((len(q),), 39))
-        assert torch.equal(nrel, (c.cliques[None] == q.cliques[:, None]).sum(-1) - 1)
+    index, got, nrel, ncand = R.evaluate(Metric(), q, c, redux=redux, max_elements=300)
+    assert torch.equal(index, torch.arange(len(q)))
+    for key in want:
+        assert torch.allclose(got[key], want[key], equal_nan=True), key
+    assert torch.equal(ncand, torch.full((len(q),), 39))
+    assert torch.equal(nrel, (c.cliques[None] == q.cliques[:, None]).sum(-1) - 1)
 
 
 def test_evaluate_splits_queries_between_processes_without_overlap():
@@ -206,7 +197,7 @@ def test_evaluate_splits_queries_between_processes_without_overlap():
 def test_compute_keeps_the_original_signature():
     c = random_set(20, 3, 8, seed=9, cliques=5)
     ap, r1, arp = E.compute(
-        DistancesOnly(),
+        SquaredEuclidean(),
         c.cliques,
         c.ids,
         c.z,
@@ -226,7 +217,7 @@ def test_compute_keeps_the_original_signature():
 def test_unknown_reduction_is_rejected_before_any_work():
     c = random_set(4, 2, 4, seed=10)
     with pytest.raises(ValueError, match="unknown segment-distance reduction"):
-        R.evaluate(DistancesOnly(), c, c, redux="bpwx-3")
+        R.evaluate(SquaredEuclidean(), c, c, redux="bpwx-3")
 
 
 def test_embeddings_check_their_shapes():

@@ -354,3 +354,35 @@ def test_classifier_models_reject_ids_beyond_maxcliques(name):
     z = torch.randn(4, 2, 16)
     with pytest.raises(ValueError, match="model.maxcliques"):
         model.loss(torch.tensor([0, 0, 10, 10]), torch.arange(4), z, torch.randn(4, 2, 16))
+
+
+@pytest.mark.parametrize("name", ["clews", *MODULES])
+def test_every_model_declares_the_interface(name):
+    """What callers read of a model is declared by each one, checked when it is built; a model
+    that leaves something out is a clear TypeError, not a crash deep in an evaluation."""
+    from lib.model_base import SEGMENT_METRICS, SegmentModel, build_model
+    from tests.models.test_clews import tiny_conf as clews_conf
+
+    conf = clews_conf() if name == "clews" else tiny_conf(name)
+    model = build_model(conf, sr=SR)
+    assert isinstance(model, SegmentModel)
+    assert model.embedding_dim == model(torch.randn(1, 21 * SR)).shape[-1]
+    assert model.segment_metric in SEGMENT_METRICS
+    assert (model.maxcliques is None) == (name in ("clews", "dvinetp"))
+
+    class Incomplete(SegmentModel):
+        def embed(self, h):
+            return h, None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(conf, sr=SR)  # no loss
+
+    class Widthless(type(model)):
+        def __init__(self, conf, sr):
+            super().__init__(conf, sr)
+            del self.embedding_dim
+
+    from lib import model_base
+
+    with pytest.raises(TypeError, match="sets no integer embedding_dim"):
+        model_base.check_interface(Widthless(conf, SR))
