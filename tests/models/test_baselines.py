@@ -1,6 +1,6 @@
 """The baselines (CQTNet, DVINet+, ByteCover2x/3x, CoverHunter-C): parameter counts of the
-original configs (the published sizes), shapes, losses by hand, retrieval distances through the engine, a
-training epoch and test.py for each."""
+original configs (the published sizes), shapes, losses by hand, retrieval distances through the
+engine, a training epoch and test.py for each; the interface every model declares."""
 
 import math
 
