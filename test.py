@@ -35,8 +35,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import eval as evaluation
-from lib import retrieval, sweep, training
+from lib import metrics, retrieval, sweep, training
 from lib.checkpoint import (
     CheckpointError,
     WriteError,
@@ -517,7 +516,7 @@ def evaluate(
             ),
         )
         index, per_query, nrel, ncand = gather_results(fabric, index, per_query, nrel, ncand)
-        summary = evaluation.aggregate(per_query)
+        summary = metrics.aggregate(per_query)
         summary["n_candidates"] = len(candidates)
         what = (
             f"queries: {describe_windows(settings)}; "

@@ -15,9 +15,8 @@ Reductions:
 - every other reduction builds the block's (bq, bc, Sq, Sc) distances and calls
   ``distance_tensor_redux`` itself, so it is the definition by construction.
 
-Segment distances by matrix products exist for the models' squared-Euclidean and cosine
-metrics (``segment_metric`` = "sqeuc" / "nsqeuc" / "cos" on the model); any other model is
-evaluated through its own ``distances`` method, in the same blocks.
+Segment distances come from matrix products with the model's ``segment_metric`` ("sqeuc",
+"nsqeuc" or "cos", the metrics every model declares).
 """
 
 import math
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lib import eval as metrics
+from lib import metrics
 from lib import tensor_ops
 
 DEFAULT_MAX_ELEMENTS = 2**23  # segment pairs per block: 32 MiB of fp32 distances
@@ -298,7 +297,7 @@ def evaluate(
 
     Relevant = same clique; a candidate with the query's song id is excluded (neither relevant
     nor irrelevant). Returns (query indices (n,), {metric: (n,) float64}, n relevant (n,), n
-    candidates (n,)); ``lib.eval.aggregate`` turns the metrics into means and intervals.
+    candidates (n,)); ``lib.metrics.aggregate`` turns the metrics into means and intervals.
     """
     redux = default_redux(model) if redux is None else redux
     tensor_ops.parse_redux(redux)

@@ -95,10 +95,10 @@ def test_shape_mismatch_is_an_error():
 
 
 class _EuclideanModel:
-    """Mean squared distance of the first segment, as a stand-in for a model's distances."""
+    """What the engine reads of a model: squared Euclidean / D segment distances, ``min``."""
 
-    def distances(self, q, c, qmask=None, cmask=None, redux_strategy=None):
-        return ((q[:, None, 0] - c[None, :, 0]) ** 2).mean(-1)
+    segment_metric = "nsqeuc"
+    default_redux = "min"
 
 
 def test_compute_matches_per_query_metrics_in_chunks():
@@ -109,7 +109,8 @@ def test_compute_matches_per_query_metrics_in_chunks():
     ap, r1, arp = E.compute(
         _EuclideanModel(), cliques, ids, z, cliques, ids, z, batch_size_candidates=7
     )
-    dist = ((z[:, None, 0] - z[None, :, 0]) ** 2).mean(-1)
+    # every segment pair's mean squared difference, the closest pair per track pair
+    dist = ((z[:, None, :, None] - z[None, :, None, :]) ** 2).mean(-1).amin(dim=(-2, -1))
     want = E.query_metrics(dist, cliques[:, None] == cliques[None], ids[:, None] == ids[None])
     torch.testing.assert_close(ap, want["AP"])
     torch.testing.assert_close(r1, want["R1"])
