@@ -12,7 +12,7 @@ import os
 import sys
 
 from lib import preproc
-from lib.checkpoint import WriteError
+from lib.files import WriteError
 
 DATASETS = list(preproc.DATASETS) + ["folder"]
 

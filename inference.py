@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 
-from lib.checkpoint import CheckpointError, WriteError, load_trained_model
+from lib.checkpoint import CheckpointError, load_trained_model
+from lib.files import WriteError
 from lib.config import ConfigError
 from lib.inference import (
     FAILURE_LOG,

@@ -25,7 +25,8 @@ from lib import catalogue as C
 from lib import inference as I
 from lib import retrieval as R
 from lib.audio import AudioError, load_audio
-from lib.checkpoint import CheckpointError, WriteError, atomic_write, load_trained_model
+from lib.checkpoint import CheckpointError, load_trained_model
+from lib.files import WriteError, atomic_write
 from lib.config import ConfigError
 from lib.extract import file_digest, window_embeddings
 

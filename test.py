@@ -36,14 +36,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lib import metrics, retrieval, sweep, training
-from lib.checkpoint import (
-    CheckpointError,
-    WriteError,
-    atomic_write,
-    load_checkpoint,
-    load_model_state,
-    run_config,
-)
+from lib.checkpoint import CheckpointError, load_checkpoint, load_model_state, run_config
 from lib.config import ConfigError, apply_overrides, check_accelerator, parse_overrides
 from lib.dataset import Dataset
 from lib.extract import (
@@ -54,6 +47,7 @@ from lib.extract import (
     settings_for,
     tracks_digest,
 )
+from lib.files import WriteError, atomic_write
 from lib.filters import DomainIndex, FilterError
 from lib.model_base import build_model
 from lib.preproc import SPLITS, DatasetError

@@ -22,17 +22,10 @@ from tqdm import tqdm
 
 from lib import training
 from lib.augmentations import Augment
-from lib.checkpoint import (
-    CheckpointError,
-    WriteError,
-    atomic_write,
-    load_model_state,
-    optimizer_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from lib.checkpoint import CheckpointError, load_model_state, optimizer_state, save_checkpoint
 from lib.config import ConfigError, load_config
 from lib.dataset import BadAudioLog, Dataset
+from lib.files import WriteError, atomic_write, remove_stale_temporaries
 from lib.model_base import build_model
 from lib.optim import get_optimizer, get_scheduler
 from lib.preproc import DatasetError

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lib import retrieval, tensor_ops
-from lib.checkpoint import atomic_write
+from lib.files import atomic_write
 
 CATALOGUE_VERSION = 1
 INDEX_FILE = "segments.faiss"

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
-from lib.checkpoint import atomic_torch_save, atomic_write
+from lib.files import atomic_torch_save, atomic_write
 from lib.extract import file_digest, unbatched, window_embeddings
 
 MANIFEST = "inference.json"

@@ -24,7 +24,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, SILENT, AudioError, get_info, is_silent, load_audio
-from lib.checkpoint import atomic_torch_save, atomic_write, safe_torch_load
+from lib.files import atomic_torch_save, atomic_write, safe_torch_load
 from lib.filters import DOMAINS
 
 SPLITS = ("train", "valid", "test")

@@ -11,7 +11,7 @@ import glob
 import math
 import os
 
-from lib.checkpoint import atomic_write
+from lib.files import atomic_write
 
 # The fork's tag expressions, matched against the words of the YouTube title (test_tagwise.sh)
 FORK_TAGS = (

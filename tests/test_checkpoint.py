@@ -10,13 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lib.checkpoint import (
     CheckpointError,
-    WriteError,
-    atomic_write,
     load_checkpoint,
     load_model_state,
     optimizer_state,
     save_checkpoint,
 )
+from lib.files import WriteError, atomic_write
 from lib.model_base import build_model
 from models.clews import Model
 from tests import golden_recipe
