@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
-    echo "error: Python >= 3.10 is required ($("$PYTHON" --version 2>&1) found)" >&2
+# numpy 2.4, scipy 1.17, matplotlib 3.11 and av 18 publish wheels for Python >= 3.11 only
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    found=$("$PYTHON" --version 2>&1 | head -1)
+    echo "error: Python >= 3.11 is required ($found found; set PYTHON=python3.11 or newer)" >&2
     exit 1
 fi
 if [ ! -x .venv/bin/python ]; then
