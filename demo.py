@@ -34,7 +34,7 @@ import time
 
 from lib import synth
 from lib.audio import write_audio
-from lib.preproc import load_metadata
+from lib.metadata import load_metadata
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = "demo.json"  # written in OUT first: --fresh only ever deletes a folder holding it

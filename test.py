@@ -49,8 +49,8 @@ from lib.extract import (
 )
 from lib.files import WriteError, atomic_write
 from lib.filters import DomainIndex, FilterError
+from lib.metadata import SPLITS, DatasetError
 from lib.model_base import build_model
-from lib.preproc import SPLITS, DatasetError
 from lib.tensor_ops import parse_redux
 
 ARGUMENTS = {

@@ -26,9 +26,9 @@ from lib.checkpoint import CheckpointError, load_model_state, optimizer_state, s
 from lib.config import ConfigError, load_config
 from lib.dataset import BadAudioLog, Dataset
 from lib.files import WriteError, atomic_write, remove_stale_temporaries
+from lib.metadata import DatasetError
 from lib.model_base import build_model
 from lib.optim import get_optimizer, get_scheduler
-from lib.preproc import DatasetError
 
 
 class NonFiniteLoss(Exception):

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from lib.audio import AudioError, load_audio
-from lib.preproc import RECHECK_HINT, SPLITS, DatasetError, load_metadata
+from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lib import tensor_ops
 from lib.audio import AudioError, load_audio
 from lib.files import atomic_write, write_failure
-from lib.preproc import RECHECK_HINT
+from lib.metadata import RECHECK_HINT
 from lib.retrieval import Embeddings
 
 CACHE_VERSION = 1

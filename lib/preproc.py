@@ -17,25 +17,24 @@ import glob
 import json
 import os
 import random
-import time
 from dataclasses import dataclass, field
 
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, SILENT, AudioError, get_info, is_silent, load_audio
-from lib.files import atomic_torch_save, atomic_write, safe_torch_load
+from lib.files import atomic_write
 from lib.filters import DOMAINS
+from lib.metadata import (  # noqa: F401  (also preproc.* for its users)
+    RECHECK_HINT,
+    SPLITS,
+    DatasetError,
+    load_metadata,
+    save_metadata,
+)
 
-SPLITS = ("train", "valid", "test")
 CHECK_MODES = ("quick", "full")
-# what to do about audio files found missing or unreadable after preprocessing
-RECHECK_HINT = "run data_preproc.py again (--check=full decodes every file) to drop them"
 QUICK_CHECK_SECONDS = 1.0  # length of each decoded probe in the quick check
-
-
-class DatasetError(Exception):
-    """A metadata or split file is missing or malformed; the message names the file."""
 
 
 @dataclass
@@ -427,29 +426,3 @@ def write_report(path, rejected):
 def report_path(fn_out):
     stem = fn_out[:-3] if fn_out.endswith(".pt") else fn_out
     return stem + ".rejected.tsv"
-
-
-def save_metadata(path, info, splits, about=None):
-    atomic_torch_save(
-        {
-            "info": info,
-            "split": splits,
-            "about": dict(about or {}, created=time.strftime("%Y-%m-%d %H:%M:%S")),
-        },
-        path,
-    )
-
-
-def load_metadata(path):
-    """(info, splits) from a metadata file in this project's/the fork's dict form or the original's
-    [info, splits] list; a malformed or untrusted file raises ``DatasetError``."""
-    data = safe_torch_load(path, error=DatasetError, what="metadata file")
-    if isinstance(data, dict) and "info" in data and "split" in data:
-        info, splits = data["info"], data["split"]
-    elif isinstance(data, (list, tuple)) and len(data) == 2:
-        info, splits = data
-    else:
-        raise DatasetError(f"{path}: expected {{'info': ..., 'split': ...}} or [info, splits]")
-    if not isinstance(info, dict) or not isinstance(splits, dict):
-        raise DatasetError(f"{path}: 'info' and 'split' must be dicts")
-    return info, splits
