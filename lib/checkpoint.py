@@ -88,10 +88,10 @@ def optimizer_state(model, state):
     if not renamed:
         return optim
     names = [name for name, _ in model.named_parameters()]
-    old_order = [model.legacy_key(k) for k in weights if model.legacy_key(k) in set(names)]
+    position = {name: i for i, name in enumerate(names)}
+    old_order = [key for key in map(model.legacy_key, weights) if key in position]
     if old_order == names or len(optim.get("param_groups", [])) != 1:
         return optim
-    position = {name: i for i, name in enumerate(names)}
     moved = {position[old_order[int(i)]]: value for i, value in optim["state"].items()}
     group = dict(optim["param_groups"][0], params=list(range(len(names))))
     return {"state": moved, "param_groups": [group]}
