@@ -11,8 +11,7 @@ import argparse
 import os
 import sys
 
-from lib import preproc
-from lib.files import WriteError
+from lib import cli, preproc
 
 DATASETS = list(preproc.DATASETS) + ["folder"]
 
@@ -91,7 +90,7 @@ def _percent(new, old):
     return {s: round(100 * new[s] / old[s], 1) if old[s] else None for s in preproc.SPLITS}
 
 
-def main(argv=None):
+def preprocess(argv):
     args = parse_args(argv)
     print("=" * 100)
     print(args)
@@ -142,9 +141,10 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    """The exit status (errors as one ``error:`` line, see ``lib.cli``)."""
+    return cli.run(preprocess, argv)
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (preproc.DatasetError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())

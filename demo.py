@@ -32,8 +32,9 @@ import subprocess
 import sys
 import time
 
-from lib import synth
+from lib import cli, synth
 from lib.audio import write_audio
+from lib.errors import RunError
 from lib.metadata import load_metadata
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -45,8 +46,8 @@ LEVELS = {
 MODELS = {"untrained": "checkpoint_epoch0.ckpt", "trained": "checkpoint_best.ckpt"}
 
 
-class StepError(RuntimeError):
-    pass
+class StepError(RunError):
+    """A step of the demo failed; its log says why."""
 
 
 def parse_args(argv):
@@ -218,7 +219,7 @@ def results_table(table):
     return rows
 
 
-def main(argv=None):
+def demo(argv):
     args = parse_args(argv)
     started = time.time()
     out = args.out
@@ -309,12 +310,10 @@ def main(argv=None):
     return 0 if ok else 1
 
 
+def main(argv=None):
+    """The exit status (errors as one ``error:`` line, see ``lib.cli``)."""
+    return cli.run(demo, argv)
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except StepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\nInterrupted: run the same command again to continue.", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())

@@ -11,16 +11,15 @@ are kept and skipped (an interrupted run continues) unless ``--overwrite``; noth
 Unreadable files are listed in ``--path_out/inference_failures.log``.
 
 Exit status: 0 every file embedded or already there, 1 some file failed or the checkpoint could
-not be used, 2 bad arguments, 130 interrupted.
+not be used, 2 bad arguments, 130 interrupted (finished files are kept; run again to continue).
 """
 
 import argparse
 import os
 import sys
 
-from lib.checkpoint import CheckpointError, load_trained_model
-from lib.files import WriteError
-from lib.config import ConfigError
+from lib import cli
+from lib.checkpoint import load_trained_model
 from lib.inference import (
     FAILURE_LOG,
     InferenceError,
@@ -135,19 +134,13 @@ def run(args):
     return 0
 
 
+def command(argv):
+    return run(parse_args(argv))
+
+
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (InferenceError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; run again to continue", file=sys.stderr)
-        return 130
+    """The exit status (errors as one ``error:`` line, see ``lib.cli``)."""
+    return cli.run(command, argv)
 
 
 if __name__ == "__main__":

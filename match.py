@@ -22,17 +22,15 @@ import sys
 import torch
 
 from lib import catalogue as C
+from lib import cli
 from lib import inference as I
 from lib import retrieval as R
+from lib import tensor_ops
 from lib.audio import AudioError, load_audio
-from lib.checkpoint import CheckpointError, load_trained_model
-from lib.files import WriteError, atomic_write
-from lib.config import ConfigError
+from lib.checkpoint import load_trained_model
+from lib.errors import UsageError
 from lib.extract import file_digest, window_embeddings
-
-
-class UsageError(Exception):
-    pass
+from lib.files import atomic_write
 
 
 def load_model(checkpoint, conf, device):
@@ -279,7 +277,7 @@ def cmd_mirex(args):
     z, mask = C.stack_tracks([read_embedding(dst) for _, dst in jobs])
     ids = torch.arange(len(collection))
     tracks = R.Embeddings(ids, ids, torch.from_numpy(z), torch.from_numpy(mask)).trimmed()
-    redux = args.redux or str(model.default_redux)
+    redux = tensor_ops.parse_redux(args.redux or model.default_redux)  # once for every block
     bq, bc = R.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(collection))
     dist = torch.cat(
         [
@@ -380,25 +378,22 @@ def parse_args(argv):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name} must be > 0, got {value}")
+    if getattr(args, "redux", None):
+        try:
+            tensor_ops.parse_redux(args.redux)
+        except ValueError as err:
+            parser.error(f"--redux: {err}")
     return args
 
 
+def command(argv):
+    args = parse_args(argv)
+    return {"index": cmd_index, "query": cmd_query, "mirex": cmd_mirex}[args.command](args)
+
+
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    command = {"index": cmd_index, "query": cmd_query, "mirex": cmd_mirex}[args.command]
-    try:
-        return command(args)
-    except (UsageError, ConfigError, I.InferenceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (C.CatalogueError, CheckpointError, AudioError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            "interrupted: embeddings made so far are kept; run again to continue", file=sys.stderr
-        )
-        return 130
+    """The exit status (errors as one ``error:`` line, see ``lib.cli``)."""
+    return cli.run(command, argv)
 
 
 if __name__ == "__main__":

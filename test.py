@@ -8,7 +8,7 @@
                                                                        # 30 s per query
     python test.py checkpoint=... qfilter="release_genres:Rock" cfilter="dvi:True"
 
-Arguments are ``key=value`` (see ARGUMENTS). Window lengths and hops are in seconds. As in the
+Arguments are ``key=value`` (``python test.py --help`` lists them; ``lib.schema.TestArgs``). Window lengths and hops are in seconds. As in the
 original, an unset length is the model's training shingle (20 s for CLEWS) and an unset hop is
 5 s, so the default evaluation of a 600 s track uses up to 117 windows; a length <= 0 means one
 embedding for the whole track (the hop is then ignored); hop=null takes the training hop. Embeddings
@@ -16,8 +16,6 @@ are cached under ``cache_dir`` keyed by the checkpoint's content and the extract
 evaluating again with another reduction or filter skips extraction. Results go to
 ``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval name>/`` (or ``out=``):
 results.json, per_query.csv and, with several query lengths, map_vs_query_length.png.
-
-Exit status: 0 done, 1 bad data / checkpoint / audio, 2 bad arguments.
 """
 
 import hashlib
@@ -34,50 +32,24 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import metrics, report, retrieval, sweep, training
-from lib.checkpoint import CheckpointError, load_checkpoint, load_model_state, run_config
-from lib.config import ConfigError, apply_overrides, check_accelerator, parse_overrides
+from lib import cli, config, metrics, report, retrieval, sweep, training
+from lib.checkpoint import load_checkpoint, load_model_state, run_config
+from lib.config import ConfigError, check_accelerator, parse_arguments
 from lib.dataset import Dataset
 from lib.extract import (
-    ExtractionError,
     describe_windows,
     embeddings_for,
     file_digest,
     settings_for,
     tracks_digest,
 )
-from lib.files import WriteError
 from lib.filters import DomainIndex, FilterError
-from lib.metadata import SPLITS, DatasetError
+from lib.metadata import SPLITS
 from lib.model_base import build_model
+from lib.schema import TestArgs
 from lib.tensor_ops import parse_redux
 
-ARGUMENTS = {
-    "checkpoint": None,  # required
-    "conf": None,  # YAML of the model; default: configuration.yaml beside the checkpoint
-    "jobname": None,  # names the results folder (default "test")
-    "fabric": {"nnodes": 1, "ngpus": 1, "accelerator": "auto"},
-    "path_audio": None,
-    "path_meta": None,
-    "partition": "test",
-    "limit_num": None,  # first N cliques of the partition
-    "maxlen": 600,  # seconds of each track used
-    "redux": None,  # segment-distance reduction; None = the model's
-    "qslen": None,  # query window length (s), or a list of lengths; None = training shingle
-    "qshop": 5.0,  # query window hop (s), the original's default
-    "cslen": None,  # candidate window length (s); None = training shingle
-    "cshop": 5.0,  # candidate window hop (s)
-    "qfilter": None,
-    "cfilter": None,
-    "cache_dir": "cache/embeddings",
-    "out": None,
-    "nworkers": None,  # audio decoding processes; default the config's data.nworkers
-    "max_elements": retrieval.DEFAULT_MAX_ELEMENTS,
-    "precision": "32",  # 32 (the original's); bf16 or 16: mixed precision, on a GPU only
-    "sweep_cfilters": None,  # "fork_tags" or a file of candidate filters: one table of all
-    "sweep_metas": None,  # a glob or list of metadata files: one table of all
-}
-SHORTCUTS = {"accelerator": "fabric.accelerator"}
+SHORTCUTS = {**config.SHORTCUTS, "accelerator": "fabric.accelerator"}
 # precision= -> Fabric's name; the mixed ones apply on a GPU (autocast), the CPU computes in 32 bits
 PRECISIONS = {
     "32": "32-true",
@@ -90,22 +62,19 @@ PRECISIONS = {
 
 
 def parse_args(argv):
-    overrides = parse_overrides(argv)
-    overrides = {SHORTCUTS.get(k, k): v for k, v in overrides.items()}
-    args = OmegaConf.create(ARGUMENTS)
-    apply_overrides(args, overrides, open_sections=())
+    args = parse_arguments(TestArgs, argv, SHORTCUTS)
     if not args.checkpoint:
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
-    check_accelerator(args.fabric.accelerator)
-    if str(args.precision) not in PRECISIONS:
+    check_accelerator(args.fabric.accelerator, "fabric.accelerator")
+    if args.precision not in PRECISIONS:
         raise ConfigError(
-            f"precision={args.precision!r} is not one of 32, bf16, 16 (or {', '.join(PRECISIONS)})"
+            f"precision={args.precision} is not one of 32, bf16, 16 (or {', '.join(PRECISIONS)})"
         )
-    if str(args.partition) not in SPLITS:
+    if args.partition not in SPLITS:
         raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
     if args.redux is not None:
         try:
-            parse_redux(str(args.redux))
+            parse_redux(args.redux)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     return args
@@ -120,8 +89,6 @@ def model_config(args, state):
     """The run's config: conf=, else configuration.yaml beside the checkpoint, else the one
     stored in the checkpoint; path_audio / path_meta override its paths."""
     conf, source = run_config(args.checkpoint, state, args.conf)
-    if "path" not in conf:
-        raise ConfigError(f"{source}: no 'path' section")
     if args.path_audio:
         conf.path.audio = args.path_audio
     if args.path_meta:
@@ -131,15 +98,15 @@ def model_config(args, state):
 
 
 def uses_gpu(accelerator):
-    return str(accelerator) in ("cuda", "gpu") or (
-        str(accelerator) == "auto" and torch.cuda.is_available()
+    return accelerator in ("cuda", "gpu") or (
+        accelerator == "auto" and torch.cuda.is_available()
     )
 
 
 def evaluation_precision(args):
     """(Fabric precision, note or None): the requested mixed precision on a GPU; 32 bits on the
     CPU, with a note when something else was asked for."""
-    wanted = PRECISIONS[str(args.precision)]
+    wanted = PRECISIONS[args.precision]
     if wanted == "32-true" or uses_gpu(args.fabric.accelerator):
         return wanted, None
     return "32-true", f"precision={args.precision} applies on a GPU; the CPU computes in 32 bits"
@@ -151,12 +118,12 @@ def make_fabric(args):
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
-    world = int(args.fabric.ngpus) * int(args.fabric.nnodes)
+    world = args.fabric.ngpus * args.fabric.nnodes
     strategy = DDPStrategy(timeout=timedelta(minutes=60)) if world > 1 else "auto"
     fabric = Fabric(
-        accelerator=str(args.fabric.accelerator),
-        devices=int(args.fabric.ngpus),
-        num_nodes=int(args.fabric.nnodes),
+        accelerator=args.fabric.accelerator,
+        devices=args.fabric.ngpus,
+        num_nodes=args.fabric.nnodes,
         strategy=strategy,
         precision=evaluation_precision(args)[0],
     )
@@ -231,7 +198,7 @@ def main(argv):
 
     torch.backends.cudnn.benchmark = False
     try:
-        model = build_model(conf.model, sr=int(conf.data.samplerate))
+        model = build_model(conf.model, sr=conf.data.samplerate)
     except ValueError as err:
         raise ConfigError(f"{conf_source}: {err}") from err
     load_model_state(model, state, source=args.checkpoint)
@@ -242,8 +209,8 @@ def main(argv):
         )
     printer(f"Model {conf.model.name} from {args.checkpoint}, config {conf_source}")
 
-    redux = retrieval.default_redux(model) if args.redux is None else str(args.redux)
-    maxlen = float(args.maxlen)
+    redux = retrieval.default_redux(model) if args.redux is None else args.redux
+    maxlen = args.maxlen
     try:
         candidate_settings = settings_for(model, args.cslen, args.cshop, maxlen)
         query_settings = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
@@ -253,7 +220,7 @@ def main(argv):
     base = args.out or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)),
         "results",
-        str(args.jobname or "test"),
+        args.jobname or "test",
         windows,
     )
     meta_files, cfilters, what = sweep_items(args)
@@ -297,7 +264,7 @@ def main(argv):
                     {
                         "redux": redux,
                         "config": conf_source,
-                        "metadata": str(conf.path.meta),
+                        "metadata": conf.path.meta,
                         "eval_name": name,
                         "cfilter": cfilter,
                         "world_size": fabric.world_size,
@@ -328,7 +295,7 @@ def sweep_items(args):
             if args.path_meta:
                 raise ConfigError("path_meta and sweep_metas: the sweep gives the files")
             files = args.sweep_metas
-            files = list(files) if OmegaConf.is_list(files) else str(files)
+            files = list(files) if OmegaConf.is_list(files) else files
             return sweep.metadata_files(files), [args.cfilter], "metadata file"
     except sweep.SweepError as err:
         raise ConfigError(str(err)) from None
@@ -343,24 +310,23 @@ class Partition:
         self.args, self.model, self.fabric = args, model, fabric
         self.dataset = Dataset(
             conf.data,
-            str(args.partition),
+            args.partition,
             fullsongs=True,
             checks=True,
             limit_cliques=args.limit_num,
             verbose=fabric.is_global_zero,
         )
         self.keys = list(self.dataset.versions)
-        self.domains = DomainIndex(self.dataset.info, self.keys, source=str(conf.path.meta))
+        self.domains = DomainIndex(self.dataset.info, self.keys, source=conf.path.meta)
         self.key_parts = {
             "checkpoint": file_digest(args.checkpoint),
             "model": OmegaConf.to_container(conf.model, resolve=True),
-            "partition": str(args.partition),
+            "partition": args.partition,
             "tracks": tracks_digest(self.dataset, self.keys),
         }
         if precision != "32-true":  # other numbers: another cache entry (32-bit ones unchanged)
             self.key_parts["precision"] = precision
-        default_workers = conf.data.get("nworkers", 0)
-        self.nworkers = int(default_workers if args.nworkers is None else args.nworkers)
+        self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
 
     def embeddings(self, settings):
@@ -410,7 +376,7 @@ def evaluate(
             device=fabric.device,
             rank=fabric.global_rank,
             world=fabric.world_size,
-            max_elements=int(args.max_elements),
+            max_elements=args.max_elements,
             progress=lambda blocks: tqdm(
                 blocks, desc="queries", unit="block", disable=not fabric.is_global_zero
             ),
@@ -453,10 +419,5 @@ def run_name(redux, query_settings, candidate_settings):
 
 if __name__ == "__main__":
     sys.exit(
-        training.exit_status(
-            main,
-            sys.argv[1:],
-            usage_errors=(ConfigError, FilterError),
-            run_errors=(DatasetError, CheckpointError, ExtractionError, WriteError),
-        )
+        cli.run(main, help_text=lambda: cli.arguments_help(USAGE, __doc__.strip(), TestArgs))
     )

@@ -20,12 +20,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import training
+from lib import cli, training
 from lib.augmentations import Augment
-from lib.checkpoint import CheckpointError, load_model_state, optimizer_state, save_checkpoint
+from lib.checkpoint import load_model_state, optimizer_state, save_checkpoint
 from lib.config import ConfigError, load_config
 from lib.dataset import BadAudioLog, Dataset
-from lib.files import WriteError, atomic_write, remove_stale_temporaries
+from lib.files import atomic_write, remove_stale_temporaries
 from lib.metadata import DatasetError
 from lib.model_base import build_model
 from lib.optim import get_optimizer, get_scheduler
@@ -41,15 +41,15 @@ def make_fabric(conf, log_dir):
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
-    world = int(conf.fabric.ngpus) * int(conf.fabric.nnodes)
+    world = conf.fabric.ngpus * conf.fabric.nnodes
     strategy = "auto"
     if world > 1:
         strategy = DDPStrategy(broadcast_buffers=False, timeout=timedelta(minutes=30))
-    precision = str(conf.fabric.precision)
+    precision = conf.fabric.precision
     fabric = Fabric(
-        accelerator=str(conf.fabric.accelerator),
-        devices=int(conf.fabric.ngpus),
-        num_nodes=int(conf.fabric.nnodes),
+        accelerator=conf.fabric.accelerator,
+        devices=conf.fabric.ngpus,
+        num_nodes=conf.fabric.nnodes,
         strategy=strategy,
         precision="32-true" if precision == "32" else precision,
         loggers=make_logger(conf, log_dir),
@@ -68,7 +68,7 @@ def make_logger(conf, log_dir):
     if conf.logger == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(project="dvi2", name=str(conf.jobname), save_dir=log_dir)
+        return WandbLogger(project="dvi2", name=conf.jobname, save_dir=log_dir)
     from lightning.fabric.loggers import TensorBoardLogger
 
     return TensorBoardLogger(root_dir=log_dir, name="", version="", default_hp_metric=False)
@@ -76,12 +76,12 @@ def make_logger(conf, log_dir):
 
 def make_loaders(conf, fabric, log_dir):
     common = {
-        "limit_cliques": conf.get("limit_num"),
+        "limit_cliques": conf.limit_num,
         "bad_audio": BadAudioLog(os.path.join(log_dir, "bad_audio.tsv")),
     }
     train_set = Dataset(conf.data, "train", augment=True, **common)
     valid_set = Dataset(conf.data, "valid", augment=False, **common)
-    batch = int(conf.training.batchsize)
+    batch = conf.training.batchsize
     if len(train_set) < batch * fabric.world_size:
         raise DatasetError(
             f"{conf.data.path.meta}: the train split has {len(train_set)} versions, fewer than "
@@ -93,11 +93,11 @@ def make_loaders(conf, fabric, log_dir):
         fabric.world_size,
         fabric.global_rank,
         shuffle=True,
-        seed=int(conf.seed),
+        seed=conf.seed,
         drop_last=True,
     )
     pin = fabric.device.type == "cuda"
-    workers = int(conf.data.nworkers)
+    workers = conf.data.nworkers
     train_loader = torch.utils.data.DataLoader(
         train_set,
         batch_size=batch,
@@ -141,8 +141,8 @@ def all_finite(fabric, value):
 def train_epoch(fabric, model, net, optim, augment, loader, conf):
     model.train()
     sums, count = {}, 0
-    limit = conf.get("limit_batches")
-    total = len(loader) if limit is None else min(len(loader), int(limit))
+    limit = conf.limit_batches
+    total = len(loader) if limit is None else min(len(loader), limit)
     bar = tqdm(total=total, ncols=80, ascii=True, disable=not fabric.is_global_zero, leave=False)
     seen = []
     for i, batch in enumerate(loader):
@@ -258,13 +258,13 @@ def main(argv):
     torch.set_float32_matmul_precision("medium")
     training.seed_epoch(conf.seed, -1, 0)  # identical initialisation on every rank
     try:
-        net = build_model(conf.model, sr=int(conf.data.samplerate))
-    except ValueError as err:
+        net = build_model(conf.model, sr=conf.data.samplerate)
+    except ValueError as err:  # e.g. an unknown mining strategy
         raise ConfigError(str(err)) from err
     printer(f"Model {conf.model.name}: {sum(p.numel() for p in net.parameters()):,} parameters")
     optim = get_optimizer(conf.training.optim, net.parameters())
     monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode
-    epochs = int(conf.training.numepochs)
+    epochs = conf.training.numepochs
     sched, on_metric = get_scheduler(conf.training.optim, optim, epochs, mode=mode)
     epoch, cost_best = 0, (-math.inf if mode == "max" else math.inf)
 
@@ -274,7 +274,7 @@ def main(argv):
         load_model_state(net, state)
         optim.load_state_dict(optimizer_state(net, state))
         sched.load_state_dict(state["sched"])
-        epoch, cost_best = int(state["epoch"]), float(state["cost_best"])
+        epoch, cost_best = state["epoch"], state["cost_best"]
         printer(f"Resumed after epoch {epoch} (best {monitor} = {cost_best:.4f})")
     elif kind == "finetune":
         load_model_state(net, state, source=source)
@@ -284,9 +284,9 @@ def main(argv):
     model.mark_forward_method("embed")
     train_loader, valid_loader, sampler = make_loaders(conf, fabric, log_dir)
     training.check_classifier_size(net, train_loader.dataset, valid_loader.dataset)
-    augment = Augment(conf.get("augmentations"), sr=int(conf.data.samplerate))
-    min_lr = conf.training.optim.get("min_lr")
-    save_freq = conf.training.get("save_freq")
+    augment = Augment(conf.augmentations, sr=conf.data.samplerate)
+    min_lr = conf.training.optim.min_lr
+    save_freq = conf.training.save_freq
 
     try:
         if kind != "resume":  # the untrained (or pre-trained) model's scores, logged as epoch 0
@@ -333,7 +333,7 @@ def main(argv):
                 save_checkpoint(state, paths["last"])
                 if improved:
                     save_checkpoint(state, paths["best"])
-                if save_freq and epoch % int(save_freq) == 0:
+                if save_freq and epoch % save_freq == 0:
                     save_checkpoint(state, os.path.join(log_dir, f"checkpoint_epoch{epoch}.ckpt"))
             fabric.barrier()
             scalars = {"hpar/epoch": epoch, "hpar/lr": lr}
@@ -349,7 +349,7 @@ def main(argv):
             if new_lr != lr:
                 line += f"  (lr={new_lr:.1e})"
             printer(line + ("  *" if improved else ""))
-            if min_lr is not None and new_lr < float(min_lr):
+            if new_lr < min_lr:
                 printer("Min lr reached. Stop.")
                 break
         printer("Done.")
@@ -360,12 +360,7 @@ def main(argv):
             logger.finalize("success")
 
 
+USAGE = "python train.py jobname=NAME conf=config/<dataset>-<model>.yaml [key=value ...]"
+
 if __name__ == "__main__":
-    sys.exit(
-        training.exit_status(
-            main,
-            sys.argv[1:],
-            usage_errors=ConfigError,
-            run_errors=(DatasetError, CheckpointError, WriteError),
-        )
-    )
+    sys.exit(cli.run(main, help_text=lambda: cli.train_help(USAGE, __doc__.strip())))

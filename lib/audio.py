@@ -19,6 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from lib.errors import RunError
+
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".mp4", ".m4a", ".webm", ".opus", ".aac")
 
@@ -35,7 +37,7 @@ SILENCE_PEAK = 1e-4
 SILENT = "silent: no sample above -80 dBFS"
 
 
-class AudioError(Exception):
+class AudioError(RunError):
     """A file could not be read as audio. ``path`` and ``reason`` are kept as attributes."""
 
     def __init__(self, path, reason):

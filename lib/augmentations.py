@@ -34,13 +34,14 @@ def _pick(x, augmented, p):
 
 class Augment:
     def __init__(self, conf, sr=16000, random_order=True, eps=1e-6):
-        conf = {} if conf is None else dict(conf)
+        # a typed config has every augmentation, None where absent
+        conf = {} if conf is None else {k: v for k, v in conf.items() if v is not None}
         unknown = sorted(set(conf) - set(WAVEFORM) - set(CQT))
         if unknown:
             raise ValueError(
                 f"unknown augmentation(s) {unknown}; valid: {', '.join(WAVEFORM + CQT)}"
             )
-        self.conf = {name: params for name, params in conf.items() if float(params["p"]) > 0}
+        self.conf = {name: params for name, params in conf.items() if params["p"] > 0}
         self.sr = sr
         self.random_order = random_order
         self.eps = eps

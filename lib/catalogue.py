@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lib import retrieval, tensor_ops
+from lib.errors import RunError
 from lib.files import atomic_write
 
 CATALOGUE_VERSION = 1
@@ -34,7 +35,7 @@ META_FILE = "catalogue.json"
 FLAT_BELOW = 50_000  # windows: below this an exact flat index is as fast as any
 
 
-class CatalogueError(Exception):
+class CatalogueError(RunError):
     """A catalogue cannot be built or read; the message names the folder and the problem."""
 
 
@@ -314,8 +315,7 @@ def search(
     """The ``topk`` catalogue tracks closest to the clip windows ``query`` (Sq, D) (windows
     every ``clip_hop`` s; default: the catalogue's hop), as ``Match`` objects sorted by
     distance."""
-    redux = redux or cat.settings["redux"]
-    tensor_ops.parse_redux(redux)
+    redux = tensor_ops.parse_redux(redux or cat.settings["redux"])  # once for every block
     query = np.asarray(query, dtype=np.float32)
     if query.ndim != 2 or query.shape[1] != cat.z.shape[2]:
         raise CatalogueError(f"query windows must be (S, {cat.z.shape[2]}), got {query.shape}")

@@ -11,13 +11,16 @@ import os
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lib.config import EVALUATION_SECTIONS, ConfigError, load_yaml, typed_run_config
+from lib.errors import RunError
 from lib.files import atomic_torch_save, safe_torch_load
+from lib.model_base import build_model
 
 # wrappers that DDP / Fabric / torch.compile put in front of parameter names
 WRAPPER_PREFIXES = ("module.", "_forward_module.", "_orig_mod.")
 
 
-class CheckpointError(Exception):
+class CheckpointError(RunError):
     """A checkpoint could not be read, was refused, or does not fit the model."""
 
 
@@ -135,36 +138,29 @@ def load_model_state(model, state, source="checkpoint"):
 
 
 def run_config(checkpoint, state, conf_path=None):
-    """The config of a trained model: ``conf_path`` if given, else ``configuration.yaml`` beside
-    the checkpoint (as the original expected), else the one stored in the checkpoint.
-    Returns (DictConfig, where it came from); ``ConfigError`` when there is none."""
-    from lib.config import ConfigError, load_yaml
-
+    """The typed config of a trained model: ``conf_path`` if given, else ``configuration.yaml``
+    beside the checkpoint (as the original expected), else the one stored in the checkpoint.
+    Returns (DictConfig, where it came from); ``ConfigError`` when there is none or it does not
+    fit the schema."""
     beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "configuration.yaml")
     if conf_path:
-        conf, source = load_yaml(conf_path), os.fspath(conf_path)
+        data, source = load_yaml(conf_path), os.fspath(conf_path)
     elif os.path.isfile(beside):
-        conf, source = load_yaml(beside), beside
+        data, source = load_yaml(beside), beside
     elif state.get("conf") is not None:
-        conf, source = OmegaConf.create(state["conf"]), f"{checkpoint} (stored config)"
+        data, source = state["conf"], f"{checkpoint} (stored config)"
     else:
         raise ConfigError(f"{checkpoint}: no conf given, no {beside} and no stored config")
-    for key in ("model", "data"):
-        if key not in conf:
-            raise ConfigError(f"{source}: no '{key}' section")
-    return conf, source
+    return typed_run_config(data, source, needed=EVALUATION_SECTIONS), source
 
 
 def load_trained_model(checkpoint, conf_path=None, device="cpu"):
     """(model in eval mode on ``device``, its config, config source) from a checkpoint of this
     project or of the original code."""
-    from lib.config import ConfigError
-    from lib.model_base import build_model
-
     state = load_checkpoint(checkpoint)
     conf, source = run_config(checkpoint, state, conf_path)
     try:
-        model = build_model(conf.model, sr=int(conf.data.get("samplerate", 16000)))
+        model = build_model(conf.model, sr=conf.data.samplerate)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
     load_model_state(model, state, source=os.fspath(checkpoint))

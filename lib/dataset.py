@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from lib import config, schema
 from lib.audio import AudioError, load_audio
 from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
@@ -42,16 +43,19 @@ class Dataset(torch.utils.data.Dataset):
         go on past unreadable files (None: raise AudioError)."""
         if split not in SPLITS:
             raise ValueError(f"invalid split {split!r}; valid splits: {', '.join(SPLITS)}")
+        conf = config.typed(schema.DataConfig, conf, prefix="data.")
+        if conf.path is None:
+            raise config.ConfigError("data.path: the dataset needs path.audio and path.meta")
         self.conf = conf
         self.split = split
         self.augment = augment
         self.fullsongs = fullsongs
-        self.samplerate = int(conf.samplerate)
-        self.audiolen = None if fullsongs else float(conf.audiolen)
-        self.maxlen = None if fullsongs or conf.get("maxlen") is None else float(conf.maxlen)
-        self.n_per_class = int(conf.n_per_class)
-        self.p_samesong = float(conf.get("p_samesong", 0) or 0)
-        self.pad_mode = conf.get("pad_mode", "repeat")
+        self.samplerate = conf.samplerate
+        self.audiolen = None if fullsongs else conf.audiolen
+        self.maxlen = None if fullsongs else conf.maxlen
+        self.n_per_class = conf.n_per_class
+        self.p_samesong = conf.p_samesong
+        self.pad_mode = conf.pad_mode
         meta_path, audio_root = conf.path.meta, conf.path.audio
 
         self.info, splits = load_metadata(meta_path)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lib import tensor_ops
 from lib.audio import AudioError, load_audio
+from lib.errors import RunError
 from lib.files import atomic_write, write_failure
 from lib.metadata import RECHECK_HINT
 from lib.retrieval import Embeddings
@@ -34,7 +35,7 @@ FP16_MAX = 65504.0
 FLUSH_EVERY_S = 30.0
 
 
-class ExtractionError(Exception):
+class ExtractionError(RunError):
     """A track could not be embedded; the message names it."""
 
 

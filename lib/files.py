@@ -21,8 +21,10 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
+from lib.errors import RunError
 
-class LoadError(Exception):
+
+class LoadError(RunError):
     """A file could not be read or was refused (the default error of ``safe_torch_load``)."""
 
 
@@ -64,7 +66,7 @@ ALLOWED_GLOBALS = [
 ]
 
 
-class WriteError(Exception):
+class WriteError(RunError):
     """A file could not be written (disk full, file too large, no permission, read-only disk);
     the file that was there before, if any, is unchanged. Not an ``OSError`` on purpose: callers
     that skip one bad input and go on must not go on writing to a full disk."""

@@ -22,6 +22,8 @@ import re
 
 import numpy as np
 
+from lib.errors import UsageError
+
 DOMAINS = ("release_styles", "release_genres", "tags_yt_title", "tags_yt_description", "dvi")
 MAX_LENGTH = 10_000
 MAX_DEPTH = 50
@@ -30,7 +32,7 @@ _TOKEN = re.compile(
 )
 
 
-class FilterError(ValueError):
+class FilterError(UsageError, ValueError):
     """A filter that cannot be parsed or names something that does not exist."""
 
 

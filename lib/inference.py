@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from lib.errors import UsageError
 from lib.files import atomic_torch_save, atomic_write
 from lib.extract import file_digest, unbatched, window_embeddings
 
@@ -26,7 +27,7 @@ FAILURE_LOG = "inference_failures.log"
 MANIFEST_VERSION = 1
 
 
-class InferenceError(Exception):
+class InferenceError(UsageError):
     """The run cannot start (bad arguments, colliding outputs, outputs of other settings)."""
 
 
@@ -102,7 +103,7 @@ def settings_of(model, checkpoint, win_len, hop_size):
         "win_len": float(win_len),
         "hop_size": float(hop_size),
         "metric": model.segment_metric,
-        "redux": str(model.default_redux),
+        "redux": model.default_redux,
     }
 
 

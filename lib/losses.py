@@ -106,8 +106,8 @@ def mining_from_conf(conf):
     """(positive, negative) mining of a model config's ``mining`` section (hard / hard, the
     original's batch-hard triplets, when absent); an unknown name is a ``ValueError``."""
     mining = conf.get("mining") or {}
-    positive = str(mining.get("positive", "hard"))
-    negative = str(mining.get("negative", "hard"))
+    positive = mining.get("positive", "hard")
+    negative = mining.get("negative", "hard")
     if positive not in POSITIVE_MINING:
         raise ValueError(f"model.mining.positive={positive!r}: one of {', '.join(POSITIVE_MINING)}")
     if negative not in NEGATIVE_MINING:

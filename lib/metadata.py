@@ -6,6 +6,7 @@ torch file ``{"info": {key: song dict}, "split": {split: {clique: [keys]}}, "abo
 
 import time
 
+from lib.errors import RunError
 from lib.files import atomic_torch_save, safe_torch_load
 
 SPLITS = ("train", "valid", "test")
@@ -13,7 +14,7 @@ SPLITS = ("train", "valid", "test")
 RECHECK_HINT = "run data_preproc.py again (--check=full decodes every file) to drop them"
 
 
-class DatasetError(Exception):
+class DatasetError(RunError):
     """A metadata or split file is missing or malformed; the message names the file."""
 
 

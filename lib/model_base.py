@@ -6,15 +6,12 @@ share (training shingles, the CQT front end, the ByteCover CNN), and ``build_mod
 Adding a model is one file ``models/<name>.py`` with a ``Model(SegmentModel)`` and a config."""
 
 import abc
-import importlib
-import os
-import re
+import dataclasses
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lib import tensor_ops
+from lib import config, registry, schema, tensor_ops
 from lib.layers import (
     bytecover_frontend,
     bytecover_resblocks,
@@ -27,7 +24,8 @@ from lib.layers import (
 class SegmentModel(nn.Module, abc.ABC):
     """What every model provides. Subclasses set ``segment_metric`` / ``default_redux`` /
     padding modes, set ``embedding_dim`` (and ``maxcliques`` if they classify) in ``__init__``
-    and define ``embed`` and ``loss``. ``conf`` is the config's ``model`` section.
+    and define ``embed`` and ``loss``. ``conf`` is the config's ``model`` section, typed by the
+    model's ``Config`` (a ``lib.schema.ModelConfig`` dataclass: the keys of its config section).
 
     Module attribute names are the original code's, so that its checkpoints load with
     ``strict=True`` and checkpoints written here load into it; ``legacy_key`` maps the names that
@@ -44,16 +42,15 @@ class SegmentModel(nn.Module, abc.ABC):
     cqt_with_pooling = False
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
     maxcliques = None  # rows of the clique classifier (None: the model has none)
+    Config: type  # the schema of the model's config section (a schema.ModelConfig dataclass)
 
     def __init__(self, conf, sr=16000):
         super().__init__()
-        self.conf = conf if isinstance(conf, DictConfig) else OmegaConf.create(conf)
+        self.conf = config.typed(self.Config, conf, prefix="model.")
         self.sr = sr
-        self.minlen = float(self.conf.shingling.len)
+        self.minlen = self.conf.shingling.len
         cqt = self.conf.cqt
-        transform = make_cqt(
-            sr, cqt.hoplen, cqt.noctaves, cqt.get("nbinsoct", 12), cqt.get("fscale", 1.0)
-        )
+        transform = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.nbinsoct, cqt.fscale)
         # CLEWS configs give one pooling width (= stride), the baselines' {len, hop}
         pool = cqt.pool
         if isinstance(pool, int):
@@ -85,7 +82,7 @@ class SegmentModel(nn.Module, abc.ABC):
 
     def get_shingle_params(self):
         """Training shingle (length, hop) in seconds."""
-        return float(self.conf.shingling.len), float(self.conf.shingling.hop)
+        return self.conf.shingling.len, self.conf.shingling.hop
 
     def prepare(self, h, shingle_len=None, shingle_hop=None):
         """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training."""
@@ -144,9 +141,9 @@ class ByteCoverModel(SegmentModel):
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        self.frontend = bytecover_frontend(int(self.conf.ncha))
-        self.resblocks = bytecover_resblocks(int(self.conf.ncha))
-        self.maxcliques = int(self.conf.maxcliques)
+        self.frontend = bytecover_frontend(self.conf.ncha)
+        self.resblocks = bytecover_resblocks(self.conf.ncha)
+        self.maxcliques = self.conf.maxcliques
 
     def features(self, h):
         """CQT shingles (B, S, F, T') -> CNN feature maps (B * S, ncha, F'', T'')."""
@@ -167,23 +164,12 @@ class ByteCoverModel(SegmentModel):
         return ".".join(["resblocks", str(index - 4)] + rest)
 
 
-def available_models():
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
-    return sorted(
-        name[:-3] for name in os.listdir(folder) if name.endswith(".py") and name != "__init__.py"
-    )
-
-
 def build_model(conf, sr=16000):
-    """``models/<conf.name>.py``'s ``Model(conf, sr)``; ``conf`` is a config's ``model`` section.
-    An unknown name is a ``ValueError`` listing the available ones."""
-    name = str(conf.get("name"))
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name not in available_models():
-        raise ValueError(
-            f"model.name={name!r}: unknown model; available: {', '.join(available_models())}"
-        )
-    module = importlib.import_module(f"models.{name}")
-    model = module.Model(conf, sr=sr)
+    """``models/<conf.name>.py``'s ``Model(conf, sr)``; ``conf`` is a config's ``model`` section
+    (typed or not). An unknown name is a ``registry.UnknownModel`` (a ValueError) listing the
+    available ones, a config that does not fit the model's schema a ``config.ConfigError``."""
+    name = conf.get("name") if hasattr(conf, "get") else None
+    model = registry.model_class(name)(conf, sr=sr)
     check_interface(model)
     return model
 
@@ -197,6 +183,9 @@ def check_interface(model):
     name = type(model).__module__
     if not isinstance(model, SegmentModel):
         raise TypeError(f"{name}.Model is not a lib.model_base.SegmentModel")
+    declared = type(model).Config
+    if not (dataclasses.is_dataclass(declared) and issubclass(declared, schema.ModelConfig)):
+        raise TypeError(f"{name}.Model.Config is not a lib.schema.ModelConfig dataclass")
     if not isinstance(model.__dict__.get("embedding_dim"), int):
         raise TypeError(f"{name}.Model sets no integer embedding_dim in __init__")
     if model.segment_metric not in SEGMENT_METRICS:
@@ -204,4 +193,4 @@ def check_interface(model):
             f"{name}.Model.segment_metric {model.segment_metric!r}: not one of "
             f"{', '.join(SEGMENT_METRICS)}"
         )
-    tensor_ops.parse_redux(str(model.default_redux))
+    tensor_ops.parse_redux(model.default_redux)

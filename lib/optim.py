@@ -16,18 +16,21 @@ import math
 
 import torch
 
+from lib import config, schema
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("flat", "plateau_N", "poly_P", "warmpoly_W_P", "sd_D", "wsd_W_D", "cosine_W")
 
 
 def get_optimizer(conf, params):
-    """conf: ``training.optim`` (name, lr, wd)."""
-    name = str(conf.name).lower()
-    lr = float(conf.lr)
+    """conf: ``training.optim`` (name, lr, wd; see ``schema.OptimConfig``)."""
+    conf = config.typed(schema.OptimConfig, conf, prefix="training.optim.")
+    name = conf.name.lower()
+    lr = conf.lr
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=float(conf.get("wd", 0) or 0))
+        return torch.optim.AdamW(params, lr=lr, weight_decay=conf.wd)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ValueError(f"unknown optimizer {conf.name!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -93,7 +96,8 @@ def lr_multiplier(spec, epochs, warm_factor=0.005, min_ratio=0.0):
 def get_scheduler(conf, optimizer, epochs, mode="max", warm_factor=0.005, plateau_factor=0.2):
     """conf: ``training.optim`` (sched, lr, min_lr); mode: direction of the monitored quantity.
     Returns (scheduler, steps_on_metric)."""
-    spec = conf.get("sched")
+    conf = config.typed(schema.OptimConfig, conf, prefix="training.optim.")
+    spec = conf.sched
     name, args = _parse("flat" if spec is None else spec)
     if name == "plateau":
         if len(args) != 1:
@@ -102,7 +106,6 @@ def get_scheduler(conf, optimizer, epochs, mode="max", warm_factor=0.005, platea
             optimizer, mode=mode, factor=plateau_factor, patience=max(0, int(args[0]) - 1)
         )
         return sched, True
-    min_lr = float(conf.get("min_lr", 0) or 0)
-    ratio = min_lr / float(conf.lr) if float(conf.lr) > 0 else 0.0
-    multiplier = lr_multiplier(spec, int(epochs), warm_factor, ratio)
+    ratio = conf.min_lr / conf.lr if conf.lr > 0 else 0.0
+    multiplier = lr_multiplier(spec, epochs, warm_factor, ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier), False

@@ -82,7 +82,7 @@ def block_sizes(sq, sc, nq, nc, max_elements=DEFAULT_MAX_ELEMENTS):
 
     Depends only on the shapes, never on the number of processes, so a query gets exactly the
     same arithmetic whichever process evaluates it."""
-    pairs = max(1, int(max_elements) // max(1, sq * sc))
+    pairs = max(1, max_elements // max(1, sq * sc))
     bq = max(1, min(nq, 32, pairs))
     bc = max(1, min(nc, pairs // bq))
     return bq, bc
@@ -135,10 +135,11 @@ def _scale(metric, dim):
 def block_distances(q, c, redux, metric="nsqeuc", inf=tensor_ops.INF):
     """Track distances (bq, bc) between query tracks ``q`` and candidate tracks ``c``
     (``Embeddings`` on the compute device) with segment distances ``metric``, reduced by
-    ``redux``. A pair with no valid segment pair gets ``inf``."""
-    sym, base, num = tensor_ops.parse_redux(redux)
-    if not sym and base in FAST_REDUCTIONS:
-        return _fast_block(q, c, base, num, metric, inf)
+    ``redux`` (a name or its ``tensor_ops.Reduction``). A pair with no valid segment pair gets
+    ``inf``."""
+    redux = tensor_ops.parse_redux(redux)
+    if not redux.symmetric and redux.base in FAST_REDUCTIONS:
+        return _fast_block(q, c, redux.base, redux.n, metric, inf)
     return _generic_block(q, c, redux, metric, inf)
 
 
@@ -270,7 +271,7 @@ def _resident(emb, device):
 def default_redux(model):
     """The model's own reduction for evaluation (for CLEWS its positive-pair training
     reduction)."""
-    return str(model.default_redux)
+    return model.default_redux
 
 
 def query_blocks(nq, bq, rank=0, world=1):
@@ -299,15 +300,15 @@ def evaluate(
     nor irrelevant). Returns (query indices (n,), {metric: (n,) float64}, n relevant (n,), n
     candidates (n,)); ``lib.metrics.aggregate`` turns the metrics into means and intervals.
     """
-    redux = default_redux(model) if redux is None else redux
-    tensor_ops.parse_redux(redux)
+    # parsed once: every block gets the Reduction value
+    redux = tensor_ops.parse_redux(default_redux(model) if redux is None else redux)
     device = torch.device(device)
     queries, candidates = queries.trimmed(), candidates.trimmed()
     nq, sq = queries.z.shape[:2]
     nc, sc = candidates.z.shape[:2]
     bq, bc = block_sizes(sq, sc, nq, nc, max_elements)
     if max_candidates is not None:
-        bc = max(1, min(bc, int(max_candidates)))
+        bc = max(1, min(bc, max_candidates))
     candidates = _resident(candidates, device)
     index, results, nrel, ncand = [], [], [], []
     blocks = query_blocks(nq, bq, rank, world)

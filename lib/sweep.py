@@ -11,6 +11,7 @@ import glob
 import math
 import os
 
+from lib.errors import UsageError
 from lib.files import atomic_write
 
 # The fork's tag expressions, matched against the words of the YouTube title (test_tagwise.sh)
@@ -41,7 +42,7 @@ COLUMNS = ("item", "qslen", "queries", "candidates", "MAP", "MAP_ci", "MR1", "MR
 COLUMNS += ("ARP_ci", "note")
 
 
-class SweepError(ValueError):
+class SweepError(UsageError, ValueError):
     """A sweep argument names no usable filter list or metadata files."""
 
 

@@ -9,6 +9,7 @@ Conventions shared by every function here:
 
 import math
 import re
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -272,8 +273,23 @@ def valid_reductions():
     return ", ".join(names) + "; any of them with an 's' prefix for the symmetric version"
 
 
+class Reduction(NamedTuple):
+    """A segment-distance reduction, parsed once from its name (``str()`` gives the name back):
+    ``bpwr-5`` is (False, "bpwr", 5), ``smeanmin`` (True, "meanmin", None)."""
+
+    symmetric: bool
+    base: str
+    n: Optional[int]
+
+    def __str__(self):
+        return ("s" if self.symmetric else "") + self.base + ("" if self.n is None else f"-{self.n}")
+
+
 def parse_redux(redux):
-    """Split a reduction name into (symmetric, base name, N or None); ValueError if unknown."""
+    """The ``Reduction`` of a name (a ``Reduction`` is returned as it is); ValueError if
+    unknown."""
+    if isinstance(redux, Reduction):
+        return redux
     if not isinstance(redux, str):
         raise ValueError(f"reduction must be a string, got {redux!r}; valid: {valid_reductions()}")
     match = re.fullmatch(r"(s?)([a-z]+)(?:-(\d+))?", redux)
@@ -284,7 +300,7 @@ def parse_redux(redux):
         if base in REDUCTIONS and (num is None or REDUCTIONS[base]):
             if num is not None and int(num) < 1:
                 raise ValueError(f"reduction {redux!r}: N must be >= 1")
-            return bool(sym), base, (int(num) if num is not None else None)
+            return Reduction(bool(sym), base, int(num) if num is not None else None)
     raise ValueError(f"unknown segment-distance reduction {redux!r}; valid: {valid_reductions()}")
 
 
@@ -293,7 +309,8 @@ def distance_tensor_redux(dist, redux, mask=None, squeeze=True, eps=1e-7, inf=IN
 
     Args:
         dist: (B1, B2, S1, S2) distances between every query segment and candidate segment.
-        redux: reduction name (see ``valid_reductions()``), e.g. "min", "bpwr-5", "smeanmin".
+        redux: reduction name (see ``valid_reductions()``), e.g. "min", "bpwr-5", "smeanmin",
+            or its ``Reduction`` (parsed once by a caller that reduces many blocks).
         mask: optional bool (B1, B2, S1, S2), True = invalid segment pair.
         squeeze: return (B1, B2) instead of (B1, B2, 1, 1).
         eps: scale of the uniform noise that ``bpwr`` adds to break ties.

@@ -4,60 +4,17 @@ cross-rank gathering, validation retrieval metrics, and resume logic."""
 import math
 import os
 import random
-import sys
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from lib import config
 from lib import eval as evaluation
 from lib.checkpoint import CheckpointError, load_checkpoint
 from lib.config import ConfigError
 
 METRIC_KEYS = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
-
-
-def original_message(err):
-    """The message of an error raised in a DataLoader worker, without the worker's traceback
-    that the DataLoader puts in front of it when re-raising it in the main process."""
-    text = str(err)
-    if "Original Traceback" not in text:
-        return text
-    last = text.rstrip().splitlines()[-1]
-    prefix = f"{type(err).__module__}.{type(err).__name__}: "
-    return last[len(prefix) :] if last.startswith(prefix) else last
-
-
-# what a gloo collective says when another process of the run has died
-PEER_FAILURE_SIGNS = ("Connection closed by peer", "Connection reset by peer")
-
-
-def peer_failure(err):
-    """True for the error raised in this process by a collective whose peer process died: the
-    peer's own error is the one to read."""
-    return isinstance(err, RuntimeError) and any(sign in str(err) for sign in PEER_FAILURE_SIGNS)
-
-
-def exit_status(main, argv, usage_errors, run_errors):
-    """Run a script's ``main(argv)``, turning its expected errors into one ``error:`` line on
-    stderr and an exit status: 2 for ``usage_errors``, 1 for ``run_errors`` and for a collective
-    whose peer process died. Anything else propagates with its traceback (a bug to report)."""
-    try:
-        return main(argv)
-    except usage_errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except run_errors as err:
-        print(f"error: {original_message(err)}", file=sys.stderr)
-        return 1
-    except RuntimeError as err:
-        if not peer_failure(err):
-            raise
-        print(
-            "error: another process of this run failed (its error is above); stopping this one too",
-            file=sys.stderr,
-        )
-        return 1
 
 
 def seed_epoch(seed, epoch, rank):
@@ -123,6 +80,9 @@ def mean_finite(values):
 
 def check_model_section(path, stored, current):
     """Resuming with another architecture would silently mix weights: refuse, naming the keys."""
+    # the stored section typed as the current one (a checkpoint of the original code has no
+    # defaulted keys): only values that differ count
+    stored = config.typed(OmegaConf.get_type(current), stored, source=path, prefix="model.")
     old = OmegaConf.to_container(stored, resolve=True)
     new = OmegaConf.to_container(current, resolve=True)
     if old == new:
@@ -152,7 +112,7 @@ def find_start_state(conf, last_path):
     ``checkpoint=``, so restarting an interrupted fine-tune continues it."""
     if os.path.isfile(last_path):
         return "resume", load_checkpoint(last_path), last_path
-    if conf.get("checkpoint"):
+    if conf.checkpoint:
         state = load_checkpoint(conf.checkpoint)
         return ("finetune" if set(state) == {"model"} else "resume"), state, conf.checkpoint
     return "scratch", None, None
@@ -166,7 +126,7 @@ def check_classifier_size(model, *datasets):
     if size is None:
         return
     largest = max(max(d.clique_id.values()) for d in datasets)
-    if largest >= int(size):
+    if largest >= size:
         raise ConfigError(
             f"model.maxcliques={size} but clique ids go up to {largest} (train + valid "
             f"cliques); set model.maxcliques to at least {largest + 1}"

@@ -11,17 +11,19 @@ from torch import nn
 from lib import losses
 from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
+from lib.schema import ByteCoverConfig
 
 # this project's names before it took the original's
 LEGACY_HEADS = {"pool": "embpool.0", "fc_t": "embpool.1", "bn_c": "bn", "classifier": "fc"}
 
 
 class Model(ByteCoverModel):
+    Config = ByteCoverConfig
     default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
+        ncha, zdim = self.conf.ncha, self.conf.zdim
         self.embedding_dim = zdim
         self.embpool = nn.Sequential(GeMPool(), nn.Linear(ncha, zdim))  # -> f_t
         self.bn = nn.BatchNorm1d(zdim)  # -> f_c
@@ -55,11 +57,11 @@ class Model(ByteCoverModel):
         ce = losses.smoothed_cross_entropy(self.fc(f_c), labels, self.conf.smooth)
         dist = losses.euclidean(f_t, f_t)
         triplet, _, _, _ = losses.triplet_loss(
-            dist, labels, ids, float(self.conf.margin), self.positives, self.negatives
+            dist, labels, ids, self.conf.margin, self.positives, self.negatives
         )
         positive, negative = losses.pair_masks(labels, ids)
         d_pos = losses.masked_mean(dist, positive)
-        total = ce + triplet + float(self.conf.lamb) * d_pos
+        total = ce + triplet + self.conf.lamb * d_pos
         logs = {
             "l_main": total.detach(),
             "l_cent": ce.detach(),

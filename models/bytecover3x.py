@@ -7,6 +7,8 @@ and a regulariser pulling positives together. Retrieval: cosine distance, ``smea
 Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,7 @@ from torch import nn
 from lib import losses
 from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
+from lib.schema import MISSING, ByteCoverConfig, key
 
 SUBCENTRE_INIT = 0.076  # sub-centres start uniform in (-0.076, 0.076), as the original
 # this project's names before it took the original's
@@ -31,14 +34,20 @@ def maxmean(x, y):
     return sim.amax(-1).mean(1)
 
 
+@dataclass
+class ByteCover3xConfig(ByteCoverConfig):
+    nsub: int = key(MISSING, "sub-centres per clique")
+
+
 class Model(ByteCoverModel):
+    Config = ByteCover3xConfig
     default_redux = "smeanmin"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        ncha, zdim = int(self.conf.ncha), int(self.conf.zdim)
+        ncha, zdim = self.conf.ncha, self.conf.zdim
         self.embedding_dim = zdim
-        nsub = int(self.conf.nsub)
+        nsub = self.conf.nsub
         # the sub-centres of every clique (the original's name ``w``)
         self.w = nn.Parameter(
             torch.empty(self.maxcliques, nsub, zdim).uniform_(-SUBCENTRE_INIT, SUBCENTRE_INIT)
@@ -69,11 +78,11 @@ class Model(ByteCoverModel):
         ce = losses.smoothed_cross_entropy(logits, labels, self.conf.smooth)
         sim = maxmean(z, z)
         triplet, _, _, _ = losses.similarity_triplet_loss(
-            sim, labels, ids, float(self.conf.margin), self.positives, self.negatives
+            sim, labels, ids, self.conf.margin, self.positives, self.negatives
         )
         positive, negative = losses.pair_masks(labels, ids)
         s_pos = losses.masked_mean(sim, positive)
-        reg = float(self.conf.lamb) * losses.masked_mean(1 - sim, positive)
+        reg = self.conf.lamb * losses.masked_mean(1 - sim, positive)
         total = ce + triplet + reg
         logs = {
             "l_main": total.detach(),

@@ -5,6 +5,8 @@ Shapes: waveforms (B, T) at ``sr``; CQT shingles (B, S, F, T'); embeddings (B, S
 """
 
 import math
+from dataclasses import dataclass
+from typing import List
 
 import torch
 from torch import nn
@@ -12,13 +14,55 @@ from torch import nn
 from lib import tensor_ops
 from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock
 from lib.model_base import SegmentModel
+from lib.schema import MISSING, Cqt, ModelConfig, key
 
 LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
+
+
+@dataclass
+class ClewsCqt(Cqt):
+    pool: int = key(MISSING, "average pooling width (= stride) over CQT frames")
+
+
+@dataclass
+class Frontend:
+    cqtpow: float = key(0.5, "CQT magnitude compression exponent")
+    channels: List[int] = key(MISSING, "channels of the two front-end convolutions")
+
+
+@dataclass
+class Backbone:
+    blocks: List[int] = key(MISSING, "residual blocks per stage")
+    channels: List[int] = key(MISSING, "channels per stage")
+    down: List[int] = key(MISSING, "stride of each stage's first block")
+
+
+@dataclass
+class Redux:
+    pos: str = key("bpwr-5", "reduction of positive pairs' segment distances (and retrieval's)")
+    neg: str = key("min", "reduction of negative pairs' segment distances")
+
+
+@dataclass
+class Loss:
+    redux: Redux = key(Redux, "segment-distance reductions")
+    gamma: float = key(5.0, "uniformity temperature")
+    epsilon: float = key(1e-6, "epsilon in the uniformity log")
+
+
+@dataclass
+class ClewsConfig(ModelConfig):
+    cqt: ClewsCqt = key(ClewsCqt, "CQT front end")
+    frontend: Frontend = key(Frontend, "convolutional front end")
+    backbone: Backbone = key(Backbone, "IBN residual backbone")
+    zdim: int = key(MISSING, "embedding width")
+    loss: Loss = key(Loss, "the CLEWS loss")
 
 
 class Model(SegmentModel):
     """Shingles, CQT, ``forward`` and ``distances`` come from ``SegmentModel``: squared Euclidean
     segment distances / D, repeat padding, the loss's positive reduction for retrieval."""
+    Config = ClewsConfig
 
     segment_metric = "nsqeuc"
     frame_pad = "repeat"
@@ -45,7 +89,10 @@ class Model(SegmentModel):
                 cin = cout
         self.backbone = nn.Sequential(*blocks)
         self.pool = GeMPool()
-        self.embedding_dim = int(self.conf.zdim)
+        self.embedding_dim = self.conf.zdim
+        # the loss's reductions, parsed once (a wrong name fails here, not at the first batch)
+        self.redux_pos = tensor_ops.parse_redux(self.conf.loss.redux.pos)
+        self.redux_neg = tensor_ops.parse_redux(self.conf.loss.redux.neg)
         self.proj = nn.Sequential(
             nn.BatchNorm1d(cin), nn.Linear(cin, self.embedding_dim, bias=False)
         )
@@ -60,7 +107,7 @@ class Model(SegmentModel):
     @property
     def default_redux(self):
         """Retrieval reduction: the positive-pair reduction of the loss (bpwr-5)."""
-        return str(self.conf.loss.redux.pos)
+        return self.conf.loss.redux.pos
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
@@ -99,14 +146,14 @@ class Model(SegmentModel):
             labels[: max(2, int(0.01 * nb))] = -1
         conf = self.conf.loss
         dist = self.segment_distances(z, z)
-        dpos = tensor_ops.distance_tensor_redux(dist, conf.redux.pos)
-        dneg = tensor_ops.distance_tensor_redux(dist, conf.redux.neg)
+        dpos = tensor_ops.distance_tensor_redux(dist, self.redux_pos)
+        dneg = tensor_ops.distance_tensor_redux(dist, self.redux_neg)
         same = labels[:, None] == labels[None, :]
         positive = same & (ids[:, None] != ids[None, :])
         negative = ~same
 
         align = tensor_ops.mmean(dpos, ~positive, eps=1e-6)
-        gamma, epsilon = float(conf.gamma), float(conf.epsilon)
+        gamma, epsilon = conf.gamma, conf.epsilon
         if numerically_friendly:
             base = LOSS_FRIENDLY_BASE
             beta = 1 / (epsilon * math.exp(base))

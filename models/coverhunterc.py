@@ -9,12 +9,15 @@ Training shingles overlap by half: the default hop of ``prepare`` is ``shingling
 Shapes: waveforms (B, T); CQT shingles (B, S, 96, T'); embeddings (B, S, ncha).
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from lib import losses
 from lib.conformer import AttentiveStatisticsPooling, ConformerEncoder
 from lib.model_base import SegmentModel
+from lib.schema import MISSING, Mining, ModelConfig, PooledCqt, key
 
 CENTER_WEIGHT = 0.01
 TRIPLET_WEIGHT = 0.1
@@ -44,6 +47,18 @@ LEGACY_LAYER_PARTS = {
 }
 
 
+@dataclass
+class CoverHunterConfig(ModelConfig):
+    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    ncha: int = key(MISSING, "conformer width (embedding width)")
+    ncha_attn: int = key(MISSING, "conformer feed-forward units")
+    nblocks: int = key(MISSING, "conformer layers")
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
+    gamma: float = key(MISSING, "focal loss gamma")
+    margin: float = key(MISSING, "triplet margin")
+    mining: Mining = key(Mining, "triplet mining")
+
+
 class CenterLoss(nn.Module):
     """Holds the clique centres (maxcliques, dim), drawn from N(0, 1), as ``centers``."""
 
@@ -56,6 +71,7 @@ class CenterLoss(nn.Module):
 
 
 class Model(SegmentModel):
+    Config = CoverHunterConfig
     segment_metric = "cos"
     default_redux = "min"
     frame_pad = "repeat"
@@ -63,17 +79,17 @@ class Model(SegmentModel):
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        nbins = int(self.conf.cqt.noctaves) * int(self.conf.cqt.get("nbinsoct", 12))
-        dim = int(self.conf.ncha)
+        nbins = self.conf.cqt.noctaves * self.conf.cqt.nbinsoct
+        dim = self.conf.ncha
         self.embedding_dim = dim
         self.preproc = nn.BatchNorm1d(nbins)  # over the CQT bins
         self.backbone = ConformerEncoder(
-            nbins, dim, int(self.conf.ncha_attn), int(self.conf.nblocks)
+            nbins, dim, self.conf.ncha_attn, self.conf.nblocks
         )
         self.pool_layer = AttentiveStatisticsPooling(dim)
         self.bottleneck = nn.BatchNorm1d(dim)
         self.bottleneck.bias.requires_grad_(False)
-        self.maxcliques = int(self.conf.maxcliques)
+        self.maxcliques = self.conf.maxcliques
         self.ce_layer = nn.Linear(dim, self.maxcliques, bias=False)  # the clique classifier
         self.center_loss = CenterLoss(self.maxcliques, dim)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
@@ -98,7 +114,7 @@ class Model(SegmentModel):
         """Waveforms (B, T) -> CQT shingles (B, S, F, T'); the default hop is half the
         configured one (the original's training shingles)."""
         if shingle_hop is None:
-            shingle_hop = float(self.conf.shingling.hop) / 2
+            shingle_hop = self.conf.shingling.hop / 2
         return super().prepare(h, shingle_len=shingle_len, shingle_hop=shingle_hop)
 
     def embed(self, h):
@@ -117,11 +133,11 @@ class Model(SegmentModel):
         nb, ns, dim = z.shape
         labels, ids = labels.repeat_interleave(ns), ids.repeat_interleave(ns)
         f_i, f_t = z.reshape(nb * ns, dim), extra.reshape(nb * ns, dim)
-        focal = losses.focal_loss(self.ce_layer(f_i), labels, float(self.conf.gamma))
+        focal = losses.focal_loss(self.ce_layer(f_i), labels, self.conf.gamma)
         center = self.center_loss(f_t, labels)
         dist = losses.euclidean(f_t, f_t)
         triplet, d_pos, d_neg, valid = losses.triplet_loss(
-            dist, labels, ids, float(self.conf.margin), self.positives, self.negatives
+            dist, labels, ids, self.conf.margin, self.positives, self.negatives
         )
         total = focal + CENTER_WEIGHT * center + TRIPLET_WEIGHT * triplet
         logs = {

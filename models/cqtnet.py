@@ -4,26 +4,37 @@ softmax classifier over the training cliques; cosine retrieval distance, ``min``
 Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 """
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
 from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.losses import check_class_ids
 from lib.model_base import SegmentModel
+from lib.schema import MISSING, ModelConfig, PooledCqt, key
 
 WIDTH = 32  # channels of the first convolution
 
 
+@dataclass
+class CqtNetConfig(ModelConfig):
+    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    zdim: int = key(MISSING, "embedding width")
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
+
+
 class Model(SegmentModel):
+    Config = CqtNetConfig
     segment_metric = "cos"
     default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(WIDTH)
-        self.embedding_dim = int(self.conf.zdim)
+        self.embedding_dim = self.conf.zdim
         self.fc0 = nn.Linear(16 * WIDTH, self.embedding_dim)
-        self.maxcliques = int(self.conf.maxcliques)
+        self.maxcliques = self.conf.maxcliques
         self.fc1 = nn.Linear(self.embedding_dim, self.maxcliques)  # the clique classifier
 
     def embed(self, h):

@@ -5,6 +5,8 @@ spread-out regulariser; cosine retrieval distance, ``min`` reduction.
 Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,17 +14,29 @@ from torch import nn
 from lib import losses
 from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.model_base import SegmentModel
+from lib.schema import MISSING, Mining, ModelConfig, PooledCqt, key
+
+
+@dataclass
+class DviNetConfig(ModelConfig):
+    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    ncha_in: int = key(48, "channels of the first convolution")
+    zdim: int = key(MISSING, "embedding width")
+    margin: float = key(MISSING, "triplet margin")
+    lamb: float = key(MISSING, "weight of the spread-out regulariser")
+    mining: Mining = key(Mining, "triplet mining")
 
 
 class Model(SegmentModel):
+    Config = DviNetConfig
     segment_metric = "cos"
     default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        width = int(self.conf.get("ncha_in", 48))
+        width = self.conf.ncha_in
         self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
-        self.embedding_dim = int(self.conf.zdim)
+        self.embedding_dim = self.conf.zdim
         self.fc = nn.Linear(16 * width, self.embedding_dim)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
@@ -47,12 +61,12 @@ class Model(SegmentModel):
         flat = z.reshape(nb * ns, dim)
         dist = losses.euclidean(flat, flat).view(nb, ns, nb, ns).mean(dim=(1, 3))
         triplet, d_pos, d_neg, valid = losses.triplet_loss(
-            dist, labels, None, float(self.conf.margin), self.positives, self.negatives
+            dist, labels, None, self.conf.margin, self.positives, self.negatives
         )
         sim = (flat @ flat.T).view(nb, ns, nb, ns).mean(dim=(1, 3))
         negative = labels[:, None] != labels[None, :]
         reg = (sim.pow(2) * negative).sum() / (negative.sum() + 1e-6)
-        total = triplet + float(self.conf.lamb) * reg
+        total = triplet + self.conf.lamb * reg
         zero = torch.zeros((), device=z.device)
         logs = {
             "l_main": total.detach(),

@@ -54,3 +54,24 @@ def recipe_state_dict(state_dict):
         value = recipe_value(name, tensor)
         out[name] = tensor.clone() if value is None else value.to(tensor.dtype)
     return out
+
+
+def declared_only(model_conf):
+    """A model section (dict or DictConfig) without the keys its model does not declare: the
+    test models of tests/legacy were made from one shared section with keys of other models."""
+    from omegaconf import OmegaConf
+
+    from lib import registry
+    from lib.config import schema_keys
+
+    tree = OmegaConf.to_container(OmegaConf.create(model_conf))
+    keys = schema_keys(registry.model_class(tree["name"]).Config)
+
+    def keep(branch, prefix=""):
+        return {
+            k: keep(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in branch.items()
+            if prefix + k in keys
+        }
+
+    return keep(tree)

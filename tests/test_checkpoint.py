@@ -251,7 +251,7 @@ def legacy_weights(model, names):
 @pytest.mark.parametrize("name", golden_recipe.MODELS)
 def test_checkpoints_with_the_earlier_names_load_and_embed_alike(name):
     entry = LEGACY["models"][name]
-    model = build_model(OmegaConf.create(entry["conf"]), sr=16000)
+    model = build_model(golden_recipe.declared_only(entry["conf"]), sr=16000)
     old = legacy_weights(model, entry["names"])
     assert set(old) != set(model.state_dict())  # the names did change
     load_model_state(model, {"model": old})
@@ -264,7 +264,7 @@ def test_optimizer_state_of_the_earlier_names_follows_its_parameters():
     """CoverHunter-C's parameters came in another order under the earlier names: each Adam state
     must reach the parameter it belongs to, not the one now at its old position."""
     entry = LEGACY["models"]["coverhunterc"]
-    model = build_model(OmegaConf.create(entry["conf"]), sr=16000)
+    model = build_model(golden_recipe.declared_only(entry["conf"]), sr=16000)
     old_names = [n for n, _ in entry["names"]]
     state = {"model": legacy_weights(model, entry["names"]), "optim": entry["optim"]}
     load_model_state(model, state)

@@ -20,7 +20,7 @@ def test_overrides_are_yaml_typed_and_win():
     assert conf.training.batchsize == 10
     assert isinstance(conf.training.optim.lr, float) and conf.training.optim.lr == 2e-4
     assert conf.data.maxlen is None
-    assert conf.training.optim.sched == "None"  # as in the original: only null is None
+    assert conf.training.optim.sched == "None"  # a string key: only null is None
     assert conf.model.loss.redux.pos == "bpwr-3"
     assert conf.model.zdim == 2048  # untouched keys keep the YAML's values
 
@@ -71,7 +71,81 @@ def test_bad_yaml(tmp_path):
         load_config(["jobname=x", f"conf={tmp_path / 'list.yaml'}"])
 
 
-def test_values_cannot_run_code():
-    values = parse_overrides(["a=!!python/object/apply:os.system ['echo hi']", "b=${oc.env:HOME}"])
-    assert values["a"] == "!!python/object/apply:os.system ['echo hi']"  # safe_load refuses tags
-    assert isinstance(values["b"], str)
+def test_values_cannot_run_code_or_read_the_environment():
+    conf = load_config(
+        BASE
+        + ["jobname=!!python/object/apply:os.system ['echo hi']", "path.audio=${oc.env:HOME}"]
+    )
+    assert conf.jobname == "!!python/object/apply:os.system ['echo hi']"  # a string key: text
+    assert conf.path.audio == "${oc.env:HOME}"  # kept as written, not resolved
+
+
+def test_override_values_take_the_type_of_their_key():
+    conf = load_config(
+        [
+            "jobname=2024-01-01",  # YAML 1.1 would make it a date
+            "conf=config/shs-clews.yaml",
+            "fabric.precision=32",
+            "training.optim.sched=plateau_10",
+            "model.shingling.len=10",
+            "augmentations.timestretch.r=[0.5,2]",
+        ]
+    )
+    assert conf.jobname == "2024-01-01"
+    assert conf.fabric.precision == "32"
+    assert isinstance(conf.model.shingling.len, float) and conf.model.shingling.len == 10.0
+    assert list(conf.augmentations.timestretch.r) == [0.5, 2.0]
+    assert isinstance(parse_overrides(["a=1"])["a"], str)  # typed later, by the key's schema
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.batchsize=abc", r"^training.batchsize=abc: expected int$"),
+        ("training.batchsize=2.5", "training.batchsize=2.5: expected int"),
+        ("training.batchsize=true", "expected int"),
+        ("model.zdim=[1,2]", "model.zdim=.*: expected int"),
+        ("data.maxlen=long", "data.maxlen=long: expected float or null"),
+        ("model.loss.redux=min", "model.loss.redux is a section"),
+        ("model.zdm=3", "unknown config key 'model.zdm'; did you mean 'model.zdim'"),
+        ("augmentations.noise.p=0.5", "missing required config key 'augmentations.noise.snr'"),
+        ("model.name=cqtnet", "another model needs its own config file"),
+        ("logger=comet", "logger='comet' is not one of tensorboard, csv, wandb"),
+    ],
+)
+def test_wrong_override_values_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(BASE + [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("training:\n  batchsize: 25", "training:\n  batchsize: many"),
+         "x.yaml: training.batchsize: expected int, got 'many'"),
+        (("  zdim: 2048", "  zdims: 2048"), "x.yaml: unknown config key 'model.zdims'; did you "
+         "mean 'model.zdim'"),
+        (("  numepochs: 1000\n", ""), "x.yaml: missing required config key "
+         "'training.numepochs' \\(int\\)"),
+        (('name: "clews"', 'name: "clewz"'), "x.yaml: model.name='clewz': unknown model; "
+         "available: bytecover2x"),
+    ],
+)
+def test_config_files_are_checked_against_the_schema(tmp_path, edit, message):
+    text = open("config/shs-clews.yaml").read()
+    assert edit[0] in text
+    (tmp_path / "x.yaml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(ConfigError, match=message):
+        load_config(["jobname=x", f"conf={tmp_path / 'x.yaml'}"])
+
+
+def test_every_shipped_config_fits_the_schema():
+    import glob
+
+    from lib.config import load_run_config
+
+    for path in glob.glob("config/*.yaml"):
+        conf = load_run_config(path)
+        assert isinstance(conf.training.optim.lr, float), path
+        assert isinstance(conf.model.shingling.hop, float), path

@@ -1,8 +1,10 @@
 """The import graph of the project's own modules (lib/, models/ and the top-level scripts), read
-with Python's ast: no module imports one that imports it back, directly or through others."""
+with Python's ast: no module imports one that imports it back, directly or through others, and no
+module imports from a higher layer than its own (the layers of the README's layout section)."""
 
 import ast
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,3 +69,50 @@ def test_no_import_cycle():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def readme_layers():
+    """{module name: layer number} from the rows '| N name | `path`, ... | what |' of the
+    README's layout section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    layers = {}
+    for line in section.splitlines():
+        row = re.match(r"\| (\d+) [^|]*\| ([^|]+) \|", line)
+        if row is None:
+            continue
+        for path in re.findall(r"`([\w/]+)\.py`", row.group(2)):
+            name = path.replace("/", ".")
+            assert name not in layers, f"{path} is in two layers of the README"
+            layers[name] = int(row.group(1))
+    return layers
+
+
+def upward_imports(graph, layers):
+    """['a (layer 2) imports b (layer 3)', ...]: the imports that point up."""
+    return [
+        f"{module} (layer {layers[module]}) imports {other} (layer {layers[other]})"
+        for module in sorted(graph)
+        for other in sorted(graph[module])
+        if layers[other] > layers[module]
+    ]
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    modules = own_modules()
+    layers = readme_layers()
+    unplaced = sorted(set(modules) - set(layers))
+    assert not unplaced, f"modules without a layer in the README's layout: {unplaced}"
+    gone = sorted(set(layers) - set(modules))
+    assert not gone, f"the README's layout names modules that do not exist: {gone}"
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+    assert layers["lib.errors"] < layers["lib.config"] < layers["lib.model_base"] < layers["train"]
+    assert upward_imports(graph, layers) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    layers = {"lib.low": 1, "lib.high": 2}
+    assert upward_imports({"lib.low": {"lib.high"}, "lib.high": set()}, layers) == [
+        "lib.low (layer 1) imports lib.high (layer 2)"
+    ]
+    assert upward_imports({"lib.low": set(), "lib.high": {"lib.low"}}, layers) == []

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from lib import losses as L
 from lib import retrieval as R
 from lib import tensor_ops as T
+from tests import golden_recipe
 from models import bytecover2x, bytecover3x, coverhunterc, cqtnet, dvinetp
 
 SR = 16000
@@ -89,9 +90,11 @@ def tiny_conf(name, **extra):
     conf.name = name
     # the CQT of the 16 kHz models (the demo runs at 8 kHz with 6 octaves and shorter kernels)
     full_cqt = {"cqt": {"noctaves": 7, "fscale": 1.0}}
-    return OmegaConf.merge(
+    merged = OmegaConf.merge(
         conf, full_cqt, {"zdim": 16, "maxcliques": 10}, TINY.get(name, {}), extra
     )
+    # only the keys that the model's config declares (dvinetp's ncha_in is unknown elsewhere)
+    return golden_recipe.declared_only(merged)
 
 
 def small(module, **extra):

@@ -1,0 +1,353 @@
+"""The configuration schema: every key of a training config (``config/<dataset>-<model>.yaml``
+plus ``key=value`` overrides) and of ``test.py``'s arguments, with its type, default and meaning.
+
+The sections are dataclasses that OmegaConf turns into typed configs (``lib.config`` loads and
+checks them), so code reads ``conf.training.batchsize`` as an ``int`` without casting it. ``MISSING``
+marks a required key. Each model declares its own ``model`` section as ``Model.Config`` in
+``models/<name>.py``, built from the pieces defined here. Help texts come from the ``help`` of
+each field (``python train.py --help`` lists them).
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, List, Optional, Union
+
+from omegaconf import MISSING
+
+
+def key(default, help_text):
+    """A schema field: ``default`` (``MISSING`` = required; a list or dataclass is copied per
+    config) and the text ``--help`` shows for it."""
+    meta = {"help": help_text}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# choices of string keys (checked by lib.config when a config is loaded)
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+LOGGERS = ("tensorboard", "csv", "wandb")  # training logs; the fork's configs said "wandb"
+PAD_MODES = ("repeat", "zeros", "crazy")
+MONITOR_MODES = ("max", "min")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+###################################################################################################
+# training config sections
+
+
+@dataclass
+class PathConfig:
+    cache: str = key("cache/", "folder for caches (unused by training; kept from the original)")
+    logs: str = key("logs/", "logs root: checkpoints and logs go to <logs>/<jobname>/")
+    audio: str = key(MISSING, "audio root folder; metadata paths are relative to it")
+    meta: str = key(MISSING, "metadata file written by data_preproc.py")
+
+
+@dataclass
+class FabricConfig:
+    nnodes: int = key(1, "machines (Lightning Fabric num_nodes)")
+    ngpus: int = key(1, "processes per machine: GPUs, or CPU processes with accelerator=cpu")
+    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps")
+    precision: str = key("32", "Fabric precision: 32, bf16-mixed, 16-mixed, ...")
+
+
+@dataclass
+class DataConfig:
+    nworkers: int = key(0, "audio decoding processes (DataLoader workers)")
+    samplerate: int = key(16000, "sample rate (Hz) the audio is decoded and resampled to")
+    audiolen: float = key(MISSING, "seconds of audio per training / validation excerpt")
+    maxlen: Optional[float] = key(None, "seconds of a track an excerpt may start in (null: all)")
+    pad_mode: str = key("repeat", "padding of short excerpts: repeat, zeros or crazy")
+    n_per_class: int = key(MISSING, "versions per item: the anchor and n - 1 other versions")
+    p_samesong: float = key(0.0, "probability that the anchor may be its own other version")
+    path: Optional[PathConfig] = key(None, "copy of the top-level path section (as the original)")
+
+
+@dataclass
+class Augmentation:
+    p: float = key(MISSING, "probability per example (0: inactive)")
+
+
+@dataclass
+class RangeAugmentation(Augmentation):
+    r: List[float] = key(MISSING, "[low, high] range of the random factor")
+
+
+@dataclass
+class SpecAugment(Augmentation):
+    n: int = key(1, "up to n masks")
+    full: bool = key(True, "mask the union of frequency and time bands (false: intersection)")
+    f_pc: float = key(MISSING, "largest frequency band, fraction of the bins")
+    t_pc: float = key(MISSING, "largest time band, fraction of the frames")
+
+
+@dataclass
+class Stretch(RangeAugmentation):
+    pad_mode: str = key("repeat", "padding back to the length")
+    cut_mode: str = key("random", "cutting back to the length")
+
+
+@dataclass
+class PitchTranspose(Augmentation):
+    r: List[int] = key(MISSING, "[low, high] semitones")
+
+
+@dataclass
+class Noise(Augmentation):
+    snr: List[float] = key(MISSING, "[low, high] signal-to-noise ratio (dB)")
+
+
+@dataclass
+class ReqTime(Augmentation):
+    nfreqs: List[int] = key(MISSING, "[low, high] number of peaking filters")
+    gains: List[float] = key(MISSING, "[low, high] filter gain (dB)")
+    qrange: List[float] = key(MISSING, "[low, high] filter Q")
+
+
+@dataclass
+class Clipping(Augmentation):
+    max_qtl: float = key(MISSING, "largest fraction of the peak that is clipped off")
+    p_soft: float = key(MISSING, "probability of soft (tanh) rather than hard clipping")
+
+
+@dataclass
+class Length(Augmentation):
+    rmin: float = key(MISSING, "shortest kept fraction of the excerpt")
+
+
+@dataclass
+class ReqCqt(RangeAugmentation):
+    lpf: float = key(MISSING, "low-pass cut-off of the random gain walk over bins")
+
+
+@dataclass
+class AugmentationsConfig:
+    """Only the blocks present are active (those with p > 0); their order is random."""
+
+    polarity: Optional[Augmentation] = key(None, "flip the waveform's sign")
+    gain: Optional[RangeAugmentation] = key(None, "scale the waveform to a random peak")
+    noise: Optional[Noise] = key(None, "mix in noise at a random SNR")
+    reqtime: Optional[ReqTime] = key(None, "random peaking equalisation of the waveform")
+    clipping: Optional[Clipping] = key(None, "clip the waveform")
+    length: Optional[Length] = key(None, "keep a random-length part of the excerpt")
+    compexp: Optional[RangeAugmentation] = key(None, "compress / expand amplitudes")
+    specaugment: Optional[SpecAugment] = key(None, "mask CQT frequency and time bands")
+    timestretch: Optional[Stretch] = key(None, "stretch the CQT in time")
+    pitchstretch: Optional[Stretch] = key(None, "stretch the CQT over bins")
+    pitchtranspose: Optional[PitchTranspose] = key(None, "shift the CQT by semitones")
+    reqcqt: Optional[ReqCqt] = key(None, "random smooth gains over CQT bins")
+
+
+@dataclass
+class OptimConfig:
+    name: str = key("adam", "optimiser: adam, adamw or sgd")
+    lr: float = key(MISSING, "learning rate")
+    wd: float = key(0.0, "weight decay (adamw only)")
+    sched: Optional[str] = key("flat", "schedule: flat (or null), plateau_N, poly_P, warmpoly_W_P, "
+                                       "sd_D, wsd_W_D, cosine_W")
+    min_lr: float = key(0.0, "stop when the learning rate falls below it")
+
+
+@dataclass
+class MonitorConfig:
+    quantity: str = key("m_MAP", "validation value for the best checkpoint and plateaus "
+                                 "(m_MAP, m_MR1, m_ARP, m_COMP)")
+    mode: str = key("max", "max or min: which direction is better")
+
+
+@dataclass
+class TrainingConfig:
+    batchsize: int = key(MISSING, "anchors per process and step (x n_per_class versions)")
+    numepochs: int = key(MISSING, "epochs")
+    save_freq: Optional[int] = key(None, "also keep checkpoint_epochN.ckpt every N epochs")
+    optim: OptimConfig = key(OptimConfig, "optimiser and learning-rate schedule")
+    monitor: MonitorConfig = key(MonitorConfig, "what picks the best checkpoint")
+
+
+###################################################################################################
+# model sections: the pieces each models/<name>.py puts together as its Model.Config
+
+
+@dataclass
+class Shingling:
+    len: float = key(MISSING, "training shingle (segment) length, seconds")
+    hop: float = key(MISSING, "training shingle hop, seconds")
+
+
+@dataclass
+class Cqt:
+    hoplen: float = key(MISSING, "CQT hop, seconds")
+    noctaves: int = key(MISSING, "octaves")
+    nbinsoct: int = key(12, "bins per octave")
+    fscale: float = key(1.0, "filter scale (kernel length factor)")
+
+
+@dataclass
+class Pool:
+    len: int = key(MISSING, "average pooling width over CQT frames")
+    hop: int = key(MISSING, "average pooling stride over CQT frames")
+
+
+@dataclass
+class PooledCqt(Cqt):
+    pool: Pool = key(Pool, "average pooling over CQT frames")
+
+
+@dataclass
+class Mining:
+    positive: str = key("hard", "triplet positive mining: hard or random")
+    negative: str = key("hard", "triplet negative mining: hard, semihard or random")
+
+
+@dataclass
+class ModelConfig:
+    name: str = key(MISSING, "model: the module models/<name>.py")
+    shingling: Shingling = key(Shingling, "training shingles")
+
+
+@dataclass
+class ByteCoverConfig(ModelConfig):
+    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    ncha: int = key(MISSING, "CNN width")
+    zdim: int = key(MISSING, "embedding width")
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
+    smooth: float = key(MISSING, "label smoothing of the cross-entropy")
+    margin: float = key(MISSING, "triplet margin")
+    lamb: float = key(MISSING, "weight of the positive-distance / sub-centre regulariser")
+    mining: Mining = key(Mining, "triplet mining")
+
+
+###################################################################################################
+
+
+@dataclass
+class TrainConfig:
+    jobname: Optional[str] = key(None, "run name: logs go to <path.logs>/<jobname>/ (required)")
+    conf: Optional[str] = key(None, "the YAML config file (required)")
+    seed: int = key(43, "random seed")
+    checkpoint: Optional[str] = key(None, "checkpoint to resume from (default: the run's last)")
+    limit_batches: Optional[int] = key(None, "training batches per epoch at most")
+    limit_num: Optional[int] = key(None, "first N cliques of every partition")
+    logger: str = key("tensorboard", "training logs: tensorboard, csv or wandb")
+    path: PathConfig = key(PathConfig, "files")
+    fabric: FabricConfig = key(FabricConfig, "devices and processes")
+    data: DataConfig = key(DataConfig, "training data")
+    augmentations: AugmentationsConfig = key(AugmentationsConfig, "training augmentations")
+    model: Any = key(MISSING, "the model; its keys are those of models/<model.name>.py")
+    training: TrainingConfig = key(TrainingConfig, "optimisation")
+
+
+@dataclass
+class TestFabric:
+    nnodes: int = key(1, "machines")
+    ngpus: int = key(1, "processes per machine")
+    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps")
+
+
+Seconds = Optional[float]
+
+
+@dataclass
+class TestArgs:
+    checkpoint: Optional[str] = key(None, "the checkpoint to evaluate (required)")
+    conf: Optional[str] = key(None, "YAML of the model (default: configuration.yaml beside the "
+                                    "checkpoint, else the stored config)")
+    jobname: Optional[str] = key(None, "names the results folder (default test)")
+    fabric: TestFabric = key(TestFabric, "devices and processes")
+    path_audio: Optional[str] = key(None, "audio root (default: the config's path.audio)")
+    path_meta: Optional[str] = key(None, "metadata file (default: the config's path.meta)")
+    partition: str = key("test", "train, valid or test")
+    limit_num: Optional[int] = key(None, "first N cliques of the partition")
+    maxlen: float = key(600.0, "seconds of each track used")
+    redux: Optional[str] = key(None, "segment-distance reduction, e.g. bpwr-10 (null: the "
+                                     "model's)")
+    qslen: Union[Seconds, List[float]] = key(None, "query window length (s) or a list of "
+                                                   "lengths; null: training shingle; <= 0: "
+                                                   "whole track")
+    qshop: Seconds = key(5.0, "query window hop (s); null: training hop")
+    cslen: Seconds = key(None, "candidate window length (s); null: training shingle; <= 0: "
+                               "whole track")
+    cshop: Seconds = key(5.0, "candidate window hop (s); null: training hop")
+    qfilter: Optional[str] = key(None, "which tracks query, e.g. \"release_genres:Rock\"")
+    cfilter: Optional[str] = key(None, "which tracks are candidates")
+    cache_dir: str = key("cache/embeddings", "embedding cache folder")
+    out: Optional[str] = key(None, "results folder (default <checkpoint folder>/results/...)")
+    nworkers: Optional[int] = key(None, "audio decoding processes (default data.nworkers)")
+    max_elements: int = key(2**23, "segment pairs per distance block (memory bound)")
+    precision: str = key("32", "32; bf16 or 16: mixed precision, on a GPU only")
+    sweep_cfilters: Optional[str] = key(None, "fork_tags or a file of candidate filters: one "
+                                              "table of all")
+    sweep_metas: Union[Optional[str], List[str]] = key(None, "a glob or list of metadata "
+                                                             "files: one table of all")
+
+
+def fields(schema):
+    """[(name, type, default or MISSING, help)] of a schema dataclass."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for item in dataclasses.fields(schema):
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = MISSING
+        out.append((item.name, hints[item.name], default, item.metadata.get("help", "")))
+    return out
+
+
+def section_schema(annotation):
+    """The dataclass of a field type (also inside Optional[...]), else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) is Union:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
+def type_name(annotation):
+    """'int', 'float or null', 'list of float', ... for messages and --help."""
+    if annotation is Any:
+        return "any"
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        args = typing.get_args(annotation)
+        names = [type_name(a) for a in args if a is not type(None)]
+        text = " or ".join(dict.fromkeys(names))
+        return text + " or null" if type(None) in args else text
+    if origin in (list, List):
+        (inner,) = typing.get_args(annotation)
+        return f"list of {type_name(inner)}"
+    if dataclasses.is_dataclass(annotation):
+        return "section"
+    return annotation.__name__
+
+
+def help_rows(schema, prefix=""):
+    """[(dotted key, type name, default text, help)] of every key of ``schema``, depth first."""
+    rows = []
+    for name, annotation, default, text in fields(schema):
+        sub = section_schema(annotation)
+        if sub is not None:
+            if default is None:
+                rows.append((prefix + name, "section or null", "null", text))
+            rows += help_rows(sub, f"{prefix}{name}.")
+            continue
+        rows.append((prefix + name, type_name(annotation), default_text(default), text))
+    return rows
+
+
+def default_text(value):
+    if value is MISSING or value == MISSING:
+        return "required"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
