@@ -6,9 +6,10 @@
         --fn_in=data/audio_files/filename.mp3 --fn_out=cache/extracted_embeddings/filename.pt
 
 Folder mode walks ``--path_in`` recursively (wav, flac, ogg, mp3, mp4/m4a, webm/opus, aac) and
-writes ``--path_out/<relative path>.pt``, each a float32 tensor (windows, dim). Existing outputs
-are kept and skipped (an interrupted run continues) unless ``--overwrite``; nothing is deleted.
-Unreadable files are listed in ``--path_out/inference_failures.log``.
+writes ``--path_out/<relative path>.pt``, each a float32 tensor (windows, dim) (the original's
+format), then all of them as one embedding store in ``--path_out/store/`` (``lib/store.py``).
+Existing outputs are kept and skipped (an interrupted run continues) unless ``--overwrite``; nothing
+is deleted. Unreadable files are listed in ``--path_out/inference_failures.log``.
 
 Exit status: 0 every file embedded or already there, 1 some file failed or the checkpoint could
 not be used, 2 bad arguments, 130 interrupted (finished files are kept; run again to continue).
@@ -22,6 +23,7 @@ from lib import cli
 from lib.checkpoint import load_trained_model
 from lib.inference import (
     FAILURE_LOG,
+    STORE_DIR,
     InferenceError,
     embed_files,
     embed_into_folder,
@@ -127,6 +129,8 @@ def run(args):
         f"Done: {len(summary['done'])} embedded ({rate:.1f} s of audio per second), "
         f"{len(summary['skipped'])} already there (skipped), {len(summary['failed'])} failed"
     )
+    if out_folder is not None and summary["tracks"]:
+        print(f"All {len(summary['tracks'])} files' windows as one store: {out_folder}/{STORE_DIR}")
     if summary["failed"]:
         where = os.path.join(out_folder, FAILURE_LOG) if out_folder else "above"
         print(f"Failed files are listed in {where}", file=sys.stderr)

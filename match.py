@@ -25,6 +25,7 @@ from lib import catalogue as C
 from lib import cli
 from lib import inference as I
 from lib import retrieval as R
+from lib import store
 from lib import tensor_ops
 from lib.audio import AudioError, load_audio
 from lib.checkpoint import load_trained_model
@@ -50,7 +51,7 @@ def clock(seconds):
 
 
 def embed_audio_folder(args, folder):
-    """inference.py's folder mode into ``folder``: returns (tracks, failed)."""
+    """inference.py's folder mode into ``folder``: returns (its embedding store, failed)."""
     jobs, other = I.plan_folder(args.audio, folder)
     device = I.pick_device(args.device)
     model = load_model(args.checkpoint, args.conf, device)
@@ -69,18 +70,20 @@ def embed_audio_folder(args, folder):
         args.overwrite,
         extra_settings={"path_in": os.path.abspath(args.audio)},
     )
-    failed = {src for src, _ in summary["failed"]}
-    tracks = [
-        {"id": os.path.splitext(os.path.relpath(src, args.audio))[0], "source": src, "file": dst}
-        for src, dst in jobs
-        if src not in failed
-    ]
-    return tracks, summary["failed"]
+    if not summary["tracks"]:
+        raise C.CatalogueError("no track could be embedded; nothing to index")
+    return store.read(os.path.join(folder, I.STORE_DIR)), summary["failed"]
 
 
-def embeddings_folder_tracks(folder):
-    manifest = I.read_manifest(folder)
-    if manifest is None:
+def embeddings_folder_store(folder):
+    """The embedding store of an inference.py output folder (``<folder>/store``, or the folder
+    itself); one is collected from its ``.pt`` files when an earlier version wrote none."""
+    for candidate in (os.path.join(folder, I.STORE_DIR), folder):
+        found = store.read(candidate)
+        if found is not None:
+            return found
+    settings = I.read_manifest(folder)
+    if settings is None:
         raise UsageError(f"{folder}: no {I.MANIFEST} (embeddings must come from inference.py)")
     files = sorted(
         os.path.join(root, name)
@@ -94,17 +97,20 @@ def embeddings_folder_tracks(folder):
         {"id": os.path.splitext(os.path.relpath(f, folder))[0], "source": f, "file": f}
         for f in files
     ]
-    return tracks, manifest
+    print(f"Collect {len(files)} embedding files of {folder} into {folder}/{I.STORE_DIR}")
+    return store.read(I.collect_store(folder, tracks, settings))
 
 
-def read_embedding(path):
-    try:
-        z = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise C.CatalogueError(f"{path}: not a readable embedding file ({err})") from err
-    if not isinstance(z, torch.Tensor) or z.ndim != 2:
-        raise C.CatalogueError(f"{path}: expected a (windows, dim) tensor")
-    return z.float().numpy()
+CATALOGUE_SETTINGS = (
+    "checkpoint",
+    "checkpoint_sha256",
+    "model",
+    "samplerate",
+    "win_len",
+    "hop_size",
+    "metric",
+    "redux",
+)
 
 
 def cmd_index(args):
@@ -114,28 +120,12 @@ def cmd_index(args):
     if args.audio is not None:
         if not args.checkpoint:
             raise UsageError("--audio needs --checkpoint")
-        folder = os.path.join(args.out, "embeddings")
-        tracks, failed = embed_audio_folder(args, folder)
-        manifest = I.read_manifest(folder)
+        embeddings, failed = embed_audio_folder(args, os.path.join(args.out, "embeddings"))
     else:
-        tracks, manifest = embeddings_folder_tracks(args.embeddings)
-    if not tracks:
-        raise C.CatalogueError("no track could be embedded; nothing to index")
-    embeddings = [read_embedding(t["file"]) for t in tracks]
-    settings = {
-        k: manifest[k]
-        for k in (
-            "checkpoint",
-            "checkpoint_sha256",
-            "model",
-            "samplerate",
-            "win_len",
-            "hop_size",
-            "metric",
-            "redux",
-        )
-    }
-    print(f"Index {len(tracks)} tracks, {sum(len(e) for e in embeddings)} windows...")
+        embeddings = embeddings_folder_store(args.embeddings)
+    tracks = embeddings.manifest["tracks"]
+    settings = {k: embeddings.manifest["settings"][k] for k in CATALOGUE_SETTINGS}
+    print(f"Index {len(tracks)} tracks, {int((~embeddings.mask).sum())} windows...")
     C.build(args.out, tracks, embeddings, settings, kind=args.index, nlist=args.nlist)
     cat = C.load(args.out)
     print(
@@ -274,9 +264,10 @@ def cmd_mirex(args):
             print(f"error: {reason}", file=sys.stderr)
         print("no distance matrix written: every collection file must be embedded", file=sys.stderr)
         return 1
-    z, mask = C.stack_tracks([read_embedding(dst) for _, dst in jobs])
+    embedded = store.read(os.path.join(work, I.STORE_DIR))  # the collection, in its order
     ids = torch.arange(len(collection))
-    tracks = R.Embeddings(ids, ids, torch.from_numpy(z), torch.from_numpy(mask)).trimmed()
+    z, mask = torch.from_numpy(embedded.z), torch.from_numpy(embedded.mask)
+    tracks = R.Embeddings(ids, ids, z, mask).trimmed()
     redux = tensor_ops.parse_redux(args.redux or model.default_redux)  # once for every block
     bq, bc = R.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(collection))
     dist = torch.cat(

@@ -8,14 +8,14 @@
                                                                        # 30 s per query
     python test.py checkpoint=... qfilter="release_genres:Rock" cfilter="dvi:True"
 
-Arguments are ``key=value`` (``python test.py --help`` lists them; ``lib.schema.TestArgs``). Window lengths and hops are in seconds. As in the
-original, an unset length is the model's training shingle (20 s for CLEWS) and an unset hop is
-5 s, so the default evaluation of a 600 s track uses up to 117 windows; a length <= 0 means one
-embedding for the whole track (the hop is then ignored); hop=null takes the training hop. Embeddings
-are cached under ``cache_dir`` keyed by the checkpoint's content and the extraction settings, so
-evaluating again with another reduction or filter skips extraction. Results go to
-``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval name>/`` (or ``out=``):
-results.json, per_query.csv and, with several query lengths, map_vs_query_length.png.
+Arguments are ``key=value`` (``python test.py --help`` lists them; ``lib.schema.TestArgs``). Window
+lengths and hops are in seconds. As in the original, an unset length is the model's training shingle
+(20 s for CLEWS) and an unset hop is 5 s, so the default evaluation of a 600 s track uses up to 117
+windows; a length <= 0 means one embedding for the whole track (the hop is then ignored); hop=null
+takes the training hop. Embeddings are cached under ``cache_dir`` keyed by the checkpoint's content
+and the extraction settings, so evaluating again with another reduction or filter skips extraction.
+Results go to ``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval name>/`` (or
+``out=``): results.json, per_query.csv and, with several query lengths, map_vs_query_length.png.
 """
 
 import hashlib
@@ -93,6 +93,8 @@ def model_config(args, state):
         conf.path.audio = args.path_audio
     if args.path_meta:
         conf.path.meta = args.path_meta
+    for key in sorted(OmegaConf.missing_keys(conf.path)):
+        raise ConfigError(f"{source}: no path.{key} (give path_{key}=...)")
     conf.data.path = conf.path
     return conf, source
 

@@ -1,10 +1,11 @@
 """A catalogue of segment embeddings for "which tracks contain a version of this clip, and where".
 
-On disk (one folder): ``z.npy`` (N, S, D) float16 window embeddings of N tracks, ``mask.npy``
-(N, S) (True = padding), ``segments.faiss`` (a FAISS index over every valid window, as
-vectors whose inner product or L2 distance ranks like the model's segment distance) with
-``segments.npy`` (M, 2) = (track row, window) of each FAISS vector, and ``catalogue.json``
-(settings, track ids and sources), written last: a folder without it is not a catalogue.
+On disk (one folder): the tracks' window embeddings as an embedding store (``lib/store.py``:
+``z.npy`` (N, S, D) float16, ``mask.npy`` (N, S), True = padding, ``manifest.json``),
+``segments.faiss`` (a FAISS index over every valid window, as vectors whose inner product or L2
+distance ranks like the model's segment distance) with ``segments.npy`` (M, 2) = (track row,
+window) of each FAISS vector, and ``catalogue.json`` (settings, track ids and sources), written
+last: a folder without it is not a catalogue.
 
 Search, for a clip's window embeddings (Sq, D):
 1. approximate: the ``neighbours`` nearest catalogue windows of every clip window from FAISS;
@@ -25,7 +26,7 @@ import faiss
 import numpy as np
 import torch
 
-from lib import retrieval, tensor_ops
+from lib import retrieval, store, tensor_ops
 from lib.errors import RunError
 from lib.files import atomic_write
 
@@ -90,26 +91,11 @@ def make_index(vectors, metric, kind="auto", nlist=None, seed=0):
 ###################################################################################################
 
 
-def stack_tracks(embeddings):
-    """List of (S_i, D) arrays -> z (N, S, D) float16, mask (N, S)."""
-    if not embeddings:
-        raise CatalogueError("no track to put in the catalogue")
-    dims = {e.shape[1] for e in embeddings}
-    if len(dims) != 1:
-        raise CatalogueError(f"tracks have embeddings of different sizes: {sorted(dims)}")
-    smax, dim = max(e.shape[0] for e in embeddings), dims.pop()
-    z = np.zeros((len(embeddings), smax, dim), dtype=np.float16)
-    mask = np.ones((len(embeddings), smax), dtype=bool)
-    for i, e in enumerate(embeddings):
-        z[i, : e.shape[0]] = np.clip(e, -65504, 65504)
-        mask[i, : e.shape[0]] = False
-    return z, mask
-
-
 def build(folder, tracks, embeddings, settings, kind="auto", nlist=None):
     """Write a catalogue of ``tracks`` (list of dicts with at least ``id``) whose window
-    embeddings are ``embeddings`` (list of (S_i, D) arrays); ``settings`` holds at least
-    ``win_len``, ``hop_size`` (s), ``metric`` and ``redux``. Returns the folder."""
+    embeddings are ``embeddings``: a list of (S_i, D) arrays or an embedding store (e.g. the one
+    inference.py wrote) of these tracks in this order; ``settings`` holds at least ``win_len``,
+    ``hop_size`` (s), ``metric`` and ``redux``. Returns the folder."""
     for key in ("win_len", "hop_size", "metric", "redux"):
         if key not in settings:
             raise CatalogueError(f"catalogue settings lack {key!r}")
@@ -117,15 +103,23 @@ def build(folder, tracks, embeddings, settings, kind="auto", nlist=None):
     meta_path = os.path.join(folder, META_FILE)
     if os.path.isfile(meta_path):
         os.remove(meta_path)  # the folder is not a valid catalogue until rebuilt
-    z, mask = stack_tracks(embeddings)
+    try:
+        if isinstance(embeddings, store.Store):
+            z, mask = embeddings.z, embeddings.mask
+            if len(z) != len(tracks):
+                raise CatalogueError(f"{embeddings.folder}: {len(z)} tracks, not {len(tracks)}")
+        else:
+            z, mask = store.stack(embeddings)
+    except store.StoreError as err:
+        raise CatalogueError(str(err)) from err
     rows, cols = np.nonzero(~mask)
     segments = np.stack([rows, cols], 1).astype(np.int32)
     start = time.time()
     index = make_index(
         faiss_vectors(z[rows, cols], settings["metric"]), settings["metric"], kind, nlist
     )
-    for name, array in (("z.npy", z), ("mask.npy", mask), ("segments.npy", segments)):
-        atomic_write(os.path.join(folder, name), lambda h, a=array: np.save(h, a))
+    store.write(folder, z, mask, {"what": "catalogue", "settings": settings, "tracks": tracks})
+    atomic_write(os.path.join(folder, "segments.npy"), lambda h: np.save(h, segments))
     atomic_write(
         os.path.join(folder, INDEX_FILE), lambda h: h.write(faiss.serialize_index(index).tobytes())
     )
@@ -189,12 +183,13 @@ def load(folder, mmap=True):
     try:
         with open(meta_path, encoding="utf-8") as handle:
             meta = json.load(handle)
-        z = np.load(os.path.join(folder, "z.npy"), mmap_mode="r" if mmap else None)
-        mask = np.load(os.path.join(folder, "mask.npy"))
+        # a catalogue of this project's first version has the arrays but not the store manifest
+        kept = store.read(folder, mmap, None if store.read_manifest(folder) else {"arrays": []})
         segments = np.load(os.path.join(folder, "segments.npy"))
         index = faiss.read_index(os.path.join(folder, INDEX_FILE))
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, store.StoreError) as err:
         raise CatalogueError(f"{folder}: unreadable catalogue ({err})") from err
+    z, mask = kept.z, kept.mask
     if meta.get("version") != CATALOGUE_VERSION:
         raise CatalogueError(
             f"{folder}: catalogue version {meta.get('version')}, expected "

@@ -5,33 +5,29 @@ track (truncated to ``maxlen``); otherwise windows of ``slen`` every ``shop`` se
 ``1 + int((maxlen - slen) / shop)`` of them (in samples), the last one completed by repetition
 as the model does. Tracks with fewer windows are padded with masked zero rows.
 
-The cache is one folder per (checkpoint content, model config, window settings, maxlen, track
-list and audio files) under ``cache_dir``: ``z.npy`` (N, S, D) float16, ``mask.npy`` (N, S),
-``cliques.npy``, ``ids.npy`` and ``manifest.json``, written last, naming everything the key was
-made of. Extraction writes per-process shards that are flushed as it goes, so an interrupted
-run continues where it stopped; a cache is only read when its key matches exactly.
+The cache is one embedding store (``lib/store.py``) per (checkpoint content, model config, window
+settings, maxlen, track list and audio files) under ``cache_dir``, with the per-track arrays
+``cliques`` and ``ids`` and a manifest naming everything the key was made of. Extraction writes
+per-process shards that are flushed as it goes, so an interrupted run continues where it
+stopped; a cache is only read when its key matches exactly.
 """
 
-import errno
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib import tensor_ops
+from lib import store, tensor_ops
 from lib.audio import AudioError, load_audio
 from lib.errors import RunError
-from lib.files import atomic_write, write_failure
 from lib.metadata import RECHECK_HINT
 from lib.retrieval import Embeddings
 
-CACHE_VERSION = 1
-FP16_MAX = 65504.0
+CACHE_VERSION = 2  # 2: the embedding store's manifest (lib/store.py)
 FLUSH_EVERY_S = 30.0
 
 
@@ -186,94 +182,20 @@ def cache_key(parts):
 
 def load_store(folder, key):
     """The cached Embeddings in ``folder`` if it is complete and made for ``key``, else None."""
-    manifest_path = os.path.join(folder, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        return None
     try:
-        with open(manifest_path) as handle:
-            manifest = json.load(handle)
-    except (OSError, json.JSONDecodeError):
+        cached = store.read(folder)
+    except store.StoreError:
         return None
-    if manifest.get("key") != key or manifest.get("version") != CACHE_VERSION:
+    if cached is None or cached.manifest.get("key") != key:
         return None
-    arrays = {}
-    for name in ("cliques", "ids", "z", "mask"):
-        path = os.path.join(folder, f"{name}.npy")
-        try:
-            # copy-on-write map: the (large) embeddings are paged in as blocks need them
-            arrays[name] = np.load(path, mmap_mode="c" if name == "z" else None)
-        except (OSError, ValueError):
-            return None
+    if cached.manifest.get("cache_version") != CACHE_VERSION:
+        return None
     return Embeddings(
-        torch.from_numpy(arrays["cliques"]),
-        torch.from_numpy(arrays["ids"]),
-        torch.from_numpy(arrays["z"]),
-        torch.from_numpy(arrays["mask"]),
+        torch.from_numpy(cached.arrays["cliques"]),
+        torch.from_numpy(cached.arrays["ids"]),
+        torch.from_numpy(cached.z),
+        torch.from_numpy(cached.mask),
     )
-
-
-def _shard_dir(folder, rank, world):
-    return os.path.join(folder, f"shard-{rank}-of-{world}")
-
-
-def new_memmap(file, dtype, shape):
-    """A new ``.npy`` memory map at ``file`` whose disk blocks are reserved at once: a full disk
-    is a ``WriteError`` here rather than a SIGBUS (the process dying without a word) when the
-    map is written to later."""
-    try:
-        array = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
-    except OSError as err:
-        raise write_failure(file, err) from err
-    reserve_blocks(file)
-    return array
-
-
-def reserve_blocks(file):
-    """Allocate every disk block of ``file`` now (``WriteError`` when the disk is full)."""
-    if not hasattr(os, "posix_fallocate"):  # macOS: no way to reserve; keep the sparse file
-        return
-    try:
-        with open(file, "r+b") as handle:
-            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
-    except OSError as err:
-        # file systems that cannot reserve blocks (some network ones) keep the sparse file
-        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise write_failure(file, err) from err
-
-
-def _open_shard(path, nrows, nwin, dim):
-    """Memory-mapped shard arrays, reopened when an earlier run left them (resume)."""
-    os.makedirs(path, exist_ok=True)
-    files = {n: os.path.join(path, f"{n}.npy") for n in ("z", "mask", "done")}
-    shapes = {"z": (nrows, nwin, dim), "mask": (nrows, nwin), "done": (nrows,)}
-    dtypes = {"z": np.float16, "mask": np.bool_, "done": np.bool_}
-    out = {}
-    for name, file in files.items():
-        arr = None
-        if os.path.isfile(file):
-            try:
-                arr = np.lib.format.open_memmap(file, mode="r+")
-            except (OSError, ValueError):
-                arr = None
-            if arr is not None and (arr.shape != shapes[name] or arr.dtype != dtypes[name]):
-                arr = None
-            if arr is not None:  # a run stopped by a full disk may have left it sparse
-                reserve_blocks(file)
-        if arr is None:
-            arr = new_memmap(file, dtypes[name], shapes[name])
-            if name == "done":
-                arr[:] = False
-        out[name] = arr
-    if not out["done"].any():
-        out["mask"][:] = True
-    return out
-
-
-def _flush(shard):
-    # embeddings first, then the rows marked done: a crash in between only redoes work
-    shard["z"].flush()
-    shard["mask"].flush()
-    shard["done"].flush()
 
 
 def extract_shard(
@@ -290,7 +212,7 @@ def extract_shard(
     )
     rows = list(range(rank, len(keys), world))
     dim = model.embedding_dim
-    shard = _open_shard(_shard_dir(folder, rank, world), len(rows), nwin, dim)
+    shard = store.open_shard(folder, rank, world, len(rows), nwin, dim)
     local = {row: i for i, row in enumerate(rows)}
     todo = [row for row in rows if not shard["done"][local[row]]]
     if not todo:
@@ -328,7 +250,7 @@ def extract_shard(
                     f"{dataset.filename[key]}: out of memory while embedding "
                     f"({audio.numel() / dataset.samplerate:.0f} s of audio); lower maxlen"
                 ) from err
-            if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > FP16_MAX:
+            if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > store.FP16_MAX:
                 raise ExtractionError(
                     f"{dataset.filename[key]}: the model gave non-finite or fp16-overflowing "
                     "embeddings for this track"
@@ -339,10 +261,10 @@ def extract_shard(
             shard["done"][i] = True
             bar.update(1)
             if time.time() - last_flush > FLUSH_EVERY_S:
-                _flush(shard)
+                store.flush_shard(shard)
                 last_flush = time.time()
     finally:
-        _flush(shard)
+        store.flush_shard(shard)
         bar.close()
     if unreadable:
         raise ExtractionError(unreadable_message(unreadable))
@@ -360,46 +282,18 @@ def unreadable_message(errors, shown=5):
 
 
 def merge_shards(folder, key, keys, dataset, world, manifest_extra):
-    """Rank 0: interleave the shards into the store and write the manifest last."""
-    n = len(keys)
-    shards = [
-        {
-            k: np.load(os.path.join(_shard_dir(folder, r, world), f"{k}.npy"), mmap_mode="r")
-            for k in ("z", "mask", "done")
-        }
-        for r in range(world)
-    ]
-    for r, shard in enumerate(shards):
-        if not shard["done"].all():
-            raise ExtractionError(f"{folder}: shard {r} of {world} is incomplete")
-    nwin, dim = shards[0]["z"].shape[1:]
-    z = new_memmap(os.path.join(folder, "z.npy"), np.float16, (n, nwin, dim))
-    mask = np.zeros((n, nwin), dtype=np.bool_)
-    for r, shard in enumerate(shards):
-        z[r::world] = shard["z"]
-        mask[r::world] = shard["mask"]
-    z.flush()
-    del z
+    """Rank 0: the shards into the store, with the tracks' cliques and song ids."""
     cliques = np.array([dataset.clique_id[dataset.clique_of[k]] for k in keys], dtype=np.int64)
     ids = np.array([dataset.info[k]["id"] for k in keys], dtype=np.int64)
-    for name, array in (("mask", mask), ("cliques", cliques), ("ids", ids)):
-        path = os.path.join(folder, f"{name}.npy")
-        atomic_write(path, lambda handle, a=array: np.save(handle, a))
-    manifest = {
-        "version": CACHE_VERSION,
-        "key": key,
-        "tracks": n,
-        "windows": int(nwin),
-        "dim": int(dim),
-        **manifest_extra,
-    }
-    atomic_write(
-        os.path.join(folder, "manifest.json"),
-        lambda handle: json.dump(manifest, handle, indent=1, default=str),
-        text=True,
-    )
-    for r in range(world):
-        shutil.rmtree(_shard_dir(folder, r, world), ignore_errors=True)
+    try:
+        store.merge_shards(
+            folder,
+            world,
+            {"key": key, "cache_version": CACHE_VERSION, **manifest_extra},
+            {"cliques": cliques, "ids": ids},
+        )
+    except store.StoreError as err:
+        raise ExtractionError(str(err)) from err
 
 
 def embeddings_for(

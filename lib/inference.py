@@ -7,7 +7,9 @@ while the model runs in the main process; outputs are written atomically, so an 
 leaves only complete files and the next run skips them.
 
 A folder of outputs carries ``inference.json``: the checkpoint, its digest and the window
-settings the embeddings were made with (``match.py`` reads it to place windows in time).
+settings the embeddings were made with. After a folder run, ``<path_out>/store/`` holds every
+embedded file's windows as one embedding store (``lib/store.py``; tracks in input order, with
+these settings), which ``match.py index`` reads as it is.
 """
 
 import json
@@ -17,12 +19,14 @@ import time
 import torch
 from tqdm import tqdm
 
+from lib import store
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from lib.errors import UsageError
-from lib.files import atomic_torch_save, atomic_write
 from lib.extract import file_digest, unbatched, window_embeddings
+from lib.files import LoadError, atomic_torch_save, atomic_write, safe_torch_load
 
 MANIFEST = "inference.json"
+STORE_DIR = "store"  # under --path_out: the folder's embeddings as one embedding store
 FAILURE_LOG = "inference_failures.log"
 MANIFEST_VERSION = 1
 
@@ -220,7 +224,37 @@ def embed_into_folder(
     write_manifest(folder, settings)
     summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite)
     write_failure_log(os.path.join(folder, FAILURE_LOG), summary["failed"])
+    failed = {src for src, _ in summary["failed"]}
+    summary["tracks"] = [
+        {"id": os.path.splitext(os.path.relpath(dst, folder))[0], "source": src, "file": dst}
+        for src, dst in jobs
+        if src not in failed
+    ]
+    if summary["tracks"]:
+        collect_store(folder, summary["tracks"], settings)
     return summary
+
+
+def read_output(path):
+    """The (S, D) float32 array of an output file; ``store.StoreError`` naming it otherwise."""
+    try:
+        z = safe_torch_load(path, what="embedding file")
+    except LoadError as err:
+        raise store.StoreError(str(err)) from err
+    if not isinstance(z, torch.Tensor) or z.ndim != 2:
+        raise store.StoreError(f"{path}: expected a (windows, dim) tensor")
+    return z.float().numpy()
+
+
+def collect_store(folder, tracks, settings):
+    """The outputs of ``tracks`` ([{"id", "source", "file"}]) as the embedding store
+    ``folder/store``, with the run's settings; returns its folder."""
+    return store.write_files(
+        os.path.join(folder, STORE_DIR),
+        [t["file"] for t in tracks],
+        read_output,
+        {"what": "inference.py outputs", "settings": settings, "tracks": tracks},
+    )
 
 
 def write_failure_log(path, failed):

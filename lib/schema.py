@@ -2,10 +2,10 @@
 plus ``key=value`` overrides) and of ``test.py``'s arguments, with its type, default and meaning.
 
 The sections are dataclasses that OmegaConf turns into typed configs (``lib.config`` loads and
-checks them), so code reads ``conf.training.batchsize`` as an ``int`` without casting it. ``MISSING``
-marks a required key. Each model declares its own ``model`` section as ``Model.Config`` in
-``models/<name>.py``, built from the pieces defined here. Help texts come from the ``help`` of
-each field (``python train.py --help`` lists them).
+checks them), so code reads ``conf.training.batchsize`` as an ``int`` without casting it.
+``MISSING`` marks a required key. Each model declares its own ``model`` section as
+``Model.Config`` in ``models/<name>.py``, built from the pieces defined here. Help texts come from
+the ``help`` of each field (``python train.py --help`` lists them).
 """
 
 import dataclasses

@@ -85,6 +85,34 @@ def write_tracks(folder, embeddings, manifest, arrays=None):
     return write(folder, z, mask, manifest, arrays)
 
 
+def write_files(folder, files, load, manifest, progress=None):
+    """A store of the (S_i, D) arrays that ``load(file)`` gives for each of ``files``, in that
+    order, written row by row into a memory map (two passes: shapes, then rows), so that a
+    collection larger than memory can be stored. Returns the folder."""
+    if not files:
+        raise StoreError(f"{folder}: no embedding to put in the store")
+    shapes = [load(f).shape for f in files]
+    dims = {shape[1] for shape in shapes}
+    if len(dims) != 1:
+        raise StoreError(f"{folder}: embeddings of different sizes {sorted(dims)} in one store")
+    os.makedirs(folder, exist_ok=True)
+    invalidate(folder)
+    shape = (len(files), max(s[0] for s in shapes), dims.pop())
+    z = new_memmap(os.path.join(folder, "z.npy"), np.float16, shape)
+    mask = np.ones(shape[:2], dtype=bool)
+    rows = enumerate(files) if progress is None else progress(enumerate(files))
+    for i, file in rows:
+        e = load(file)
+        z[i, : len(e)] = np.clip(e, -FP16_MAX, FP16_MAX)
+        z[i, len(e) :] = 0
+        mask[i, : len(e)] = False
+    z.flush()
+    del z
+    atomic_write(os.path.join(folder, "mask.npy"), lambda h: np.save(h, mask))
+    write_manifest(folder, shape, [], manifest)
+    return folder
+
+
 def invalidate(folder):
     """The folder is not a store until its manifest is written again."""
     path = os.path.join(folder, MANIFEST)

@@ -282,7 +282,8 @@ class Reduction(NamedTuple):
     n: Optional[int]
 
     def __str__(self):
-        return ("s" if self.symmetric else "") + self.base + ("" if self.n is None else f"-{self.n}")
+        suffix = "" if self.n is None else f"-{self.n}"
+        return ("s" if self.symmetric else "") + self.base + suffix
 
 
 def parse_redux(redux):

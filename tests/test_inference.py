@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import inference
-from lib import extract, synth
+from lib import extract, store, synth
 from lib.audio import load_audio, write_audio
 from lib.checkpoint import save_checkpoint
 from models.clews import Model
@@ -100,6 +100,13 @@ def test_folder_with_good_corrupt_empty_and_non_audio_files(
     manifest = json.loads((out / "inference.json").read_text())
     assert (manifest["win_len"], manifest["hop_size"], manifest["samplerate"]) == (2.0, 1.0, SR)
     assert manifest["metric"] == "nsqeuc" and manifest["redux"] == "bpwr-5"
+    # the same windows as one embedding store, in input order, with the settings
+    collected = store.read(out / "store")
+    assert [t["id"] for t in collected.manifest["tracks"]] == ["a", "sub/b", "sub/deeper/c"]
+    assert collected.manifest["settings"]["win_len"] == 2.0 and collected.z.shape[1:] == (4, 24)
+    lengths = [torch.load(out / f"{n}.pt", weights_only=True).shape[0] for n in ("a", "sub/b")]
+    assert (~collected.mask).sum(1).tolist() == lengths + [1]
+    assert torch.allclose(torch.from_numpy(collected.z[0].astype("float32")), z, atol=2e-3)
 
     # a second run keeps what is there and only retries the failures
     before = (out / "a.pt").stat().st_mtime_ns

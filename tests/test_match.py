@@ -3,6 +3,8 @@ comes from (track and time range), the two-stage search agrees with brute force,
 from inference.py outputs, bad clips and checkpoints, and the MIREX distance matrix."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -126,6 +128,16 @@ def test_catalogue_from_inference_outputs_and_bad_inputs(setup, tmp_path, capsys
     assert match.main(["index", f"--embeddings={emb}", f"--out={cat2}"]) == 0
     a, b = C.load(str(cat)), C.load(str(cat2))
     assert np.array_equal(np.asarray(a.z), np.asarray(b.z)) and b.info["kind"] == "IndexFlatL2"
+    assert [t["id"] for t in a.tracks] == [t["id"] for t in b.tracks]
+    # a folder of .pt outputs from before the store (no store/): collected, then indexed alike
+    shutil.rmtree(emb / "store")
+    cat4 = tmp_path / "cat4"
+    assert match.main(["index", f"--embeddings={emb}", f"--out={cat4}"]) == 0
+    assert np.array_equal(np.asarray(C.load(str(cat4)).z), np.asarray(b.z))
+    assert (emb / "store" / "manifest.json").is_file()
+    # a catalogue of the first version (no store manifest) is still read
+    os.remove(cat4 / "manifest.json")
+    assert np.array_equal(np.asarray(C.load(str(cat4)).z), np.asarray(b.z))
     # a corrupt clip is reported, the good one still answered, exit status 1
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"\x00" * 3000)
