@@ -19,7 +19,6 @@ Results go to ``<checkpoint folder>/results/<jobname>/<redux and windows>/<eval 
 """
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -214,16 +213,16 @@ def main(argv):
     redux = retrieval.default_redux(model) if args.redux is None else args.redux
     maxlen = args.maxlen
     try:
-        candidate_settings = settings_for(model, args.cslen, args.cshop, maxlen)
-        query_settings = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
+        candidate_windows = settings_for(model, args.cslen, args.cshop, maxlen)
+        query_windows = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    windows = run_name(redux, query_settings, candidate_settings)
+    folder_name = run_name(redux, query_windows, candidate_windows)
     base = args.out or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)),
         "results",
         args.jobname or "test",
-        windows,
+        folder_name,
     )
     meta_files, cfilters, what = sweep_items(args)
     rows = []
@@ -244,8 +243,8 @@ def main(argv):
                     partition,
                     (qsel, csel, cfilter),
                     redux,
-                    query_settings,
-                    candidate_settings,
+                    query_windows,
+                    candidate_windows,
                     name,
                 )
             except FilterError as err:
@@ -331,37 +330,37 @@ class Partition:
         self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
 
-    def embeddings(self, settings):
-        key = json.dumps(settings, sort_keys=True)
-        if key not in self.loaded:
+    def embeddings(self, windows):
+        """The partition's embeddings with the ``extract.Windows`` ``windows``."""
+        if windows not in self.loaded:
             with self.fabric.autocast():
-                self.loaded[key] = embeddings_for(
+                self.loaded[windows] = embeddings_for(
                     self.model,
                     self.dataset,
                     self.keys,
-                    settings,
+                    windows,
                     self.key_parts,
                     self.args.cache_dir,
                     self.fabric,
                     nworkers=self.nworkers,
                     printer=self.fabric.print,
                 )
-        return self.loaded[key]
+        return self.loaded[windows]
 
 
 def evaluate(
-    args, model, fabric, partition, selection, redux, query_settings, candidate_settings, name
+    args, model, fabric, partition, selection, redux, query_windows, candidate_windows, name
 ):
     """One evaluation per query window setting of the selected queries against the selected
     candidates (``selection`` = (query bool array, candidate bool array, candidate filter text),
     None = all); printed, and returned as a list of runs."""
     qsel, csel, cfilter = selection
-    candidates = partition.embeddings(candidate_settings)
+    candidates = partition.embeddings(candidate_windows)
     if csel is not None:
         candidates = candidates.subset(torch.from_numpy(csel))
     runs = []
-    for settings in query_settings:
-        queries = partition.embeddings(settings)
+    for windows in query_windows:
+        queries = partition.embeddings(windows)
         if qsel is not None:
             queries = queries.subset(torch.from_numpy(qsel))
         if len(queries) == 0 or len(candidates) == 0:
@@ -387,15 +386,15 @@ def evaluate(
         summary = metrics.aggregate(per_query)
         summary["n_candidates"] = len(candidates)
         what = (
-            f"queries: {describe_windows(settings)}; "
-            f"candidates: {describe_windows(candidate_settings)}"
+            f"queries: {describe_windows(windows)}; "
+            f"candidates: {describe_windows(candidate_windows)}"
         )
         title = f"Result {name} ({what}; redux {redux}; {time.time() - start:.1f} s)"
         fabric.print(report.result_block(title, summary))
         runs.append(
             {
-                "query": settings,
-                "candidate": candidate_settings,
+                "query": windows.as_dict(),
+                "candidate": candidate_windows.as_dict(),
                 "redux": redux,
                 "summary": summary,
                 "per_query": per_query,
@@ -409,14 +408,14 @@ def evaluate(
     return runs
 
 
-def run_name(redux, query_settings, candidate_settings):
+def run_name(redux, query_windows, candidate_windows):
     """Folder name of an evaluation's settings, e.g. 'bpwr-10_q20s5_c20s5' or 'min_qfull_cfull'."""
 
-    def windows(settings):
-        return "full" if settings["slen"] <= 0 else f"{settings['slen']:g}s{settings['shop']:g}"
+    def name(windows):
+        return "full" if windows.slen <= 0 else f"{windows.slen:g}s{windows.shop:g}"
 
-    queries = "+".join(windows(s) for s in query_settings)
-    return f"{redux}_q{queries}_c{windows(candidate_settings)}"
+    queries = "+".join(name(w) for w in query_windows)
+    return f"{redux}_q{queries}_c{name(candidate_windows)}"
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def _check_known(data, known, prefix, source):
 
 def _type_error(err, known, prefix, source):
     key = prefix + str(err.full_key or "")
-    value = getattr(err, "value", None)
+    value = err.value
     return ConfigError(
         f"{_where(source)}{key}: expected {_expected(key, known)}, got {value!r}"
         if key in known or key.split("[")[0] in known

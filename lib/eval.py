@@ -38,8 +38,8 @@ def compute(
     computed by the retrieval engine (``lib.retrieval``).
 
     Args:
-        model: a model of ``models/`` (its ``segment_metric`` selects the matrix-product path,
-            otherwise its ``distances(q, c, qmask, cmask, redux_strategy)`` is used).
+        model: a model of ``models/`` (a ``lib.model_base.SegmentModel``: its
+            ``segment_metric`` and ``default_redux`` are used).
         queries_c / candidates_c: clique ids (Q,) / (C,); relevant = same clique.
         queries_i / candidates_i: song ids; a candidate with the query's song id is excluded.
         queries_z / candidates_z: segment embeddings (Q, Sq, D) / (C, Sc, D), on the device
@@ -50,24 +50,19 @@ def compute(
 
     Returns (AP, R1, ARP) float64 tensors of shape (Q,); NaN for a query with no relevant one.
     """
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    # the engine only reads the model's segment metric and reduction: it runs no layer, so the
+    # model's train / eval mode is left as it is
     queries = retrieval.Embeddings(queries_c.cpu(), queries_i.cpu(), queries_z, queries_m)
     candidates = retrieval.Embeddings(
         candidates_c.cpu(), candidates_i.cpu(), candidates_z, candidates_m
     )
-    try:
-        _, per_query, _, _ = retrieval.evaluate(
-            model,
-            queries,
-            candidates,
-            redux=redux_strategy,
-            device=queries_z.device,
-            ks=(),
-            max_candidates=batch_size_candidates,
-        )
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
+    _, per_query, _, _ = retrieval.evaluate(
+        model,
+        queries,
+        candidates,
+        redux=redux_strategy,
+        device=queries_z.device,
+        ks=(),
+        max_candidates=batch_size_candidates,
+    )
     return per_query["AP"], per_query["R1"], per_query["ARP"]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -40,14 +41,30 @@ class ExtractionError(RunError):
 ###################################################################################################
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Where a track's embeddings come from: windows of ``slen`` seconds every ``shop`` seconds
+    (0, 0: one embedding of the whole track) over its first ``maxlen`` seconds, at most ``nwin``
+    of them, at ``sr`` Hz. ``as_dict()`` is what caches and results.json record."""
+
+    slen: float
+    shop: float
+    maxlen: float
+    nwin: int
+    sr: int
+
+    def as_dict(self):
+        return asdict(self)
+
+
 def resolve_windows(model, slen=None, shop=None):
     """(length, hop) in seconds; None takes the model's training value; a length <= 0 means the
     whole track and returns (0.0, 0.0)."""
     model_len, model_hop = model.get_shingle_params()
-    slen = model_len if slen is None else float(slen)
+    slen = model_len if slen is None else slen
     if slen <= 0:
         return 0.0, 0.0
-    shop = model_hop if shop is None else float(shop)
+    shop = model_hop if shop is None else shop
     if shop <= 0:
         raise ValueError(f"window hop must be > 0 s when the window length is {slen:g} s")
     return slen, shop
@@ -199,17 +216,12 @@ def load_store(folder, key):
 
 
 def extract_shard(
-    model, dataset, keys, folder, rank, world, settings, device, nworkers=0, printer=None
+    model, dataset, keys, folder, rank, world, windows, device, nworkers=0, printer=None
 ):
     """Embed this process's rows (rank, rank + world, ...) of ``keys`` into its shard of
     ``folder``, skipping rows an interrupted run already finished. Every unreadable track is
     listed in one ExtractionError at the end."""
-    slen, shop, maxlen, nwin = (
-        settings["slen"],
-        settings["shop"],
-        settings["maxlen"],
-        settings["nwin"],
-    )
+    slen, shop, maxlen, nwin = windows.slen, windows.shop, windows.maxlen, windows.nwin
     rows = list(range(rank, len(keys), world))
     dim = model.embedding_dim
     shard = store.open_shard(folder, rank, world, len(rows), nwin, dim)
@@ -297,17 +309,17 @@ def merge_shards(folder, key, keys, dataset, world, manifest_extra):
 
 
 def embeddings_for(
-    model, dataset, keys, settings, key_parts, cache_dir, fabric, nworkers=0, printer=print
+    model, dataset, keys, windows, key_parts, cache_dir, fabric, nworkers=0, printer=print
 ):
-    """Embeddings of ``keys`` with the window ``settings``, from the cache when it holds exactly
-    these (checkpoint, settings, tracks), else extracted by all processes and cached."""
-    key = cache_key({**key_parts, **settings, "cache_version": CACHE_VERSION})
+    """Embeddings of ``keys`` with the ``Windows`` ``windows``, from the cache when it holds
+    exactly these (checkpoint, windows, tracks), else extracted by all processes and cached."""
+    key = cache_key({**key_parts, **windows.as_dict(), "cache_version": CACHE_VERSION})
     folder = os.path.join(cache_dir, key[:24])
-    store = load_store(folder, key)
-    what = describe_windows(settings)
-    if store is not None:
+    cached = load_store(folder, key)
+    what = describe_windows(windows)
+    if cached is not None:
         printer(f"Embeddings ({what}): {len(keys):,} tracks from the cache {folder}")
-        return store
+        return cached
     printer(f"Embeddings ({what}): extracting {len(keys):,} tracks into {folder}")
     os.makedirs(folder, exist_ok=True)
     start = time.time()
@@ -318,44 +330,34 @@ def embeddings_for(
         folder,
         fabric.global_rank,
         fabric.world_size,
-        settings,
+        windows,
         fabric.device,
         nworkers,
         printer,
     )
     fabric.barrier()
     if fabric.is_global_zero:
-        merge_shards(
-            folder,
-            key,
-            keys,
-            dataset,
-            fabric.world_size,
-            {"settings": settings, "parts": key_parts},
-        )
+        manifest = {"settings": windows.as_dict(), "parts": key_parts}
+        merge_shards(folder, key, keys, dataset, fabric.world_size, manifest)
     fabric.barrier()
-    store = load_store(folder, key)
-    if store is None:
+    cached = load_store(folder, key)
+    if cached is None:
         raise ExtractionError(f"{folder}: the embeddings cache could not be written or read")
     printer(f"  done in {time.time() - start:.0f} s")
-    return store
+    return cached
 
 
-def describe_windows(settings):
+def describe_windows(windows):
     """'20 s / 5 s hop, <= 117 windows' or 'whole track (first 600 s)'."""
-    if settings["slen"] <= 0:
-        return f"whole track (first {settings['maxlen']:g} s)"
-    return f"{settings['slen']:g} s / {settings['shop']:g} s hop, <= {settings['nwin']} windows"
+    if windows.slen <= 0:
+        return f"whole track (first {windows.maxlen:g} s)"
+    return f"{windows.slen:g} s / {windows.shop:g} s hop, <= {windows.nwin} windows"
 
 
 def settings_for(model, slen, shop, maxlen):
+    """The ``Windows`` of a length and hop in seconds (None: the model's training values; a
+    length <= 0: the whole track) over ``maxlen`` seconds."""
     slen, shop = resolve_windows(model, slen, shop)
     if maxlen is None or maxlen <= 0:
         raise ValueError(f"maxlen must be > 0 seconds, got {maxlen}")
-    return {
-        "slen": slen,
-        "shop": shop,
-        "maxlen": float(maxlen),
-        "nwin": window_count(maxlen, slen, shop, model.sr),
-        "sr": int(model.sr),
-    }
+    return Windows(slen, shop, maxlen, window_count(maxlen, slen, shop, model.sr), model.sr)

@@ -7,6 +7,7 @@ call, an arbitrary class) is refused with the caller's error before anything run
 """
 
 import glob
+import json
 import os
 import pickle
 import pickletools
@@ -183,6 +184,18 @@ def safe_torch_load(path, map_location="cpu", error=None, what="file"):
         raise error(
             f"{path}: not a readable {what} (corrupt or not a torch file; {detail})"
         ) from err
+
+
+def read_json(path, error=None):
+    """The JSON value in ``path``, or None when there is no such file; ``error`` (default
+    ``LoadError``) naming the file when it cannot be read or parsed."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise (error or LoadError)(f"{path}: unreadable ({err})") from err
 
 
 def _offending_global(err):

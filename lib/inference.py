@@ -23,7 +23,7 @@ from lib import store
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from lib.errors import UsageError
 from lib.extract import file_digest, unbatched, window_embeddings
-from lib.files import LoadError, atomic_torch_save, atomic_write, safe_torch_load
+from lib.files import LoadError, atomic_torch_save, atomic_write, read_json, safe_torch_load
 
 MANIFEST = "inference.json"
 STORE_DIR = "store"  # under --path_out: the folder's embeddings as one embedding store
@@ -115,14 +115,8 @@ SAME_SETTINGS_KEYS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size")
 
 
 def read_manifest(folder):
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as err:
-        raise InferenceError(f"{path}: unreadable ({err})") from err
+    """The settings in ``folder/inference.json`` (None when there is none)."""
+    return read_json(os.path.join(folder, MANIFEST), InferenceError)
 
 
 def check_manifest(folder, settings, overwrite):

@@ -8,8 +8,6 @@ import torch
 from nnAudio.features import CQT1992v2
 from torch import nn
 
-from lib import tensor_ops
-
 CQT_FMIN = 32.70  # Hz, C1
 
 
@@ -35,19 +33,6 @@ def make_cqt(sr, hoplen, noctaves, nbinsoct=12, fscale=1.0):
         output_format="Magnitude",
         verbose=False,
     )
-
-
-def cqt_shingles(h, sr, slen, shop, minlen, cqt, pool, frame_pad="repeat", min_pad="repeat"):
-    """Waveforms (B, T) -> CQT shingles (B, S, F, T').
-
-    Shingles of ``slen`` seconds every ``shop`` seconds (the last one completed with
-    ``frame_pad``), each at least ``minlen`` seconds long (completed with ``min_pad``), then the
-    CQT and the time pooling ``pool``."""
-    h = tensor_ops.get_frames(h, int(sr * slen), int(sr * shop), pad_mode=frame_pad)
-    h = tensor_ops.force_length(h, int(sr * minlen), dim=-1, pad_mode=min_pad, allow_longer=True)
-    nb, ns, nt = h.shape
-    h = pool(cqt(h.reshape(nb * ns, nt)))
-    return h.view(nb, ns, h.size(-2), h.size(-1))
 
 
 class CQTPrepare(nn.Module):

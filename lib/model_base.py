@@ -15,7 +15,6 @@ from lib import config, registry, schema, tensor_ops
 from lib.layers import (
     bytecover_frontend,
     bytecover_resblocks,
-    cqt_shingles,
     make_cqt,
     max_abs_normalise,
 )
@@ -85,21 +84,21 @@ class SegmentModel(nn.Module, abc.ABC):
         return self.conf.shingling.len, self.conf.shingling.hop
 
     def prepare(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training."""
+        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training.
+
+        Shingles of the length every hop (the last one completed with ``frame_pad``), each at
+        least the training length (completed with ``min_pad``), then the CQT and its pooling."""
         slen, shop = self.get_shingle_params()
-        slen = slen if shingle_len is None else float(shingle_len)
-        shop = shop if shingle_hop is None else float(shingle_hop)
-        return cqt_shingles(
-            h,
-            self.sr,
-            slen,
-            shop,
-            self.minlen,
-            self.cqt,
-            self.cqtpool,
-            self.frame_pad,
-            self.min_pad,
+        slen = slen if shingle_len is None else shingle_len
+        shop = shop if shingle_hop is None else shingle_hop
+        sr = self.sr
+        h = tensor_ops.get_frames(h, int(sr * slen), int(sr * shop), pad_mode=self.frame_pad)
+        h = tensor_ops.force_length(
+            h, int(sr * self.minlen), dim=-1, pad_mode=self.min_pad, allow_longer=True
         )
+        nb, ns, nt = h.shape
+        h = self.cqtpool(self.cqt(h.reshape(nb * ns, nt)))
+        return h.view(nb, ns, h.size(-2), h.size(-1))
 
     def forward(self, h, shingle_len=None, shingle_hop=None):
         """Waveforms (B, T) -> embeddings (B, S, D)."""
@@ -168,8 +167,7 @@ def build_model(conf, sr=16000):
     """``models/<conf.name>.py``'s ``Model(conf, sr)``; ``conf`` is a config's ``model`` section
     (typed or not). An unknown name is a ``registry.UnknownModel`` (a ValueError) listing the
     available ones, a config that does not fit the model's schema a ``config.ConfigError``."""
-    name = conf.get("name") if hasattr(conf, "get") else None
-    model = registry.model_class(name)(conf, sr=sr)
+    model = registry.model_class(conf.get("name"))(conf, sr=sr)
     check_interface(model)
     return model
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lib.errors import RunError
-from lib.files import atomic_write, write_failure
+from lib.files import atomic_write, read_json, write_failure
 
 FORMAT = "clews-embedding-store"
 VERSION = 1
@@ -246,15 +246,10 @@ def merge_shards(folder, world, manifest, arrays=None):
 
 def read_manifest(folder):
     """The manifest of the store in ``folder``, or None when there is no (complete) store."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
+    manifest = read_json(os.path.join(folder, MANIFEST), StoreError)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise StoreError(f"{path}: unreadable ({err})") from err
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("version") != VERSION:
         return None
     return manifest
 

@@ -224,12 +224,12 @@ def test_default_windows_are_the_originals_20_s_every_5_s():
     assert model.get_shingle_params() == (20.0, 20.0)
     for slen, shop in ((args.qslen, args.qshop), (args.cslen, args.cshop)):
         settings = settings_for(model, slen, shop, args.maxlen)
-        assert (settings["slen"], settings["shop"], settings["nwin"]) == (20.0, 5.0, 117)
+        assert (settings.slen, settings.shop, settings.nwin) == (20.0, 5.0, 117)
         assert describe_windows(settings) == "20 s / 5 s hop, <= 117 windows"
     # the training hop is still there on request, and whole tracks
     args = script.parse_args(["checkpoint=x.ckpt", "qshop=null", "cslen=-1"])
-    assert settings_for(model, args.qslen, args.qshop, args.maxlen)["shop"] == 20.0
-    assert settings_for(model, args.cslen, args.cshop, args.maxlen)["slen"] == 0.0
+    assert settings_for(model, args.qslen, args.qshop, args.maxlen).shop == 20.0
+    assert settings_for(model, args.cslen, args.cshop, args.maxlen).slen == 0.0
 
 
 def with_title_tags(root, tmp_path):

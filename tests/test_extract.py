@@ -116,7 +116,7 @@ def test_cache_is_reused_resumed_and_never_stale(model, dataset, fabric, tmp_pat
     try:
         first = X.embeddings_for(model, dataset, keys, settings, parts, tmp_path, fabric)
         assert len(calls) == len(keys) and first.z.dtype == torch.float16
-        assert first.z.shape == (len(keys), settings["nwin"], 24)
+        assert first.z.shape == (len(keys), settings.nwin, 24)
         assert first.ids.tolist() == [dataset.info[k]["id"] for k in keys]
         calls.clear()
         again = X.embeddings_for(model, dataset, keys, settings, parts, tmp_path, fabric)
@@ -127,7 +127,7 @@ def test_cache_is_reused_resumed_and_never_stale(model, dataset, fabric, tmp_pat
         )
         assert len(calls) == len(keys)
         # a manifest written for other settings is never read for these
-        key = X.cache_key({**parts, **settings, "cache_version": X.CACHE_VERSION})
+        key = X.cache_key({**parts, **settings.as_dict(), "cache_version": X.CACHE_VERSION})
         folder = tmp_path / key[:24]
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["key"] = "something else"
