@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from lib import cli
+from lib import cli, precision
 from lib.checkpoint import load_trained_model
 from lib.inference import (
     FAILURE_LOG,
@@ -55,6 +55,12 @@ def parse_args(argv):
         "--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N or mps"
     )
     parser.add_argument("--hop_size", type=float, default=5.0, help="window hop in seconds")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help="32 (default, the original's numbers); bf16: mixed precision on a GPU or a CPU with "
+        "native bf16; 16: fp16 mixed precision on a GPU",
+    )
     parser.add_argument(
         "--win_len",
         type=float,
@@ -106,18 +112,19 @@ def plan(args):
 def run(args):
     jobs, other, out_folder = plan(args)
     device = pick_device(args.device)
+    mixed = precision.check(args.precision, device, "--precision")
     print("=" * 80 + "\n" + "\n".join(f"{k}: {v}" for k, v in vars(args).items()) + "\n" + "=" * 80)
     print("Load model...")
     model, conf, source = load_trained_model(args.checkpoint, args.conf, device)
     win_len = window_length(model, args.win_len)
     print(
         f"  {conf.model.name} from {args.checkpoint} (config {source}) on {device}; "
-        f"windows of {win_len:g} s every {args.hop_size:g} s"
+        f"windows of {win_len:g} s every {args.hop_size:g} s, precision {mixed}"
     )
     if other:
         print(f"  {len(other)} file(s) without an audio extension not embedded, e.g. {other[0]}")
     print(f"{len(jobs)} audio file(s)")
-    embed = dict(device=device, nworkers=args.nworkers, overwrite=args.overwrite)
+    embed = dict(device=device, nworkers=args.nworkers, overwrite=args.overwrite, precision=mixed)
     if out_folder is None:
         summary = embed_files(model, jobs, win_len, args.hop_size, **embed)
     else:

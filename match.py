@@ -24,6 +24,7 @@ import torch
 from lib import catalogue as C
 from lib import cli
 from lib import inference as I
+from lib import precision
 from lib import retrieval as R
 from lib import store
 from lib import tensor_ops
@@ -54,6 +55,7 @@ def embed_audio_folder(args, folder):
     """inference.py's folder mode into ``folder``: returns (its embedding store, failed)."""
     jobs, other = I.plan_folder(args.audio, folder)
     device = I.pick_device(args.device)
+    mixed = precision.check(args.precision, device, "--precision")
     model = load_model(args.checkpoint, args.conf, device)
     win_len = I.window_length(model, args.win_len)
     if other:
@@ -69,6 +71,7 @@ def embed_audio_folder(args, folder):
         args.nworkers,
         args.overwrite,
         extra_settings={"path_in": os.path.abspath(args.audio)},
+        precision=mixed,
     )
     if not summary["tracks"]:
         raise C.CatalogueError("no track could be embedded; nothing to index")
@@ -147,9 +150,13 @@ def cmd_index(args):
 ###################################################################################################
 
 
-def clip_windows(model, path, win_len, hop):
+def clip_windows(model, path, win_len, hop, mixed="32-true"):
+    """(window embeddings (S, D), duration in s) of a clip, under the Fabric precision
+    ``mixed``."""
     audio = torch.from_numpy(load_audio(path, model.sr, refuse_silence=True))
-    z = window_embeddings(model, audio, win_len, hop, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    with precision.autocast(mixed, device):
+        z = window_embeddings(model, audio, win_len, hop, device)
     return z.numpy(), audio.numel() / model.sr
 
 
@@ -168,14 +175,16 @@ def cmd_query(args):
         raise UsageError(f"{checkpoint}: checkpoint of the catalogue not found (give --checkpoint)")
     if file_digest(checkpoint) != cat.settings["checkpoint_sha256"]:
         raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
-    model = load_model(checkpoint, args.conf, I.pick_device(args.device))
+    device = I.pick_device(args.device)
+    mixed = precision.check(args.precision, device, "--precision")
+    model = load_model(checkpoint, args.conf, device)
     hop = args.hop_size if args.hop_size else float(cat.settings["hop_size"])
     win_len = float(cat.settings["win_len"])
     redux = args.redux or cat.settings["redux"]
     report, failed = [], []
     for path in args.clips:
         try:
-            query, duration = clip_windows(model, path, win_len, hop)
+            query, duration = clip_windows(model, path, win_len, hop, mixed)
         except AudioError as err:
             print(f"error: {err}", file=sys.stderr)
             failed.append(path)
@@ -244,6 +253,7 @@ def cmd_mirex(args):
     except C.CatalogueError as err:
         raise UsageError(f"{args.queries}: {err}") from err
     device = I.pick_device(args.device)
+    mixed = precision.check(args.precision, device, "--precision")
     model = load_model(args.checkpoint, args.conf, device)
     win_len = I.window_length(model, args.win_len)
     work = args.workdir or args.out + ".embeddings"
@@ -258,6 +268,7 @@ def cmd_mirex(args):
         device,
         args.nworkers,
         args.overwrite,
+        precision=mixed,
     )
     if summary["failed"]:
         for _, reason in summary["failed"]:
@@ -308,6 +319,15 @@ def parse_args(argv):
             "--nworkers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes"
         )
         p.add_argument("--overwrite", action="store_true", help="recompute existing embeddings")
+        precision_arg(p)
+
+    def precision_arg(p):
+        p.add_argument(
+            "--precision",
+            default="32",
+            help="32 (default); bf16: mixed precision on a GPU or a CPU with native bf16; 16: "
+            "fp16 on a GPU",
+        )
 
     p = sub.add_parser("index", help="build a catalogue")
     p.add_argument("--out", required=True, help="catalogue folder")
@@ -334,6 +354,7 @@ def parse_args(argv):
     )
     p.add_argument("--conf", default=None)
     p.add_argument("--device", default="auto")
+    precision_arg(p)
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--redux", default=None, help="track reduction (default: the model's)")
     p.add_argument(

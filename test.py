@@ -31,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import cli, config, metrics, report, retrieval, sweep, training
+from lib import cli, config, metrics, precision, report, retrieval, sweep, training
 from lib.checkpoint import load_checkpoint, load_model_state, run_config
 from lib.config import ConfigError, check_accelerator, parse_arguments
 from lib.dataset import Dataset
@@ -49,26 +49,13 @@ from lib.schema import TestArgs
 from lib.tensor_ops import parse_redux
 
 SHORTCUTS = {**config.SHORTCUTS, "accelerator": "fabric.accelerator"}
-# precision= -> Fabric's name; the mixed ones apply on a GPU (autocast), the CPU computes in 32 bits
-PRECISIONS = {
-    "32": "32-true",
-    "32-true": "32-true",
-    "bf16": "bf16-mixed",
-    "bf16-mixed": "bf16-mixed",
-    "16": "16-mixed",
-    "16-mixed": "16-mixed",
-}
-
 
 def parse_args(argv):
     args = parse_arguments(TestArgs, argv, SHORTCUTS)
     if not args.checkpoint:
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
     check_accelerator(args.fabric.accelerator, "fabric.accelerator")
-    if args.precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision={args.precision} is not one of 32, bf16, 16 (or {', '.join(PRECISIONS)})"
-        )
+    args.precision = precision.check(args.precision, args.fabric.accelerator)
     if args.partition not in SPLITS:
         raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
     if args.redux is not None:
@@ -98,21 +85,6 @@ def model_config(args, state):
     return conf, source
 
 
-def uses_gpu(accelerator):
-    return accelerator in ("cuda", "gpu") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
-
-
-def evaluation_precision(args):
-    """(Fabric precision, note or None): the requested mixed precision on a GPU; 32 bits on the
-    CPU, with a note when something else was asked for."""
-    wanted = PRECISIONS[args.precision]
-    if wanted == "32-true" or uses_gpu(args.fabric.accelerator):
-        return wanted, None
-    return "32-true", f"precision={args.precision} applies on a GPU; the CPU computes in 32 bits"
-
-
 def make_fabric(args):
     # imported here, not at the top: Lightning takes seconds to import and a bad argument or
     # file should be reported at once
@@ -126,7 +98,7 @@ def make_fabric(args):
         devices=args.fabric.ngpus,
         num_nodes=args.fabric.nnodes,
         strategy=strategy,
-        precision=evaluation_precision(args)[0],
+        precision=args.precision,
     )
     fabric.launch()
     return fabric
@@ -193,9 +165,6 @@ def main(argv):
     fabric = make_fabric(args)
     printer = fabric.print
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(args) + "-" * 65)
-    precision, note = evaluation_precision(args)
-    if note:
-        printer(note)
 
     torch.backends.cudnn.benchmark = False
     try:
@@ -229,7 +198,7 @@ def main(argv):
     for meta in meta_files:
         if meta is not None:
             conf.path.meta = conf.data.path.meta = meta
-        partition = Partition(args, conf, model, fabric, precision)
+        partition = Partition(args, conf, model, fabric)
         qsel = select_tracks(partition.domains, "qfilter", args.qfilter)
         for cfilter in cfilters:
             item = meta if what == "metadata file" else cfilter
@@ -307,7 +276,7 @@ class Partition:
     """The tracks of ``args.partition`` of the config's metadata file, their filter labels, and
     their embeddings with given window settings (extracted once, then from the cache)."""
 
-    def __init__(self, args, conf, model, fabric, precision):
+    def __init__(self, args, conf, model, fabric):
         self.args, self.model, self.fabric = args, model, fabric
         self.dataset = Dataset(
             conf.data,
@@ -325,8 +294,8 @@ class Partition:
             "partition": args.partition,
             "tracks": tracks_digest(self.dataset, self.keys),
         }
-        if precision != "32-true":  # other numbers: another cache entry (32-bit ones unchanged)
-            self.key_parts["precision"] = precision
+        if args.precision != "32-true":  # other numbers: another cache entry (32-bit unchanged)
+            self.key_parts["precision"] = args.precision
         self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
 

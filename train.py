@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import cli, training
+from lib import cli, precision, training
 from lib.augmentations import Augment
 from lib.checkpoint import load_model_state, optimizer_state, save_checkpoint
 from lib.config import ConfigError, load_config
@@ -45,13 +45,12 @@ def make_fabric(conf, log_dir):
     strategy = "auto"
     if world > 1:
         strategy = DDPStrategy(broadcast_buffers=False, timeout=timedelta(minutes=30))
-    precision = conf.fabric.precision
     fabric = Fabric(
         accelerator=conf.fabric.accelerator,
         devices=conf.fabric.ngpus,
         num_nodes=conf.fabric.nnodes,
         strategy=strategy,
-        precision="32-true" if precision == "32" else precision,
+        precision=precision.check(conf.fabric.precision, conf.fabric.accelerator),
         loggers=make_logger(conf, log_dir),
     )
     fabric.launch()
@@ -241,6 +240,8 @@ def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
 
 def main(argv):
     conf = load_config(argv)
+    # a precision the device cannot compute is a usage error, before anything starts
+    precision.check(conf.fabric.precision, conf.fabric.accelerator, "fabric.precision")
     conf.data.path = conf.path
     log_dir = os.path.join(conf.path.logs, conf.jobname)
     fabric = make_fabric(conf, log_dir)

@@ -19,6 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from lib import precision as precisions
 from lib import store
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from lib.errors import UsageError
@@ -96,9 +97,10 @@ def window_length(model, win_len):
     return float(win_len) if win_len > 0 else float(model.get_shingle_params()[0])
 
 
-def settings_of(model, checkpoint, win_len, hop_size):
+def settings_of(model, checkpoint, win_len, hop_size, precision="32-true"):
     """What the embeddings depend on, as stored in ``inference.json``."""
     return {
+        "precision": precision,
         "version": MANIFEST_VERSION,
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": file_digest(checkpoint),
@@ -111,7 +113,9 @@ def settings_of(model, checkpoint, win_len, hop_size):
     }
 
 
-SAME_SETTINGS_KEYS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size")
+SAME_SETTINGS_KEYS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size", "precision")
+# what a folder written before a key was recorded was made with
+FORMER_DEFAULTS = {"precision": "32-true"}
 
 
 def read_manifest(folder):
@@ -124,6 +128,7 @@ def check_manifest(folder, settings, overwrite):
     old = read_manifest(folder)
     if old is None or overwrite:
         return
+    old = {**FORMER_DEFAULTS, **old}
     changed = [k for k in SAME_SETTINGS_KEYS if old.get(k) != settings[k]]
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed)
@@ -158,8 +163,11 @@ class DecodedFiles(torch.utils.data.Dataset):
         return i, x, None
 
 
-def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, log=print):
-    """Embed every (input, output) of ``jobs``. Existing outputs are skipped unless ``overwrite``.
+def embed_files(
+    model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, precision="32-true"
+):
+    """Embed every (input, output) of ``jobs`` under the Fabric ``precision`` (see
+    ``lib.precision``). Existing outputs are skipped unless ``overwrite``.
 
     Returns {"done": [...], "skipped": [...], "failed": [(input, reason), ...]}."""
     there = [not overwrite and os.path.isfile(dst) for _, dst in jobs]
@@ -182,7 +190,8 @@ def embed_files(model, jobs, win_len, hop_size, device, nworkers=2, overwrite=Fa
             if error is None:
                 audio = torch.from_numpy(audio)
                 try:
-                    z = window_embeddings(model, audio, win_len, hop_size, device)
+                    with precisions.autocast(precision, device):
+                        z = window_embeddings(model, audio, win_len, hop_size, device)
                     atomic_torch_save(z.contiguous(), dst)
                     summary["done"].append(src)
                     seconds += audio.numel() / model.sr
@@ -208,15 +217,16 @@ def embed_into_folder(
     nworkers=2,
     overwrite=False,
     extra_settings=None,
+    precision="32-true",
 ):
     """``embed_files`` for outputs kept in ``folder`` under its ``inference.json``: outputs of
     other settings are refused (unless ``overwrite``), these settings are recorded, failures
     logged in ``folder/inference_failures.log``. Returns the summary of ``embed_files``."""
-    settings = settings_of(model, checkpoint, win_len, hop_size)
+    settings = settings_of(model, checkpoint, win_len, hop_size, precision)
     settings.update(extra_settings or {})
     check_manifest(folder, settings, overwrite)
     write_manifest(folder, settings)
-    summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite)
+    summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite, precision)
     write_failure_log(os.path.join(folder, FAILURE_LOG), summary["failed"])
     failed = {src for src, _ in summary["failed"]}
     summary["tracks"] = [

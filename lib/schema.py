@@ -52,7 +52,8 @@ class FabricConfig:
     nnodes: int = key(1, "machines (Lightning Fabric num_nodes)")
     ngpus: int = key(1, "processes per machine: GPUs, or CPU processes with accelerator=cpu")
     accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps")
-    precision: str = key("32", "Fabric precision: 32, bf16-mixed, 16-mixed, ...")
+    precision: str = key("32", "32; bf16-mixed (a GPU or a CPU with native bf16) or 16-mixed "
+                               "(a GPU)")
 
 
 @dataclass
@@ -278,7 +279,8 @@ class TestArgs:
     out: Optional[str] = key(None, "results folder (default <checkpoint folder>/results/...)")
     nworkers: Optional[int] = key(None, "audio decoding processes (default data.nworkers)")
     max_elements: int = key(2**23, "segment pairs per distance block (memory bound)")
-    precision: str = key("32", "32; bf16 or 16: mixed precision, on a GPU only")
+    precision: str = key("32", "32; bf16 (a GPU or a CPU with native bf16) or 16 (a GPU): "
+                               "mixed precision")
     sweep_cfilters: Optional[str] = key(None, "fork_tags or a file of candidate filters: one "
                                               "table of all")
     sweep_metas: Union[Optional[str], List[str]] = key(None, "a glob or list of metadata "

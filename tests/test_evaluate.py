@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lib import eval as E
-from lib import preproc
+from lib import precision, preproc
 from lib import tensor_ops as T
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from tests.corpus import folder_corpus, run_script
@@ -117,14 +117,22 @@ def test_track_level_and_cache_reuse(trained, tmp_path):
     assert z.shape[1] == 1 and z.dtype == torch.float16 and not mask.any()
     want = definition_aps(cliques, ids, z, mask, "min")
     assert np.allclose([float(r["AP"]) for r in per_query(tmp_path / "out")], want, atol=1e-6)
-    # another reduction: no extraction; precision=bf16 computes in 32 bits on a CPU, so the
-    # cached 32-bit embeddings are the ones it needs
-    again = evaluate(
-        ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", "precision=bf16", out="out2"
-    )
+    # another reduction: no extraction, the cached embeddings are the ones it needs
+    again = evaluate(ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=mean", out="out2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from the cache" in again.stdout and "extracting" not in again.stdout
-    assert "precision=bf16 applies on a GPU; the CPU computes in 32 bits" in again.stdout
+    # bf16: its own embeddings (another cache entry) where the CPU computes bf16 natively, with
+    # nearly the 32-bit scores; a clear usage error on a CPU that would only emulate it
+    mixed = evaluate(
+        ckpt, tmp_path, "qslen=-1", "cslen=-1", "redux=min", "precision=bf16", out="out3"
+    )
+    if not precision.cpu_has_native_bf16():
+        assert mixed.returncode == 2 and "no native bf16" in mixed.stderr
+    else:
+        assert mixed.returncode == 0, mixed.stderr[-3000:]
+        assert "extracting" in mixed.stdout
+        aps = [float(r["AP"]) for r in per_query(tmp_path / "out3")]
+        assert abs(np.mean(aps) - np.mean(want)) < 0.05
     # other weights under the same file name: the cache is stale and must not be used
     state = load_checkpoint(ckpt)
     state["model"] = {

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import inference
-from lib import extract, store, synth
+from lib import extract, precision, store, synth
 from lib.audio import load_audio, write_audio
 from lib.checkpoint import save_checkpoint
 from models.clews import Model
@@ -141,6 +141,30 @@ def test_folder_with_good_corrupt_empty_and_non_audio_files(
     )
     assert status == 0 and not (out / "inference_failures.log").exists()
     assert torch.load(out / "a.pt", weights_only=True).shape == (3, 24)
+
+
+def test_precision_option(checkpoint, messy_folder, tmp_path, capsys):
+    path, _ = checkpoint
+    common = [f"--checkpoint={path}", f"--path_in={messy_folder}", "--device=cpu", "--hop_size=1"]
+    for bad in ("corrupt.mp3", "empty.wav", "text.ogg"):
+        (messy_folder / bad).unlink()
+    assert run(*common, f"--path_out={tmp_path / 'p32'}") == 0
+    assert run(*common, f"--path_out={tmp_path / 'p32'}", "--precision=16") == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+    status = run(*common, f"--path_out={tmp_path / 'bf16'}", "--precision=bf16")
+    if not precision.cpu_has_native_bf16():
+        assert status == 2 and "no native bf16" in capsys.readouterr().err
+        return
+    assert status == 0
+    settings = json.loads((tmp_path / "bf16" / "inference.json").read_text())
+    assert settings["precision"] == "bf16-mixed"
+    full = torch.load(tmp_path / "p32" / "a.pt", weights_only=True)
+    mixed = torch.load(tmp_path / "bf16" / "a.pt", weights_only=True)
+    assert mixed.dtype == torch.float32 and mixed.shape == full.shape
+    assert 0 < ((mixed - full).norm() / full.norm()).item() < 0.05
+    # a folder made in 32 bits is not topped up in bf16
+    assert run(*common, f"--path_out={tmp_path / 'p32'}", "--precision=bf16") == 2
+    assert "precision: '32-true' -> 'bf16-mixed'" in capsys.readouterr().err
 
 
 def test_single_file_mode(checkpoint, messy_folder, tmp_path, capsys):

@@ -3,6 +3,7 @@
 Each run trains a small CLEWS for 1-2 epochs on a generated corpus, as a real subprocess."""
 
 import importlib.util
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lib import training
+from lib import precision, training
 from lib.checkpoint import load_checkpoint
 from lib.model_base import build_model
 from tests.corpus import ROOT, folder_corpus, run_script
@@ -190,6 +191,18 @@ def test_csv_logger_writes_the_epoch_metrics(corpus, tmp_path):
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert "valid/m_MAP" in rows[0] and len(rows) >= 3  # header, epoch 0 and epoch 1
     assert not list((tmp_path / "csv").glob("events.out.tfevents*"))
+
+
+def test_bf16_training_where_the_cpu_computes_it(corpus, tmp_path):
+    cmd = train_cmd(corpus, tmp_path, "bf16", "fabric.precision=bf16-mixed", "training.numepochs=1")
+    result = run(cmd)
+    if not precision.cpu_has_native_bf16():
+        assert result.returncode == 2 and "no native bf16" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "bf16" / "checkpoint_last.ckpt")
+    assert state["epoch"] == 1 and math.isfinite(state["cost_best"])
+    assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # fp32 weights
 
 
 def test_finetune_from_weights_only_and_min_lr_stop(corpus, tmp_path):
