@@ -36,7 +36,8 @@ def make_catalogue(ntracks, windows, dim, versions=4, styles=None, noise=0.6, se
     nclique = ntracks // versions
     styles = styles or max(1, nclique // 25)
     centres = rng.standard_normal((styles, dim), dtype=np.float32)
-    z = np.empty((ntracks, windows, dim), dtype=np.float16)
+    # whole cliques only: rows beyond nclique * versions would be left unwritten
+    z = np.empty((nclique * versions, windows, dim), dtype=np.float16)
     for c in range(nclique):
         sections = centres[rng.integers(styles)] + rng.standard_normal(
             (windows, dim), dtype=np.float32
