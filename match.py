@@ -96,10 +96,7 @@ def embeddings_folder_store(folder):
     )
     if not files:
         raise UsageError(f"{folder}: no .pt embedding files")
-    tracks = [
-        {"id": os.path.splitext(os.path.relpath(f, folder))[0], "source": f, "file": f}
-        for f in files
-    ]
+    tracks = [I.output_track(folder, f, f) for f in files]
     print(f"Collect {len(files)} embedding files of {folder} into {folder}/{I.STORE_DIR}")
     return store.read(I.collect_store(folder, tracks, settings))
 

@@ -35,7 +35,8 @@ class NonFiniteLoss(Exception):
     pass
 
 
-def make_fabric(conf, log_dir):
+def make_fabric(conf, log_dir, mixed):
+    """Fabric for the run; ``mixed``: Fabric's name of the checked ``fabric.precision``."""
     # imported here, not at the top: Lightning takes seconds to import and a bad argument or
     # file should be reported at once
     from lightning.fabric import Fabric
@@ -50,7 +51,7 @@ def make_fabric(conf, log_dir):
         devices=conf.fabric.ngpus,
         num_nodes=conf.fabric.nnodes,
         strategy=strategy,
-        precision=precision.check(conf.fabric.precision, conf.fabric.accelerator),
+        precision=mixed,
         loggers=make_logger(conf, log_dir),
     )
     fabric.launch()
@@ -241,10 +242,10 @@ def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
 def main(argv):
     conf = load_config(argv)
     # a precision the device cannot compute is a usage error, before anything starts
-    precision.check(conf.fabric.precision, conf.fabric.accelerator, "fabric.precision")
+    mixed = precision.check(conf.fabric.precision, conf.fabric.accelerator, "fabric.precision")
     conf.data.path = conf.path
     log_dir = os.path.join(conf.path.logs, conf.jobname)
-    fabric = make_fabric(conf, log_dir)
+    fabric = make_fabric(conf, log_dir, mixed)
     printer = fabric.print
     if fabric.is_global_zero:
         for path in remove_stale_temporaries(log_dir):

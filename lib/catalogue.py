@@ -184,7 +184,7 @@ def load(folder, mmap=True):
         with open(meta_path, encoding="utf-8") as handle:
             meta = json.load(handle)
         # a catalogue of this project's first version has the arrays but not the store manifest
-        kept = store.read(folder, mmap, None if store.read_manifest(folder) else {"arrays": []})
+        kept = store.read(folder, mmap, store.read_manifest(folder) or {"arrays": []})
         segments = np.load(os.path.join(folder, "segments.npy"))
         index = faiss.read_index(os.path.join(folder, INDEX_FILE))
     except (OSError, ValueError, RuntimeError, store.StoreError) as err:

@@ -56,26 +56,22 @@ def run(main, argv=None, help_text=None):
         except BrokenPipeError:  # e.g. piped into head
             pass
         return 0
+    if debug:
+        return main(argv)
     try:
         return main(argv)
     except UsageError as err:
-        if debug:
-            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RunError as err:
-        if debug:
-            raise
         print(f"error: {original_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if debug:
-            raise
         print("interrupted: what was finished is kept; run the command again to continue",
               file=sys.stderr)
         return 130
     except RuntimeError as err:
-        if debug or not peer_failure(err):
+        if not peer_failure(err):
             raise
         print(
             "error: another process of this run failed (its error is above); stopping this one too",

@@ -70,12 +70,8 @@ def run_keys(conf):
     """{dotted key: annotation} of a training config, with its model's keys."""
     keys = schema_keys(schema.TrainConfig)
     if OmegaConf.is_config(conf) and isinstance(conf.get("model"), DictConfig):
-        keys.update(schema_keys(type_of(conf.model), "model."))
+        keys.update(schema_keys(OmegaConf.get_type(conf.model), "model."))
     return keys
-
-
-def type_of(section):
-    return OmegaConf.get_type(section)
 
 
 def _where(source):
@@ -243,6 +239,17 @@ def _allowed_types(annotation):
     return {annotation}
 
 
+def _open_sections(conf, key, keys):
+    """Create the absent (null) optional sections above ``key``, e.g. ``augmentations.noise``
+    for ``augmentations.noise.p=0.5``; their required keys must then be given too."""
+    parts = key.split(".")
+    for depth in range(1, len(parts)):
+        parent = ".".join(parts[:depth])
+        section = schema.section_schema(keys.get(parent))
+        if section is not None and OmegaConf.select(conf, parent) is None:
+            OmegaConf.update(conf, parent, OmegaConf.structured(section), merge=False)
+
+
 def apply_overrides(conf, overrides, keys):
     """Set ``overrides`` ({dotted key: value text}) in the typed ``conf`` whose keys and types
     are ``keys`` ({dotted key: annotation}). Raises ConfigError naming the key."""
@@ -263,20 +270,6 @@ def apply_overrides(conf, overrides, keys):
         raise ConfigError(
             f"missing required config key '{missing[0]}' ({_expected(missing[0], keys)})"
         )
-
-
-###################################################################################################
-
-
-def _open_sections(conf, key, keys):
-    """Create the absent (null) optional sections above ``key``, e.g. ``augmentations.noise``
-    for ``augmentations.noise.p=0.5``; their required keys must then be given too."""
-    parts = key.split(".")
-    for depth in range(1, len(parts)):
-        parent = ".".join(parts[:depth])
-        section = schema.section_schema(keys.get(parent))
-        if section is not None and OmegaConf.select(conf, parent) is None:
-            OmegaConf.update(conf, parent, OmegaConf.structured(section), merge=False)
 
 
 ###################################################################################################

@@ -229,14 +229,16 @@ def embed_into_folder(
     summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite, precision)
     write_failure_log(os.path.join(folder, FAILURE_LOG), summary["failed"])
     failed = {src for src, _ in summary["failed"]}
-    summary["tracks"] = [
-        {"id": os.path.splitext(os.path.relpath(dst, folder))[0], "source": src, "file": dst}
-        for src, dst in jobs
-        if src not in failed
-    ]
+    summary["tracks"] = [output_track(folder, src, dst) for src, dst in jobs if src not in failed]
     if summary["tracks"]:
         collect_store(folder, summary["tracks"], settings)
     return summary
+
+
+def output_track(folder, src, dst):
+    """The store's record of the output ``dst`` of ``src``: its id is the output's path under
+    ``folder`` without the extension."""
+    return {"id": os.path.splitext(os.path.relpath(dst, folder))[0], "source": src, "file": dst}
 
 
 def read_output(path):

@@ -26,8 +26,8 @@ import torch
 
 from lib import metrics
 from lib import tensor_ops
+from lib.schema import DEFAULT_MAX_ELEMENTS
 
-DEFAULT_MAX_ELEMENTS = 2**23  # segment pairs per block: 32 MiB of fp32 distances
 FAST_REDUCTIONS = ("min", "meanmin", "bpwr")
 
 

@@ -32,7 +32,8 @@ ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 LOGGERS = ("tensorboard", "csv", "wandb")  # training logs; the fork's configs said "wandb"
 PAD_MODES = ("repeat", "zeros", "crazy")
 MONITOR_MODES = ("max", "min")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# segment pairs per distance block of the retrieval engine: 32 MiB of fp32 distances
+DEFAULT_MAX_ELEMENTS = 2**23
 
 
 ###################################################################################################
@@ -278,7 +279,7 @@ class TestArgs:
     cache_dir: str = key("cache/embeddings", "embedding cache folder")
     out: Optional[str] = key(None, "results folder (default <checkpoint folder>/results/...)")
     nworkers: Optional[int] = key(None, "audio decoding processes (default data.nworkers)")
-    max_elements: int = key(2**23, "segment pairs per distance block (memory bound)")
+    max_elements: int = key(DEFAULT_MAX_ELEMENTS, "segment pairs per distance block (memory bound)")
     precision: str = key("32", "32; bf16 (a GPU or a CPU with native bf16) or 16 (a GPU): "
                                "mixed precision")
     sweep_cfilters: Optional[str] = key(None, "fork_tags or a file of candidate filters: one "

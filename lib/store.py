@@ -51,18 +51,32 @@ class Store:
 ###################################################################################################
 
 
-def stack(embeddings):
-    """List of (S_i, D) arrays -> z (N, max S_i, D) float16 (clipped to its range), mask (N, S)."""
-    if not embeddings:
+def padded_shape(shapes):
+    """(N, max S_i, D) of the (S_i, D) shapes of N tracks; ``StoreError`` for none or for
+    differing D."""
+    if not shapes:
         raise StoreError("no track to put in the store")
-    dims = {e.shape[1] for e in embeddings}
+    dims = {shape[1] for shape in shapes}
     if len(dims) != 1:
         raise StoreError(f"tracks have embeddings of different sizes: {sorted(dims)}")
-    z = np.zeros((len(embeddings), max(e.shape[0] for e in embeddings), dims.pop()), np.float16)
+    return len(shapes), max(shape[0] for shape in shapes), dims.pop()
+
+
+def put_row(z, mask, i, e):
+    """Track ``i``'s (S_i, D) windows ``e`` into row i of z (N, S, D) float16 (clipped to its
+    range) and mask (N, S), the rest of the row padding."""
+    z[i, : len(e)] = np.clip(e, -FP16_MAX, FP16_MAX)
+    z[i, len(e) :] = 0
+    mask[i, : len(e)] = False
+    mask[i, len(e) :] = True
+
+
+def stack(embeddings):
+    """List of (S_i, D) arrays -> z (N, max S_i, D) float16 (clipped to its range), mask (N, S)."""
+    z = np.zeros(padded_shape([e.shape for e in embeddings]), np.float16)
     mask = np.ones(z.shape[:2], dtype=bool)
     for i, e in enumerate(embeddings):
-        z[i, : e.shape[0]] = np.clip(e, -FP16_MAX, FP16_MAX)
-        mask[i, : e.shape[0]] = False
+        put_row(z, mask, i, e)
     return z, mask
 
 
@@ -79,33 +93,20 @@ def write(folder, z, mask, manifest, arrays=None):
     return folder
 
 
-def write_tracks(folder, embeddings, manifest, arrays=None):
-    """``write`` of a list of (S_i, D) arrays, padded and masked."""
-    z, mask = stack(embeddings)
-    return write(folder, z, mask, manifest, arrays)
-
-
-def write_files(folder, files, load, manifest, progress=None):
+def write_files(folder, files, load, manifest):
     """A store of the (S_i, D) arrays that ``load(file)`` gives for each of ``files``, in that
     order, written row by row into a memory map (two passes: shapes, then rows), so that a
     collection larger than memory can be stored. Returns the folder."""
-    if not files:
-        raise StoreError(f"{folder}: no embedding to put in the store")
-    shapes = [load(f).shape for f in files]
-    dims = {shape[1] for shape in shapes}
-    if len(dims) != 1:
-        raise StoreError(f"{folder}: embeddings of different sizes {sorted(dims)} in one store")
+    try:
+        shape = padded_shape([load(f).shape for f in files])
+    except StoreError as err:
+        raise StoreError(f"{folder}: {err}") from None
     os.makedirs(folder, exist_ok=True)
     invalidate(folder)
-    shape = (len(files), max(s[0] for s in shapes), dims.pop())
     z = new_memmap(os.path.join(folder, "z.npy"), np.float16, shape)
     mask = np.ones(shape[:2], dtype=bool)
-    rows = enumerate(files) if progress is None else progress(enumerate(files))
-    for i, file in rows:
-        e = load(file)
-        z[i, : len(e)] = np.clip(e, -FP16_MAX, FP16_MAX)
-        z[i, len(e) :] = 0
-        mask[i, : len(e)] = False
+    for i, file in enumerate(files):
+        put_row(z, mask, i, load(file))
     z.flush()
     del z
     atomic_write(os.path.join(folder, "mask.npy"), lambda h: np.save(h, mask))

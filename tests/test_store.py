@@ -18,7 +18,8 @@ def tracks(seed=0, dim=6, lengths=(3, 1, 5)):
 def test_written_whole_and_read_back(tmp_path):
     embeddings = tracks()
     ids = np.array([7, 8, 9])
-    store.write_tracks(tmp_path, embeddings, {"what": "test", "win_len": 20.0}, {"ids": ids})
+    z, mask = store.stack(embeddings)
+    store.write(tmp_path, z, mask, {"what": "test", "win_len": 20.0}, {"ids": ids})
     got = store.read(tmp_path)
     assert got.z.shape == (3, 5, 6) and got.z.dtype == np.float16
     assert got.mask.tolist() == [[False] * 3 + [True] * 2, [False] + [True] * 4, [False] * 5]
@@ -39,7 +40,7 @@ def test_file_by_file_equals_whole(tmp_path):
         files.append(str(tmp_path / f"{i}.npy"))
         np.save(files[-1], e)
     store.write_files(tmp_path / "a", files, np.load, {"what": "files"})
-    store.write_tracks(tmp_path / "b", embeddings, {"what": "files"})
+    store.write(tmp_path / "b", *store.stack(embeddings), {"what": "files"})
     a, b = store.read(tmp_path / "a"), store.read(tmp_path / "b")
     assert np.array_equal(a.z, b.z) and np.array_equal(a.mask, b.mask)
     with pytest.raises(store.StoreError, match="different sizes"):
@@ -48,22 +49,22 @@ def test_file_by_file_equals_whole(tmp_path):
 
 
 def test_no_manifest_no_store(tmp_path):
-    store.write_tracks(tmp_path, tracks(), {})
+    store.write(tmp_path, *store.stack(tracks()), {})
     os.remove(tmp_path / store.MANIFEST)
     assert store.read(tmp_path) is None
-    store.write_tracks(tmp_path, tracks(), {})
+    store.write(tmp_path, *store.stack(tracks()), {})
     # rewriting removes the manifest first: a write that stops halfway leaves no store
     store.invalidate(tmp_path)
     assert not (tmp_path / store.MANIFEST).exists() and store.read(tmp_path) is None
     # another format or version is not read as this one
-    store.write_tracks(tmp_path, tracks(), {})
+    store.write(tmp_path, *store.stack(tracks()), {})
     manifest = json.loads((tmp_path / store.MANIFEST).read_text())
     (tmp_path / store.MANIFEST).write_text(json.dumps({**manifest, "version": 99}))
     assert store.read(tmp_path) is None
 
 
 def test_files_that_disagree_are_an_error(tmp_path):
-    store.write_tracks(tmp_path, tracks(), {})
+    store.write(tmp_path, *store.stack(tracks()), {})
     np.save(tmp_path / "mask.npy", np.zeros((2, 5), bool))
     with pytest.raises(store.StoreError, match="do not agree"):
         store.read(tmp_path)
