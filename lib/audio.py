@@ -5,7 +5,9 @@ and anything soundfile cannot open goes through PyAV, which bundles its own FFmp
 
 Times are in **seconds** everywhere in this module's interface; an excerpt is located by time
 in the file's own sample rate and only that excerpt is decoded (the original code applied
-16 kHz sample offsets at the file's native rate).
+16 kHz sample offsets at the file's native rate). Decoding goes block by block, each block
+downmixed and resampled as it comes, so memory holds the output and never a whole file at its
+own rate (a 2-hour 44.1 kHz stereo file would be 2.5 GB as float32).
 
 Every failure to read a file raises ``AudioError``, whose message names the file and the reason.
 """
@@ -31,6 +33,8 @@ TRUNCATION_TOLERANCE_REL = 0.02
 SEEK_MARGIN_S = 0.5
 # extra audio decoded on each side of an excerpt that gets resampled (resampler edge effects)
 RESAMPLE_MARGIN_S = 0.05
+# samples per channel read from libsndfile at a time (about 1.5 s at 44.1 kHz)
+READ_BLOCK = 1 << 16
 WAV_TRUNCATED = "truncated: the WAV header declares more audio data than the file holds"
 # peak below -80 dBFS: digital silence or a dead capture, nothing a version could match
 SILENCE_PEAK = 1e-4
@@ -154,7 +158,9 @@ def get_info(path):
     if samplerate <= 0 or channels <= 0:
         raise AudioError(path, f"invalid header (rate {samplerate}, channels {channels})")
     if duration is None:  # no duration in the header (rare raw streams): count the samples
-        duration = load_audio(path, samplerate=None, mono=True).shape[-1] / samplerate
+        sink = _Peak(mono=True)
+        _read_pyav(path, _excerpt_plan(0.0, None, None), sink)
+        duration = sink.kept / samplerate
     if duration <= 0:
         raise AudioError(path, "no audio samples")
     return AudioInfo(samplerate, duration, channels)
@@ -162,7 +168,8 @@ def get_info(path):
 
 def is_silent(x):
     """True if the audio array (any shape) has no sample above -80 dBFS."""
-    return x.size == 0 or float(np.abs(x).max()) < SILENCE_PEAK
+    # max and -min rather than abs: no temporary copy of a long signal
+    return x.size == 0 or max(float(x.max()), -float(x.min())) < SILENCE_PEAK
 
 
 def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refuse_silence=False):
@@ -189,15 +196,11 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refu
     if duration is not None and not duration > 0:
         raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
     plan = _excerpt_plan(start, duration, samplerate)
-    native = _read_soundfile(path, plan) if _uses_soundfile(path) else None
-    if native is None:
-        native = _read_pyav(path, plan)
-    x, rate, lead = native  # (channels, T) at the native rate; lead in output samples
-    if mono:
-        x = x.mean(0, keepdims=True)
-    if samplerate is not None and int(samplerate) != rate:
-        x = _resample(x, rate, int(samplerate))
-        rate = int(samplerate)
+    sink = _Collect(samplerate, mono)
+    lead = _read_soundfile(path, plan, sink) if _uses_soundfile(path) else None
+    if lead is None:
+        lead = _read_pyav(path, plan, sink)
+    x, rate = sink.result()
     x = x[:, lead:]
     if duration is not None:
         x = x[:, : round(duration * rate)]
@@ -207,6 +210,112 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refu
     if refuse_silence and is_silent(x):
         raise AudioError(path, SILENT)
     return x[0] if mono else x
+
+
+def peak_level(path, mono=True):
+    """Largest absolute sample value of a whole file at its own rate, of the channels' average
+    when ``mono`` (what the models hear); decoded block by block, so memory stays constant
+    whatever the length. Raises AudioError like ``load_audio``."""
+    path = str(path)
+    _check_file(path)
+    sink = _Peak(mono)
+    plan = _excerpt_plan(0.0, None, None)
+    if _uses_soundfile(path) and _read_soundfile(path, plan, sink) is not None:
+        return sink.peak
+    _read_pyav(path, plan, sink)
+    return sink.peak
+
+
+class _Collect:
+    """Receives the decoded audio block by block at the file's rate, (channels, n) float32, and
+    downmixes and resamples each block as it arrives, so that memory holds the output and never
+    the whole file at its native rate (2 h of 44.1 kHz stereo is 2.5 GB as float32)."""
+
+    def __init__(self, samplerate, mono):
+        self.samplerate, self.mono = samplerate, mono
+        self.rate = None  # the file's rate, known with the first block
+        self.kept = 0  # samples per channel received at the file's rate
+        self.stream = None
+        self.buffer = self.size = None
+        self.expected = None  # seconds of output the header promises (a size hint)
+
+    def reserve(self, seconds):
+        """Size the output for about ``seconds`` of audio (a hint from the header: more audio
+        still fits, growing the buffer)."""
+        self.expected = seconds
+
+    def add(self, block, rate):
+        if self.rate is None:
+            self._start(rate, block.shape[0])
+        self.kept += block.shape[-1]
+        if self.mono:
+            block = block.mean(0, keepdims=True)
+        if self.stream is not None:
+            block = self.stream.resample_chunk(np.ascontiguousarray(block.T)).T
+        self._append(block)
+
+    def result(self):
+        """((channels, T) float32 at the output rate, output rate); a resampled signal whose peak
+        went above 1 (resampler overshoot) is scaled back to 1, channel by channel."""
+        if self.rate is None:
+            return np.zeros((1, 0), np.float32), self.samplerate
+        if self.stream is None:
+            return self._array(), self.rate
+        channels = self.buffer.shape[0]
+        self._append(self.stream.resample_chunk(np.zeros((0, channels), np.float32), last=True).T)
+        y = self._array()
+        if y.shape[-1] > 0:
+            # max and -min rather than abs: no temporary copy of the whole signal
+            peak = np.maximum(y.max(axis=-1, keepdims=True), -y.min(axis=-1, keepdims=True))
+            np.divide(y, np.maximum(1.0, peak), out=y)
+        return y, int(self.samplerate)
+
+    def _start(self, rate, channels):
+        self.rate = rate
+        channels = 1 if self.mono else channels
+        out_rate = rate
+        if self.samplerate is not None and int(self.samplerate) != rate:
+            out_rate = int(self.samplerate)
+            self.stream = soxr.ResampleStream(rate, out_rate, channels, dtype="float32")
+        # a second more than the header says: codecs pad the last frame, headers round
+        seconds = (self.expected or 0.0) + 1.0
+        self.buffer = np.empty((channels, math.ceil(seconds * out_rate)), np.float32)
+        self.size = 0
+
+    def _append(self, block):
+        n = block.shape[-1]
+        if self.size + n > self.buffer.shape[-1]:
+            capacity = max(self.buffer.shape[-1] * 3 // 2, self.size + n)
+            grown = np.empty((self.buffer.shape[0], capacity), np.float32)
+            grown[:, : self.size] = self.buffer[:, : self.size]
+            self.buffer = grown
+        self.buffer[:, self.size : self.size + n] = block
+        self.size += n
+
+    def _array(self):
+        """The received audio; a view of the buffer when it is one row and about full."""
+        y = self.buffer[:, : self.size]
+        if y.shape[0] == 1 and self.size >= 0.9 * self.buffer.shape[-1]:
+            return y
+        return y.copy()
+
+
+class _Peak:
+    """Receives decoded blocks like ``_Collect`` and keeps only their largest absolute value."""
+
+    def __init__(self, mono):
+        self.mono = mono
+        self.peak, self.kept = 0.0, 0
+
+    def reserve(self, seconds):
+        pass
+
+    def add(self, block, rate):
+        self.kept += block.shape[-1]
+        if self.mono:
+            block = block.mean(0)
+        if block.size:
+            self.peak = max(self.peak, float(block.max()), -float(block.min()))
 
 
 def _excerpt_plan(start, duration, samplerate):
@@ -231,14 +340,6 @@ def _excerpt_plan(start, duration, samplerate):
         return read_start, (first / out - read_start) + duration + RESAMPLE_MARGIN_S, lead
 
     return plan
-
-
-def _resample(x, rate_in, rate_out):
-    y = soxr.resample(x.T, rate_in, rate_out).T
-    if y.ndim == 1:
-        y = y[None]
-    peak = np.abs(y).max(axis=-1, keepdims=True) if y.shape[-1] > 0 else 1.0
-    return y / np.maximum(1.0, peak)
 
 
 def _raise_if_truncated(path, got_end, want_end, declared):
@@ -275,8 +376,9 @@ def _wav_missing_bytes(path):
             f.seek(length + (length & 1), os.SEEK_CUR)
 
 
-def _read_soundfile(path, plan):
-    """(channels, T) float32, rate and lead, or None if libsndfile cannot open the file."""
+def _read_soundfile(path, plan, sink):
+    """Decode the planned excerpt into ``sink`` block by block; returns the lead (output samples
+    to drop), or None if libsndfile cannot open the file."""
     try:
         handle = sf.SoundFile(path)
     except Exception:
@@ -290,18 +392,26 @@ def _read_soundfile(path, plan):
         first = round(start * rate)
         if first >= total:
             raise AudioError(path, f"start {start:.2f} s is beyond the end ({total / rate:.2f} s)")
-        count = -1 if duration is None else math.ceil(duration * rate)
+        left = total - first if duration is None else math.ceil(duration * rate)
+        sink.reserve(min(left, total - first) / rate)
         try:
             handle.seek(first)
-            data = handle.read(count, dtype="float32", always_2d=True)
+            while left > 0:
+                data = handle.read(min(left, READ_BLOCK), dtype="float32", always_2d=True)
+                if len(data) == 0:
+                    break
+                sink.add(data.T, rate)
+                left -= len(data)
         except Exception as err:
             raise AudioError(path, f"decoding failed ({_describe(err)})") from err
-    got_end = (first + len(data)) / rate
+    got_end = first / rate + sink.kept / rate
     _raise_if_truncated(path, got_end, None if duration is None else start + duration, total / rate)
-    return data.T, rate, lead
+    return lead
 
 
-def _read_pyav(path, plan):
+def _read_pyav(path, plan, sink):
+    """Decode the planned excerpt into ``sink`` frame by frame; returns the lead (output samples
+    to drop)."""
     try:
         container = av.open(path)
     except Exception as err:
@@ -310,26 +420,30 @@ def _read_pyav(path, plan):
         stream = _av_audio_stream(container, path)
         declared = _av_declared_duration(container, stream)
         start, duration, lead = plan(int(stream.rate or stream.codec_context.sample_rate or 0))
+        if declared:
+            left = max(0.0, declared - start)
+            sink.reserve(left if duration is None else min(duration, left))
         try:
-            x, rate, got_end = _decode_excerpt(container, stream, start, duration)
-            if x is None:  # the seek overshot the start: decode from the beginning instead
+            got_end = _decode_excerpt(container, stream, start, duration, sink)
+            if got_end is None:  # the seek overshot the start: decode from the beginning instead
                 container.seek(0, stream=stream)
-                x, rate, got_end = _decode_excerpt(container, stream, start, duration, seek=False)
+                got_end = _decode_excerpt(container, stream, start, duration, sink, seek=False)
         except AudioError:
             raise
         except Exception as err:
             raise _av_error(path, "decoding failed", err) from err
-    if rate is None or x.shape[-1] == 0:
+    if sink.kept == 0:
         extra = f" (file is {declared:.2f} s long)" if declared else ""
         raise AudioError(path, f"no audio samples from {start:.2f} s on{extra}")
     if declared:
         _raise_if_truncated(path, got_end, None if duration is None else start + duration, declared)
-    return x, rate, lead
+    return lead
 
 
-def _decode_excerpt(container, stream, start, duration, seek=True):
-    """Decode [start, start + duration) -> ((channels, T), rate, end time), or (None, ...) when
-    after a seek the position is unknown or past ``start`` (the caller then decodes from 0)."""
+def _decode_excerpt(container, stream, start, duration, sink, seek=True):
+    """Decode [start, start + duration) into ``sink``; returns the time (s) where decoding
+    stopped, or None, with nothing given to the sink, when after a seek the position is unknown
+    or past ``start`` (the caller then decodes from 0)."""
     seeked = seek and start > SEEK_MARGIN_S and stream.time_base is not None
     if seeked:
         target = int((start - SEEK_MARGIN_S) / stream.time_base)
@@ -337,7 +451,7 @@ def _decode_excerpt(container, stream, start, duration, seek=True):
     to_float = av.AudioResampler(format="fltp")  # keeps layout and rate
     # time 0 of the audio is the stream's start time (mp3 encoder delay shifts it)
     origin = stream.start_time or 0
-    chunks, kept, rate, want, position = [], 0, None, None, None
+    kept, want, position = 0, None, None
     end_time = start
     for frame in container.decode(stream):
         rate = frame.sample_rate
@@ -348,11 +462,11 @@ def _decode_excerpt(container, stream, start, duration, seek=True):
         elif frame.pts is not None and frame.time_base is not None:
             t0 = float((frame.pts - origin) * frame.time_base)
         elif seeked:  # no timestamps to tell where the seek landed
-            return None, rate, start
+            return None
         else:
             t0 = 0.0
-        if seeked and not chunks and t0 > start + 1.0 / rate:
-            return None, rate, start
+        if seeked and kept == 0 and t0 > start + 1.0 / rate:
+            return None
         position = t0 + frame.samples / rate
         if position <= start:
             continue
@@ -361,14 +475,12 @@ def _decode_excerpt(container, stream, start, duration, seek=True):
         data = data[:, skip:]
         if want is not None:
             data = data[:, : want - kept]
-        chunks.append(data)
+        sink.add(data, rate)
         kept += data.shape[-1]
         end_time = t0 + (skip + data.shape[-1]) / rate
         if want is not None and kept >= want:
             break
-    if not chunks:
-        return np.zeros((1, 0), np.float32), rate, start
-    return np.concatenate(chunks, axis=-1), rate, end_time
+    return end_time
 
 
 ###################################################################################################

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from lib.audio import AUDIO_EXTENSIONS, SILENT, AudioError, get_info, is_silent, load_audio
+from lib.audio import (
+    AUDIO_EXTENSIONS,
+    SILENCE_PEAK,
+    SILENT,
+    AudioError,
+    get_info,
+    is_silent,
+    load_audio,
+    peak_level,
+)
 from lib.files import atomic_write
 from lib.filters import DOMAINS
 from lib.metadata import (  # noqa: F401  (also preproc.* for its users)
@@ -336,17 +345,17 @@ def check_audio(path, mode="quick", min_duration=1.0):
         info = get_info(path)
         if info.duration < min_duration:
             return None, f"too short: {info.duration:.2f} s < {min_duration:.2f} s"
-        if mode == "full":
-            excerpts = [load_audio(path, samplerate=None)]
-        else:
+        silent = True
+        if mode != "full":
             probe = min(QUICK_CHECK_SECONDS, info.duration)
             starts = (0.0, max(0.0, info.duration / 2 - probe), max(0.0, info.duration - 2 * probe))
             excerpts = [load_audio(path, samplerate=None, start=s, duration=probe) for s in starts]
-            if all(is_silent(x) for x in excerpts):
-                excerpts = [load_audio(path, samplerate=None)]
+            silent = all(is_silent(x) for x in excerpts)
+        if silent:  # decode everything, block by block
+            silent = peak_level(path) < SILENCE_PEAK
     except AudioError as err:
         return None, f"undecodable: {err.reason}"
-    if all(is_silent(x) for x in excerpts):
+    if silent:
         return None, SILENT
     return {"samplerate": info.samplerate, "length": info.duration, "channels": info.channels}, None
 

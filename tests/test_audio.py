@@ -1,10 +1,20 @@
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
+import soxr
 from scipy.signal import butter, lfilter
 
-from lib.audio import SILENT, AudioError, get_info, is_silent, load_audio, write_audio
+from lib.audio import (
+    SILENT,
+    AudioError,
+    get_info,
+    is_silent,
+    load_audio,
+    peak_level,
+    write_audio,
+)
 
 RATE = 44100
 SECONDS = 30
@@ -257,3 +267,80 @@ def test_resampled_excerpt_equals_crop_of_full_decode(tmp_path, rate):
         part = load_audio(tmp_path / "noise.wav", 16000, start=start, duration=4.0)
         first = round(start * 16000)
         np.testing.assert_allclose(part, whole[first : first + len(part)], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# whole files are decoded block by block: memory holds the output, not the file at its own rate
+# --------------------------------------------------------------------------------------------------
+
+
+def _one_shot(path, samplerate):
+    """What decoding everything at the file's rate and resampling at once gives (the reference
+    the streaming decoder must reproduce)."""
+    native = load_audio(path, samplerate=None, mono=False)
+    rate = get_info(path).samplerate
+    y = soxr.resample(native.mean(0), rate, samplerate)
+    return (y / max(1.0, float(np.abs(y).max()))).astype(np.float32)
+
+
+@pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".m4a", ".opus"])
+def test_streamed_whole_file_equals_one_shot_resampling(audio_dir, ext):
+    path = audio_dir / f"noise{ext}"
+    np.testing.assert_array_equal(load_audio(path, 16000), _one_shot(path, 16000))
+
+
+@pytest.mark.parametrize("ext", [".wav", ".mp3", ".m4a"])
+def test_excerpt_equals_the_same_part_of_the_whole_file(audio_dir, ext):
+    whole = load_audio(audio_dir / f"noise{ext}", 16000)
+    # inside the file an excerpt is the crop of the whole load; lossy frames decoded after a
+    # seek may differ by a sample of alignment (MAX_LAG) and by decoder state at the seek point
+    for start in (0.0, 7.25, 21.0):
+        part = load_audio(audio_dir / f"noise{ext}", 16000, start=start, duration=4.0)
+        first = round(start * 16000)
+        if ext == ".wav":
+            np.testing.assert_allclose(part, whole[first : first + len(part)], atol=1e-5)
+        else:
+            lag, corr = _lag(part, whole[first : first + len(part)])
+            assert lag == 0 and corr > 0.999
+
+
+@pytest.mark.parametrize("ext", [".wav", ".mp3", ".m4a"])
+def test_whole_file_decoding_does_not_hold_the_native_rate_signal(tmp_path, ext):
+    # 60 s of 44.1 kHz stereo is 21 MB as float32 at the file's rate; 16 kHz mono out is 3.8 MB
+    seconds = 60
+    left = _noise(seconds, RATE, seed=5)
+    write_audio(tmp_path / f"long{ext}", np.stack([left, 0.5 * left]), RATE)
+    native_bytes = 2 * seconds * RATE * 4
+    tracemalloc.start()
+    try:
+        y = load_audio(tmp_path / f"long{ext}", 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert abs(len(y) - seconds * 16000) <= 16000 * 0.1
+    assert peak < 0.4 * native_bytes, f"peak {peak / 2**20:.1f} MiB"
+    assert peak < 1.5 * y.nbytes  # the output plus a few blocks in flight
+
+
+@pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".m4a"])
+def test_peak_level_of_a_whole_file(audio_dir, ext):
+    path = audio_dir / f"noise{ext}"
+    stereo = load_audio(path, samplerate=None, mono=False)
+    assert peak_level(path, mono=False) == float(np.abs(stereo).max())
+    assert peak_level(path) == float(np.abs(load_audio(path, samplerate=None)).max())
+    assert peak_level(path) < peak_level(path, mono=False)  # the right channel is half the left
+
+
+def test_peak_level_names_a_broken_file(audio_dir, tmp_path):
+    _make_bad_files(audio_dir, tmp_path)
+    with pytest.raises(AudioError, match="truncated") as info:
+        peak_level(tmp_path / "truncated.mp3")
+    assert info.value.path == str(tmp_path / "truncated.mp3")
+
+
+def test_duration_is_counted_when_the_header_has_none(audio_dir, monkeypatch):
+    import lib.audio
+
+    monkeypatch.setattr(lib.audio, "_av_declared_duration", lambda container, stream: None)
+    info = get_info(audio_dir / "noise.m4a")
+    assert info.duration == pytest.approx(SECONDS, abs=0.05)
