@@ -35,13 +35,7 @@ from lib import cli, config, metrics, precision, report, retrieval, sweep, train
 from lib.checkpoint import load_checkpoint, load_model_state, run_config
 from lib.config import ConfigError, check_accelerator, parse_arguments
 from lib.dataset import Dataset
-from lib.extract import (
-    describe_windows,
-    embeddings_for,
-    file_digest,
-    settings_for,
-    tracks_digest,
-)
+from lib.extract import cache_parts, describe_windows, embeddings_for, settings_for
 from lib.filters import DomainIndex, FilterError
 from lib.metadata import SPLITS
 from lib.model_base import build_model
@@ -288,14 +282,14 @@ class Partition:
         )
         self.keys = list(self.dataset.versions)
         self.domains = DomainIndex(self.dataset.info, self.keys, source=conf.path.meta)
-        self.key_parts = {
-            "checkpoint": file_digest(args.checkpoint),
-            "model": OmegaConf.to_container(conf.model, resolve=True),
-            "partition": args.partition,
-            "tracks": tracks_digest(self.dataset, self.keys),
-        }
-        if args.precision != "32-true":  # other numbers: another cache entry (32-bit unchanged)
-            self.key_parts["precision"] = args.precision
+        self.key_parts = cache_parts(
+            args.checkpoint,
+            OmegaConf.to_container(conf.model, resolve=True),
+            args.partition,
+            self.dataset,
+            self.keys,
+            args.precision,
+        )
         self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
 

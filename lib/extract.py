@@ -192,6 +192,33 @@ def cache_key(parts):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def cache_parts(checkpoint, model_conf, partition, dataset, keys, precision):
+    """What an evaluation cache entry depends on besides its windows: the checkpoint's bytes,
+    the model config (a plain dict), the partition, the tracks (list and file stamps) and the
+    precision when it is not 32 bits (32-bit entries keep the keys they always had)."""
+    parts = {
+        "checkpoint": file_digest(checkpoint),
+        "model": model_conf,
+        "partition": partition,
+        "tracks": tracks_digest(dataset, keys),
+    }
+    if precision != "32-true":
+        parts["precision"] = precision
+    return parts
+
+
+def cache_entry(cache_dir, key_parts, windows):
+    """(folder, key) of the cache entry of ``key_parts`` (``cache_parts``) with the ``Windows``
+    ``windows``."""
+    key = cache_key({**key_parts, **windows.as_dict(), "cache_version": CACHE_VERSION})
+    return os.path.join(cache_dir, key[:24]), key
+
+
+def cache_manifest(windows, key_parts):
+    """What the manifest of a cache entry records beyond its key."""
+    return {"settings": windows.as_dict(), "parts": key_parts}
+
+
 ###################################################################################################
 # Store
 ###################################################################################################
@@ -313,8 +340,7 @@ def embeddings_for(
 ):
     """Embeddings of ``keys`` with the ``Windows`` ``windows``, from the cache when it holds
     exactly these (checkpoint, windows, tracks), else extracted by all processes and cached."""
-    key = cache_key({**key_parts, **windows.as_dict(), "cache_version": CACHE_VERSION})
-    folder = os.path.join(cache_dir, key[:24])
+    folder, key = cache_entry(cache_dir, key_parts, windows)
     cached = load_store(folder, key)
     what = describe_windows(windows)
     if cached is not None:
@@ -337,7 +363,7 @@ def embeddings_for(
     )
     fabric.barrier()
     if fabric.is_global_zero:
-        manifest = {"settings": windows.as_dict(), "parts": key_parts}
+        manifest = cache_manifest(windows, key_parts)
         merge_shards(folder, key, keys, dataset, fabric.world_size, manifest)
     fabric.barrier()
     cached = load_store(folder, key)
