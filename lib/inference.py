@@ -163,6 +163,14 @@ class DecodedFiles(torch.utils.data.Dataset):
         return i, x, None
 
 
+def decoding_workers(nworkers, nfiles):
+    """Worker processes to decode ``nfiles`` files: none for one file, whose decoding has no
+    embedding to overlap with, and which a worker would hand over through a pipe at the cost of
+    two more copies of the waveform (2 h at 16 kHz: 440 MiB each); at most one per file after
+    the first."""
+    return max(0, min(nworkers, nfiles - 1))
+
+
 def embed_files(
     model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, precision="32-true"
 ):
@@ -176,12 +184,13 @@ def embed_files(
     summary = {"done": [], "skipped": skipped, "failed": []}
     if not todo:
         return summary
+    workers = decoding_workers(nworkers, len(todo))
     loader = torch.utils.data.DataLoader(
         DecodedFiles([src for src, _ in todo], model.sr),
         batch_size=1,
         collate_fn=unbatched,
-        num_workers=max(0, int(nworkers)),
-        prefetch_factor=2 if nworkers > 0 else None,
+        num_workers=workers,
+        prefetch_factor=2 if workers > 0 else None,
     )
     seconds, start = 0.0, time.time()
     with tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True) as bar:

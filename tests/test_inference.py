@@ -16,6 +16,7 @@ import inference
 from lib import extract, precision, store, synth
 from lib.audio import load_audio, write_audio
 from lib.checkpoint import save_checkpoint
+from lib.inference import decoding_workers
 from models.clews import Model
 from tests.corpus import ROOT, randomised
 from tests.models.test_clews import tiny_conf
@@ -273,3 +274,11 @@ def test_a_killed_run_leaves_complete_files_and_resumes(checkpoint, tmp_path):
     assert f"{len(first)} already there" in result.stdout
     assert len(list(out.rglob("*.pt"))) == 24
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_one_file_is_decoded_without_a_worker_process():
+    # one file: nothing to overlap its decoding with; a worker would copy the waveform twice
+    assert decoding_workers(2, 1) == 0
+    assert decoding_workers(2, 2) == 1
+    assert decoding_workers(2, 50) == 2
+    assert decoding_workers(0, 50) == 0
