@@ -1,14 +1,15 @@
-"""Peak memory (RSS, the process and its children, sampled from /proc) of the two jobs whose
-input can grow without bound, each run in a fresh process:
+"""Peak memory of the two jobs whose input can grow without bound, each run in a fresh process:
 
-1. ``inference.py`` on one long 44.1 kHz stereo mp3 (10 min and 2 h): against the decoder that
-   block-by-block decoding replaced (every frame kept at the file's rate, then downmixed and
-   resampled at once), on the same file in the same run;
-2. ``test.py`` on a cached evaluation of N tracks x 56 windows x 1024-d (20 s windows every 5 s,
-   N = 5,000 and 20,000; 32 queries against all N candidates, the engine's block size): the
-   peak beyond the cache's own size should not grow with N. The cache is written beforehand
-   with the entry test.py looks up (random embeddings around one centre per work), so no audio
-   is embedded; the audio files are links to one short file.
+1. one long 44.1 kHz stereo mp3 (1 min, 10 min, 2 h) decoded whole to 16 kHz mono: how much the
+   peak RSS (VmHWM) rises while decoding it block by block (``lib.audio.load_audio``) against
+   the decoder it replaced (every frame kept at the file's rate, then downmixed and resampled
+   at once), on the same file in the same run; and ``inference.py``'s peak on it (PSS of the
+   process and its decoding workers: a page they share counts once);
+2. ``test.py`` on a cached evaluation of N tracks x 56 windows x 1024-d (20 s windows every
+   5 s, N = 5,000 and 20,000; 32 queries against all N candidates, the engine's block size):
+   the peak PSS beyond the cache's own size should not grow with N. The cache is written
+   beforehand with the entry test.py looks up (random embeddings around one centre per work),
+   so no audio is embedded; the audio files are links to one short file.
 
     .venv/bin/python -m benchmarks.bench_memory [--hours 2] [--tracks 5000 20000] [--full]
 """
@@ -196,7 +197,7 @@ def inference_part(args, out):
           f"(before) and block by block (now). inference.py ({name}, {params:,} parameters, "
           "20 s windows every 5 s): peak PSS of the process and its decoding workers.")
     first = None
-    for seconds in (60, 600, args.hours * 3600):
+    for seconds in sorted({60, 600, args.hours * 3600}):
         path = os.path.join(out, f"long-{seconds:.0f}s.mp3")
         if not os.path.isfile(path):
             start = time.perf_counter()

@@ -191,7 +191,7 @@ def main():
     parser.add_argument("--windows", type=int, default=56)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--windows-sizes", type=int, nargs="+",
-                        default=[20_000, 100_000, 300_000])
+                        default=[20_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--qdim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--lengths", type=float, nargs="+", default=[60, 600, 1800, 7200])
