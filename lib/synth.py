@@ -7,6 +7,11 @@ or arpeggiated chords, bass pattern, drums). A version changes the key (up to +/
 the tempo (0.8-1.25x), the structure (where it starts, sections dropped or repeated), the mix
 (noise, reverb, EQ, level) and, in a quarter of the versions, the lead instrument.
 
+With ``--variation arrangement`` every version is also re-arranged, as real covers are: its
+instruments, accompaniment pattern, chord voicing, bass line and drum groove are drawn afresh,
+and its melody is ornamented (passing and neighbour notes). What stays is the composition:
+melody, harmony and form. The default (``cover``) is the corpus of the demo, unchanged.
+
     python -m lib.synth --out data/demo/audio --works 40 --versions 4 --seconds 40
 
 writes the ``folder`` layout ``<out>/<work>/<version>.<ext>``, rotating the formats (wav, flac,
@@ -18,6 +23,7 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +47,19 @@ TIMBRES = {
     "reed": [0.6, 1.0, 0.5, 0.45, 0.2, 0.15, 0.1],
 }
 ENVELOPES = ("pluck", "pad", "piano", "organ")
+VARIATIONS = ("cover", "arrangement")
+# accompaniment: chords held, arpeggiated (eighths), on the off-beats, or short stabs
+CHORD_PATTERNS = ("sustain", "arpeggio", "offbeat", "stabs")
+# chord tones in scale steps from the chord's root (7 = the root an octave up)
+VOICINGS = {
+    "close": (0, 2, 4),
+    "first-inversion": (2, 4, 7),
+    "second-inversion": (4, 7, 9),
+    "open": (0, 4, 9),
+    "seventh": (0, 2, 4, 6),
+}
+# drum grooves: per beat of the bar, "k" kick, "s" snare, "-" nothing; "h" adds eighth hi-hats
+DRUM_PATTERNS = ("basic", "four-on-floor", "half-time", "busy")
 FORMATS = ("wav", "flac", "mp3", "m4a", "ogg")
 SECTION_BARS = 4
 
@@ -96,7 +115,7 @@ def _arrangement(rng):
         bass_timbre=str(rng.choice(["sine", "soft", "organ", "saw"])),
         melody_env=str(rng.choice(ENVELOPES)),
         chord_env=str(rng.choice(ENVELOPES)),
-        arpeggio=bool(rng.random() < 0.4),
+        chord_pattern="arpeggio" if rng.random() < 0.4 else "sustain",
         bass_pattern=str(rng.choice(["whole", "beats", "root-fifth"])),
         drums=bool(rng.random() < 0.5),
         melody_octave=int(rng.choice([0, 0, 1, -1])),
@@ -150,7 +169,7 @@ class Version:
     bass_timbre: str
     melody_env: str
     chord_env: str
-    arpeggio: bool
+    chord_pattern: str  # one of CHORD_PATTERNS
     bass_pattern: str  # "whole", "beats", "root-fifth"
     drums: bool
     melody_octave: int
@@ -159,13 +178,22 @@ class Version:
     reverb_s: float  # decay time
     tilt: float  # spectral tilt of the EQ: < 0 darker, > 0 brighter
     gain: float  # output peak
+    voicing: str = "close"  # one of VOICINGS
+    drum_pattern: str = "basic"  # one of DRUM_PATTERNS
+    ornament: float = 0.0  # probability that a melody note of a beat or more gets an ornament
 
 
-def vary(piece, rng):
+def vary(piece, rng, variation="cover"):
     """Random cover-like changes of a piece: key, tempo, structure and mix always; the lead
     instrument in a quarter of the versions (the rest of the arrangement is the piece's own, as
     the band's sound usually survives a cover: a demo model learns key, tempo and structure
-    invariance in minutes, arrangement invariance takes far more data)."""
+    invariance in minutes, arrangement invariance takes far more data).
+
+    ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``); the
+    draws of ``cover`` come first and are the same, so a work's key, tempo and form do not
+    depend on the mode."""
+    if variation not in VARIATIONS:
+        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
         form = form[int(rng.integers(1, 3)) :]
@@ -178,7 +206,7 @@ def vary(piece, rng):
     if rng.random() < 0.25:  # another lead instrument
         arrangement["melody_timbre"] = str(rng.choice(list(TIMBRES)))
         arrangement["melody_env"] = str(rng.choice(ENVELOPES))
-    return Version(
+    version = Version(
         transpose=int(rng.integers(-6, 7)),
         tempo=float(rng.uniform(0.8, 1.25)),
         form=form,
@@ -188,6 +216,23 @@ def vary(piece, rng):
         tilt=float(rng.uniform(-1, 1)),
         gain=float(rng.uniform(0.4, 0.9)),
         **arrangement,
+    )
+    return rearrange(version, rng) if variation == "arrangement" else version
+
+
+def rearrange(version, rng):
+    """The version with a new arrangement: every instrument and envelope, the accompaniment
+    pattern, the voicing of the chords, the bass line, the drums and their groove, the melody's
+    octave, and ornaments on the melody."""
+    fresh = _arrangement(rng)
+    fresh["chord_pattern"] = str(rng.choice(CHORD_PATTERNS))
+    fresh["drums"] = bool(rng.random() < 0.7)
+    return dataclasses.replace(
+        version,
+        **fresh,
+        voicing=str(rng.choice(list(VOICINGS))),
+        drum_pattern=str(rng.choice(DRUM_PATTERNS)),
+        ornament=float(rng.uniform(0.2, 0.6)),
     )
 
 
@@ -223,16 +268,40 @@ def _add_note(out, sr, start_s, length_s, freq, timbre, env, amp, rng):
     out[start : start + n] += amp * wave * _envelope(env, n, sr)
 
 
-def _add_drums(out, sr, beat_s, nbeats, beats_per_bar, rng):
-    kick_n, snare_n = int(0.15 * sr), int(0.12 * sr)
+def _add_drums(out, sr, beat_s, nbeats, beats_per_bar, rng, pattern="basic"):
+    kick_n, snare_n, hat_n = int(0.15 * sr), int(0.12 * sr), int(0.04 * sr)
     t = np.arange(kick_n) / sr
     kick = np.sin(2 * np.pi * (50 * t + 60 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.05)
     snare = rng.standard_normal(snare_n) * np.exp(-np.arange(snare_n) / (0.04 * sr))
+    hat = None
+    if pattern == "busy":  # drawn only for this groove: the others keep their random stream
+        hat = np.diff(rng.standard_normal(hat_n + 1)) * np.exp(-np.arange(hat_n) / (0.01 * sr))
     for b in range(nbeats):
-        start = int(b * beat_s * sr)
-        drum = kick if b % beats_per_bar in (0, beats_per_bar // 2 + 1) else 0.5 * snare
-        end = min(len(out), start + len(drum))
-        out[start:end] += 0.5 * drum[: end - start]
+        for offset, drum, level in _drum_hits(b % beats_per_bar, beats_per_bar, pattern):
+            sound = {"k": kick, "s": snare, "h": hat}[drum]
+            start = int((b + offset) * beat_s * sr)
+            end = min(len(out), start + len(sound))
+            if end > start:
+                out[start:end] += level * sound[: end - start]
+
+
+def _drum_hits(beat, beats_per_bar, pattern):
+    """[(offset in beats, "k" | "s" | "h", level)] of one beat of a drum groove."""
+    if pattern == "basic":
+        kick = beat in (0, beats_per_bar // 2 + 1)
+        return [(0.0, "k", 0.5) if kick else (0.0, "s", 0.25)]
+    if pattern == "four-on-floor":
+        return [(0.0, "k", 0.5)] + ([(0.0, "s", 0.25)] if beat % 2 else [])
+    if pattern == "half-time":
+        if beat == 0:
+            return [(0.0, "k", 0.5)]
+        return [(0.0, "s", 0.3)] if beat == beats_per_bar // 2 else []
+    hits = [(0.0, "h", 0.15), (0.5, "h", 0.1)]  # busy: eighth hi-hats, kick and snare between
+    if beat == 0 or beat == beats_per_bar - 1:
+        hits.append((0.0 if beat == 0 else 0.5, "k", 0.5))
+    elif beat % 2:
+        hits.append((0.0, "s", 0.25))
+    return hits
 
 
 def render(piece, version, sr=16000, rng=None):
@@ -248,34 +317,20 @@ def render(piece, version, sr=16000, rng=None):
         origin = i * section_beats
         for bar, root in enumerate(section.chords):
             bar_start = (origin + bar * bar_beats) * beat_s
-            triad = [midi_of(piece, root + d, 0, version.transpose) for d in (0, 2, 4)]
-            if version.arpeggio:
-                for b in range(2 * bar_beats):
-                    note = triad[b % 3] + (12 if b % 6 >= 3 else 0)
-                    _add_note(
-                        out,
-                        sr,
-                        bar_start + b * beat_s / 2,
-                        beat_s / 2,
-                        hz(note),
-                        version.chord_timbre,
-                        "pluck",
-                        0.12,
-                        rng,
-                    )
-            else:
-                for note in triad:
-                    _add_note(
-                        out,
-                        sr,
-                        bar_start,
-                        bar_beats * beat_s,
-                        hz(note),
-                        version.chord_timbre,
-                        version.chord_env,
-                        0.1,
-                        rng,
-                    )
+            voicing = VOICINGS[version.voicing]
+            chord = [midi_of(piece, root + d, 0, version.transpose) for d in voicing]
+            for start, length, note, env, amp in _chord_notes(chord, version, bar_beats):
+                _add_note(
+                    out,
+                    sr,
+                    bar_start + start * beat_s,
+                    length * beat_s,
+                    hz(note),
+                    version.chord_timbre,
+                    env,
+                    amp,
+                    rng,
+                )
             bass = midi_of(piece, root, -2, version.transpose)
             if version.bass_pattern == "whole":
                 hits = [(0, bar_beats, bass)]
@@ -295,7 +350,7 @@ def render(piece, version, sr=16000, rng=None):
                     0.25,
                     rng,
                 )
-        for start, length, degree, octave in section.melody:
+        for start, length, degree, octave in _ornamented(section.melody, version.ornament, rng):
             note = midi_of(piece, degree, octave + version.melody_octave, version.transpose)
             _add_note(
                 out,
@@ -309,8 +364,45 @@ def render(piece, version, sr=16000, rng=None):
                 rng,
             )
     if version.drums:
-        _add_drums(out, sr, beat_s, total_beats, bar_beats, rng)
+        _add_drums(out, sr, beat_s, total_beats, bar_beats, rng, version.drum_pattern)
     return _mix(out, version, sr, rng)
+
+
+def _chord_notes(chord, version, bar_beats):
+    """[(start beat in the bar, length in beats, MIDI note, envelope, amplitude)] of one bar of
+    accompaniment playing the MIDI notes ``chord``."""
+    pattern, n = version.chord_pattern, len(chord)
+    if pattern == "sustain":
+        return [(0.0, bar_beats, note, version.chord_env, 0.1) for note in chord]
+    if pattern == "arpeggio":  # eighths up the chord, then up again an octave higher
+        return [
+            (b / 2, 0.5, chord[b % n] + (12 if b % (2 * n) >= n else 0), "pluck", 0.12)
+            for b in range(2 * bar_beats)
+        ]
+    if pattern == "offbeat":
+        return [(b + 0.5, 0.5, note, "pluck", 0.09) for b in range(bar_beats) for note in chord]
+    hits = [0.0, 1.5] + ([2.5] if bar_beats > 3 else [])  # stabs
+    return [(b, 0.4, note, "piano", 0.1) for b in hits for note in chord]
+
+
+def _ornamented(melody, probability, rng):
+    """The melody with, for a note of a beat or more with ``probability``, an eighth before it
+    taken from its length: a neighbour note (a step above or below) or a passing note from the
+    previous one. No random draw at all when ``probability`` is 0 (the cover corpus)."""
+    if probability <= 0:
+        return melody
+    notes, previous = [], None
+    for start, length, degree, octave in melody:
+        if length >= 1.0 and rng.random() < probability:
+            if previous is not None and abs(previous - degree) >= 2:
+                grace = degree + (1 if previous > degree else -1)  # passing from above / below
+            else:
+                grace = degree + int(rng.choice([-1, 1]))
+            notes.append((start, 0.5, grace, octave))
+            start, length = start + 0.5, length - 0.5
+        notes.append((start, length, degree, octave))
+        previous = degree
+    return notes
 
 
 def _mix(x, version, sr, rng):
@@ -340,15 +432,16 @@ def work_piece(w, seed, seconds):
     return rng, compose(rng, seconds)
 
 
-def render_work(out, w, versions, seconds, seed, sr, formats):
-    """Render and write the versions of work ``w`` (see ``work_piece``).
+def render_work(out, w, versions, seconds, seed, sr, formats, variation="cover"):
+    """Render and write the versions of work ``w`` (see ``work_piece``), varied by ``vary``'s
+    ``variation``.
 
     Returns (number of files, seconds of audio, seconds rendering, seconds encoding)."""
     rng, piece = work_piece(w, seed, seconds)
     nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
     for v in range(versions):
         t0 = time.perf_counter()
-        x = render(piece, vary(piece, rng), sr, rng)
+        x = render(piece, vary(piece, rng, variation), sr, rng)
         t1 = time.perf_counter()
         ext = formats[(w + v) % len(formats)]
         write_audio(os.path.join(out, f"work{w:03d}", f"v{v}.{ext}"), x, sr)
@@ -359,24 +452,36 @@ def render_work(out, w, versions, seconds, seed, sr, formats):
     return nfiles, audio_s, render_s, encode_s
 
 
-def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0):
+def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="cover"):
     """A version of work ``work`` of the corpus made with (``seed``, ``seconds``) that is not in
     it: the same piece, varied and mixed from another random stream. Returns float32 audio."""
     _, piece = work_piece(work, seed, seconds)
     rng = np.random.default_rng([seed, work, 1_000_000 + variant])
-    return render(piece, vary(piece, rng), sr, rng)
+    return render(piece, vary(piece, rng, variation), sr, rng)
 
 
 def make_corpus(
-    out, works=40, versions=4, seconds=40.0, seed=0, sr=16000, formats=FORMATS, njobs=1
+    out,
+    works=40,
+    versions=4,
+    seconds=40.0,
+    seed=0,
+    sr=16000,
+    formats=FORMATS,
+    njobs=1,
+    variation="cover",
 ):
     """Render ``works`` pieces with ``versions`` versions each into ``out``/<work>/<version>.<ext>,
-    in ``njobs`` processes (-1: one per core).
+    in ``njobs`` processes (-1: one per core), varied by ``vary``'s ``variation``.
 
     Returns (number of files, seconds of audio, seconds spent rendering, seconds spent encoding).
     """
     njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
-    jobs = [(out, w, versions, seconds, seed, sr, tuple(formats)) for w in range(works)]
+    if variation not in VARIATIONS:
+        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
+    jobs = [
+        (out, w, versions, seconds, seed, sr, tuple(formats), variation) for w in range(works)
+    ]
     if njobs == 1 or works == 1:
         results = [render_work(*job) for job in jobs]
     else:
@@ -396,6 +501,13 @@ def main(argv=None):
     parser.add_argument("--samplerate", type=int, default=16000)
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, rotated")
     parser.add_argument("--njobs", type=int, default=1, help="processes (-1: one per core)")
+    parser.add_argument(
+        "--variation",
+        choices=VARIATIONS,
+        default="cover",
+        help="cover: key, tempo, structure, mix and sometimes the lead instrument (the demo); "
+        "arrangement: also new instruments, accompaniment, voicings, drums and ornaments",
+    )
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2 or args.seconds <= 0:
         parser.error("need --works >= 1, --versions >= 2 and --seconds > 0")
@@ -409,6 +521,7 @@ def main(argv=None):
         args.samplerate,
         formats,
         args.njobs,
+        args.variation,
     )
     print(
         f"Wrote {nfiles} files ({audio_s / 60:.1f} min of audio) to {args.out}: rendering "

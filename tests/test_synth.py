@@ -49,7 +49,8 @@ def test_versions_vary_like_covers(piece):
     assert any(len(v.form) < len(piece.form) for v in versions)  # dropped section
     # the arrangement is the piece's own; a quarter of the versions change the lead instrument
     chords = {
-        (v.chord_timbre, v.bass_timbre, v.arpeggio, v.drums, v.bass_pattern) for v in versions
+        (v.chord_timbre, v.bass_timbre, v.chord_pattern, v.drums, v.bass_pattern, v.voicing)
+        for v in versions
     }
     assert len(chords) == 1
     leads = [(v.melody_timbre, v.melody_env) for v in versions]
@@ -58,7 +59,7 @@ def test_versions_vary_like_covers(piece):
     pieces = [synth.compose(np.random.default_rng(s), 20) for s in range(200)]
     arrangements = {tuple(sorted(p.arrangement.items())) for p in pieces}
     assert len(arrangements) > 150
-    assert {p.arrangement["arpeggio"] for p in pieces} == {True, False}
+    assert {p.arrangement["chord_pattern"] for p in pieces} == {"arpeggio", "sustain"}
     assert {p.arrangement["drums"] for p in pieces} == {True, False}
 
 
@@ -91,3 +92,92 @@ def test_cli_writes_folder_layout_that_preprocessing_reads(tmp_path):
     info, splits = preproc.load_metadata(fn_out)
     assert len(info) == 9 and len(splits["test"]) == 3
     assert all(song["samplerate"] in (16000, 48000) for song in info.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# --variation arrangement: every version re-arranged, the composition kept
+# --------------------------------------------------------------------------------------------------
+
+ARRANGEMENT = ("melody_timbre", "chord_timbre", "bass_timbre", "chord_pattern", "bass_pattern",
+               "voicing", "drum_pattern")
+
+
+def test_arrangement_mode_redraws_instruments_patterns_and_voicings(piece):
+    versions = [synth.vary(piece, np.random.default_rng(s), "arrangement") for s in range(200)]
+    for name in ARRANGEMENT:
+        values = {getattr(v, name) for v in versions}
+        assert len(values) >= 3, name
+    assert {v.chord_pattern for v in versions} == set(synth.CHORD_PATTERNS)
+    assert {v.voicing for v in versions} == set(synth.VOICINGS)
+    assert {v.drum_pattern for v in versions} == set(synth.DRUM_PATTERNS)
+    assert all(0.2 <= v.ornament <= 0.6 for v in versions)
+    # the same draws as the cover mode come first: key, tempo, form and mix do not change
+    for s in range(20):
+        cover = synth.vary(piece, np.random.default_rng(s))
+        other = synth.vary(piece, np.random.default_rng(s), "arrangement")
+        assert (cover.transpose, cover.tempo, cover.form, cover.gain) == (
+            other.transpose, other.tempo, other.form, other.gain)
+
+
+def test_versions_of_a_work_differ_in_instruments_in_arrangement_mode():
+    # the 4 versions of each of 10 works: within a work, instruments differ between versions
+    # (in the cover mode only the lead may change, in a quarter of the versions)
+    for mode, expect_differ in (("arrangement", True), ("cover", False)):
+        differ = 0
+        for w in range(10):
+            rng, piece = synth.work_piece(w, seed=0, seconds=20)
+            versions = [synth.vary(piece, rng, mode) for _ in range(4)]
+            differ += len({(v.chord_timbre, v.bass_timbre, v.voicing) for v in versions}) > 1
+        assert (differ >= 9) if expect_differ else differ == 0
+
+
+def test_arrangement_corpus_is_seeded_and_differs_from_the_cover_one(tmp_path):
+    def render(mode, njobs):
+        out = tmp_path / f"{mode}-{njobs}"
+        synth.make_corpus(out, works=2, versions=2, seconds=6, seed=4, formats=("wav",),
+                          njobs=njobs, variation=mode)
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.wav"))}
+
+    one, two = render("arrangement", 1), render("arrangement", 2)
+    assert one == two and len(one) == 4  # the same files whatever the number of processes
+    cover = render("cover", 1)
+    assert cover.keys() == one.keys() and all(cover[k] != one[k] for k in one)
+
+
+def test_ornaments_keep_the_melody_and_its_length():
+    melody = [(0.0, 1.0, 2, 0), (1.0, 0.5, 4, 0), (1.5, 2.0, 0, 0), (3.5, 1.0, 3, 0)]
+    assert synth._ornamented(melody, 0.0, np.random.default_rng(0)) == melody
+    notes = synth._ornamented(melody, 1.0, np.random.default_rng(0))
+    assert sum(n[1] for n in notes) == sum(n[1] for n in melody)  # the same total length
+    kept = [(start + length, degree) for start, length, degree, _ in notes]
+    for start, length, degree, _ in melody:  # each note still ends when it did
+        assert (start + length, degree) in kept
+    # passing notes: between the 4 and the 0 from above (a 1), between the 0 and the 3 from
+    # below (a 2); the first note has no previous one: a neighbour, a step above or below
+    assert (1.5, 0.5, 1, 0) in notes and (3.5, 0.5, 2, 0) in notes
+    assert notes[0][:2] == (0.0, 0.5) and notes[0][2] in (1, 3)
+
+
+def test_every_accompaniment_and_groove_renders(piece):
+    base = synth.vary(piece, np.random.default_rng(1), "arrangement")
+    for pattern in synth.CHORD_PATTERNS:
+        for voicing in synth.VOICINGS:
+            v = dataclasses.replace(base, chord_pattern=pattern, voicing=voicing, drums=False)
+            x = synth.render(piece, v, SR, np.random.default_rng(0))
+            assert np.isfinite(x).all() and np.abs(x).max() > 0.1
+    drums = []
+    for groove in synth.DRUM_PATTERNS:
+        v = clean(base, drums=True, drum_pattern=groove, melody_timbre="sine")
+        drums.append(synth.render(piece, v, SR, np.random.default_rng(0)))
+    assert len({x.tobytes() for x in drums}) == len(synth.DRUM_PATTERNS)
+
+
+def test_cli_variation_option(tmp_path):
+    args = ["--out", str(tmp_path / "a"), "--works", "1", "--versions", "2", "--seconds", "4",
+            "--formats", "wav"]
+    assert synth.main(args + ["--variation", "arrangement"]) == 0
+    assert len(list((tmp_path / "a").rglob("*.wav"))) == 2
+    with pytest.raises(SystemExit):
+        synth.main(args + ["--variation", "remix"])
+    with pytest.raises(ValueError, match="variation must be one of"):
+        synth.vary(synth.compose(np.random.default_rng(0), 10), np.random.default_rng(0), "x")
