@@ -66,6 +66,12 @@ def parse_args(argv):
     )
     parser.add_argument("--fresh", action="store_true", help="delete OUT (a demo folder) first")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--variation",
+        choices=synth.VARIATIONS,
+        default="cover",
+        help="corpus: cover (the demo's) or arrangement (every version re-arranged; harder)",
+    )
     args = parser.parse_args(argv)
     # the steps run from the repository root: paths given relative to where the demo was started
     args.out, args.conf = from_root(args.out), from_root(args.conf)
@@ -128,10 +134,12 @@ def prepare_out(args):
     if args.fresh and os.path.isfile(marker):
         shutil.rmtree(args.out)
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("works", "versions", "seconds", "split", "seed")}
+    keys = ("works", "versions", "seconds", "split", "seed", "variation")
+    settings = {k: getattr(args, k) for k in keys}
     if os.path.isfile(marker):
         with open(marker) as handle:
             before = json.load(handle)
+        before.setdefault("variation", "cover")  # demo folders from before the option
         if before != settings:
             raise StepError(
                 f"{args.out} holds a demo made with {before}; add --fresh to start over with "
@@ -155,6 +163,7 @@ def render_corpus(args, audio, logs):
         return 0.0
     cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={args.works}"]
     cmd += [f"--versions={args.versions}", f"--seconds={args.seconds:g}", f"--seed={args.seed}"]
+    cmd += [f"--variation={args.variation}"]
     seconds = run_step("1-corpus", cmd + [f"--njobs={args.njobs}"], logs)
     open(done, "w").close()
     return seconds
@@ -166,7 +175,8 @@ def write_query_clip(args, meta, clips):
     work = sorted(load_metadata(meta)[1]["test"])[0]
     number = int(work.removeprefix("work"))
     sr = 16000
-    audio = synth.unseen_version(number, args.seed, args.seconds, sr)[5 * sr : 25 * sr]
+    version = synth.unseen_version(number, args.seed, args.seconds, sr, variation=args.variation)
+    audio = version[5 * sr : 25 * sr]
     path = os.path.join(clips, f"{work}-unseen-version.wav")
     write_audio(path, audio, sr)
     return path, work

@@ -69,6 +69,21 @@ def test_other_settings_need_fresh(tmp_path):
     assert json.loads((out / demo.MARKER).read_text())["seconds"] == 25
 
 
+def test_corpus_variation_is_a_setting_of_the_folder(tmp_path):
+    out = tmp_path / "d"
+    demo.prepare_out(args_for(out))
+    with pytest.raises(demo.StepError, match="--fresh"):
+        demo.prepare_out(args_for(out, "--variation=arrangement"))
+    demo.prepare_out(args_for(out, "--variation=arrangement", "--fresh"))
+    assert json.loads((out / demo.MARKER).read_text())["variation"] == "arrangement"
+    # a demo folder from before the option holds the cover corpus: it is reused as it is
+    marker = {"works": 8, "versions": 4, "seconds": 20.0, "split": "0.5,0.25,0.25", "seed": 0}
+    (out / demo.MARKER).write_text(json.dumps(marker))
+    demo.prepare_out(args_for(out))
+    with pytest.raises(demo.StepError, match="--fresh"):
+        demo.prepare_out(args_for(out, "--variation=arrangement"))
+
+
 def test_a_failing_step_names_its_log(tmp_path):
     cmd = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     with pytest.raises(demo.StepError, match=r"'x' failed \(exit status 3\).*x\.log"):
