@@ -168,8 +168,7 @@ def get_info(path):
 
 def is_silent(x):
     """True if the audio array (any shape) has no sample above -80 dBFS."""
-    # max and -min rather than abs: no temporary copy of a long signal
-    return x.size == 0 or max(float(x.max()), -float(x.min())) < SILENCE_PEAK
+    return x.size == 0 or float(_abs_max(x)) < SILENCE_PEAK
 
 
 def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refuse_silence=False):
@@ -197,9 +196,7 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refu
         raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
     plan = _excerpt_plan(start, duration, samplerate)
     sink = _Collect(samplerate, mono)
-    lead = _read_soundfile(path, plan, sink) if _uses_soundfile(path) else None
-    if lead is None:
-        lead = _read_pyav(path, plan, sink)
+    lead = _decode(path, plan, sink)
     x, rate = sink.result()
     x = x[:, lead:]
     if duration is not None:
@@ -219,11 +216,22 @@ def peak_level(path, mono=True):
     path = str(path)
     _check_file(path)
     sink = _Peak(mono)
-    plan = _excerpt_plan(0.0, None, None)
-    if _uses_soundfile(path) and _read_soundfile(path, plan, sink) is not None:
-        return sink.peak
-    _read_pyav(path, plan, sink)
+    _decode(path, _excerpt_plan(0.0, None, None), sink)
     return sink.peak
+
+
+def _decode(path, plan, sink):
+    """Decode the planned excerpt into ``sink`` with libsndfile where it can open the file, else
+    with PyAV; returns the lead (output samples to drop at the start)."""
+    lead = _read_soundfile(path, plan, sink) if _uses_soundfile(path) else None
+    return _read_pyav(path, plan, sink) if lead is None else lead
+
+
+def _abs_max(x, axis=None):
+    """Largest absolute value of ``x`` (along ``axis``, kept as a size-1 axis): max and -min
+    rather than abs, which would make a temporary copy of a long signal."""
+    keep = axis is not None
+    return np.maximum(x.max(axis=axis, keepdims=keep), -x.min(axis=axis, keepdims=keep))
 
 
 class _Collect:
@@ -265,9 +273,7 @@ class _Collect:
         self._append(self.stream.resample_chunk(np.zeros((0, channels), np.float32), last=True).T)
         y = self._array()
         if y.shape[-1] > 0:
-            # max and -min rather than abs: no temporary copy of the whole signal
-            peak = np.maximum(y.max(axis=-1, keepdims=True), -y.min(axis=-1, keepdims=True))
-            np.divide(y, np.maximum(1.0, peak), out=y)
+            np.divide(y, np.maximum(1.0, _abs_max(y, axis=-1)), out=y)
         return y, int(self.samplerate)
 
     def _start(self, rate, channels):
@@ -315,7 +321,7 @@ class _Peak:
         if self.mono:
             block = block.mean(0)
         if block.size:
-            self.peak = max(self.peak, float(block.max()), -float(block.min()))
+            self.peak = max(self.peak, float(_abs_max(block)))
 
 
 def _excerpt_plan(start, duration, samplerate):

@@ -183,6 +183,11 @@ class Version:
     ornament: float = 0.0  # probability that a melody note of a beat or more gets an ornament
 
 
+def check_variation(variation):
+    if variation not in VARIATIONS:
+        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
+
+
 def vary(piece, rng, variation="cover"):
     """Random cover-like changes of a piece: key, tempo, structure and mix always; the lead
     instrument in a quarter of the versions (the rest of the arrangement is the piece's own, as
@@ -192,8 +197,7 @@ def vary(piece, rng, variation="cover"):
     ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``); the
     draws of ``cover`` come first and are the same, so a work's key, tempo and form do not
     depend on the mode."""
-    if variation not in VARIATIONS:
-        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
+    check_variation(variation)
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
         form = form[int(rng.integers(1, 3)) :]
@@ -477,8 +481,7 @@ def make_corpus(
     Returns (number of files, seconds of audio, seconds spent rendering, seconds spent encoding).
     """
     njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
-    if variation not in VARIATIONS:
-        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
+    check_variation(variation)
     jobs = [
         (out, w, versions, seconds, seed, sr, tuple(formats), variation) for w in range(works)
     ]
