@@ -1,0 +1,61 @@
+"""The plumbing of the benchmarks that train (their measurements are not CI's business)."""
+
+import pytest
+
+from benchmarks.bench_small_recipe import fixed_split, run_name, table
+
+
+def cliques(n):
+    return {f"work{i:03d}": [f"work{i:03d}/v{j}.wav" for j in range(4)] for i in range(n)}
+
+
+def test_fixed_split_keeps_the_held_out_works_whatever_the_training_size():
+    every = cliques(20)
+    small, large = fixed_split(every, 5, 3, 4), fixed_split(every, 13, 3, 4)
+    assert small["test"] == large["test"] and small["valid"] == large["valid"]
+    assert sorted(large["test"]) == [f"work{i:03d}" for i in range(16, 20)]
+    assert sorted(large["valid"]) == ["work013", "work014", "work015"]
+    assert sorted(small["train"]) == [f"work{i:03d}" for i in range(5)]
+    assert not set(large["train"]) & (set(large["valid"]) | set(large["test"]))
+    assert large["train"]["work003"] == every["work003"]  # every version kept
+
+
+def test_fixed_split_refuses_more_works_than_there_are():
+    with pytest.raises(ValueError, match="22 works asked, 21 available"):
+        fixed_split(cliques(21), 15, 3, 4)
+
+
+def test_table_gives_gains_and_mean_over_seeds():
+    rows = []
+    for seed, (before, after) in enumerate([(0.1, 0.3), (0.1, 0.5)]):
+        row = {"run": run_name("config/small-clews.yaml", seed, [], None), "train_seconds": 600}
+        row.update(untrained_track=before, untrained_20s=before, trained_track=after)
+        row.update(trained_20s=after)
+        rows.append(row)
+    text = table(rows)
+    assert "small-clews-s0" in text and "small-clews-s1" in text
+    assert "small-clews (2 seeds): trained MAP track 0.400 +-0.141" in text
+    assert "gain track 0.300 +-0.141" in text
+    assert run_name("config/small-clews.yaml", 1, ["a=1"], None) != run_name(
+        "config/small-clews.yaml", 1, ["a=2"], None
+    )
+
+
+def test_demo_seeds_table_gives_mean_and_range():
+    from benchmarks.bench_demo_seeds import table as seeds_table
+
+    def summary(before, after):
+        levels = {"track": after, "20 s windows": after - 0.1}
+        return {
+            "results": {
+                "untrained": {lv: {"MAP": {"mean": before}} for lv in levels},
+                "trained": {lv: {"MAP": {"mean": v}} for lv, v in levels.items()},
+            },
+            "seconds": {"training": 180.0},
+        }
+
+    text = seeds_table({0: summary(0.2, 0.6), 1: summary(0.3, 0.8)})
+    last = text.splitlines()[-1]
+    assert last.startswith("mean")
+    assert "0.250 [0.200, 0.300]" in last and "0.700 [0.600, 0.800]" in last
+    assert "0.600 [0.500, 0.700]" in last
