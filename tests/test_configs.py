@@ -69,3 +69,32 @@ def test_fork_configs_differ_from_dvi_only_in_paths_and_workers():
         for conf in (fork, dvi):
             conf["path"].pop("meta"), conf["path"].pop("audio"), conf["data"].pop("nworkers")
         assert fork == dvi
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "config/demo-clews.yaml",
+        "config/demo-dvinetp.yaml",
+        "config/small-clews.yaml",
+        "config/small-dvinetp.yaml",
+    ],
+)
+def test_cpu_configs_take_a_training_step_on_their_excerpt_length(path):
+    """The CQT and network settings fit together: a batch of ``data.audiolen`` seconds goes
+    through the model and its loss (too few frames for a kernel fails here, not in train.py)."""
+    import torch
+
+    from lib.config import load_run_config
+    from lib.model_base import build_model
+
+    conf = load_run_config(path)
+    torch.manual_seed(0)
+    model = build_model(conf.model, sr=conf.data.samplerate)
+    per_class = conf.data.n_per_class
+    x = 0.1 * torch.randn(2 * per_class, int(conf.data.audiolen * conf.data.samplerate))
+    labels = torch.arange(2).repeat_interleave(per_class)
+    z, extra = model.embed(model.prepare(x))
+    loss, _ = model.loss(labels, torch.arange(len(x)), z, extra)
+    loss.backward()
+    assert torch.isfinite(loss)
