@@ -76,7 +76,8 @@ def run(cmd, log):
 
 
 def corpus(args, logs):
-    """Render the corpus once, then the metadata file with the fixed split. Returns its path."""
+    """Render the corpus once, then the metadata file with the fixed split. Returns (audio
+    folder, metadata file)."""
     audio = os.path.join(args.out, "audio")
     if not os.path.isfile(os.path.join(audio, ".complete")):
         cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={args.works}"]
@@ -166,13 +167,11 @@ def table(rows):
         by_model.setdefault(row["run"].rsplit("-s", 1)[0], []).append(row)
     lines.append("mean +- s.d. over seeds (gain = trained - untrained)")
     for model, group in by_model.items():
-        parts = []
-        for key in ("trained_track", "trained_20s"):
-            values = [r[key] for r in group]
-            parts.append(_mean_sd(values))
-        for level in LEVELS:
-            values = [r[f"trained_{level}"] - r[f"untrained_{level}"] for r in group]
-            parts.append(_mean_sd(values))
+        parts = [_mean_sd([r[f"trained_{level}"] for r in group]) for level in LEVELS]
+        parts += [
+            _mean_sd([r[f"trained_{level}"] - r[f"untrained_{level}"] for r in group])
+            for level in LEVELS
+        ]
         lines.append(
             f"  {model} ({len(group)} seeds): trained MAP track {parts[0]}, 20 s {parts[1]}; "
             f"gain track {parts[2]}, 20 s {parts[3]}"
