@@ -273,7 +273,8 @@ class Partition:
     def __init__(self, args, conf, model, fabric):
         self.args, self.model, self.fabric = args, model, fabric
         self.dataset = Dataset(
-            conf.data,
+            # each file is decoded once here: a decoded-audio cache would only fill the disk
+            OmegaConf.merge(conf.data, {"decoded_cache": False}),
             args.partition,
             fullsongs=True,
             checks=True,

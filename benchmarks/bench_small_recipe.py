@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,8 +136,11 @@ def train_and_test(args, conf, seed, audio, meta, logs):
             return json.load(handle)
     cmd = [sys.executable, "train.py", f"jobname={name}", f"conf={conf}", f"seed={seed}"]
     cmd += [f"path.audio={audio}", f"path.meta={meta}", f"path.logs={runs}"]
-    cmd += [f"path.cache={os.path.join(args.out, 'cache')}", *args.set]
+    # a cache of its own: every run's time includes decoding the audio once (data.decoded_cache)
+    cache = os.path.join(runs, name, "cache")
+    cmd += [f"path.cache={cache}", *args.set]
     seconds = run(cmd, os.path.join(logs, f"{name}-train.log"))
+    shutil.rmtree(cache, ignore_errors=True)
     row = {"run": name, "seed": seed, "overrides": args.set, "train_seconds": seconds}
     for model, checkpoint in CHECKPOINTS.items():
         for level, windows in LEVELS.items():
@@ -176,7 +180,31 @@ def table(rows):
             f"  {model} ({len(group)} seeds): trained MAP track {parts[0]}, 20 s {parts[1]}; "
             f"gain track {parts[2]}, 20 s {parts[3]}"
         )
+    lines += _paired_differences(by_model)
     return "\n".join(lines)
+
+
+def _paired_differences(by_model):
+    """Lines comparing the first model with each other one on the seeds both ran: the trained
+    MAP difference per seed, mean +- s.d. (the seed fixes the initial weights' random stream and
+    the batches, so pairing removes part of the seed-to-seed spread)."""
+    models = list(by_model)
+    lines = []
+    for other in models[1:]:
+        first = {r["seed"]: r for r in by_model[models[0]]}
+        second = {r["seed"]: r for r in by_model[other]}
+        seeds = sorted(set(first) & set(second))
+        if not seeds:
+            continue
+        parts = [
+            _mean_sd([first[s][f"trained_{lv}"] - second[s][f"trained_{lv}"] for s in seeds])
+            for lv in LEVELS
+        ]
+        lines.append(
+            f"  {models[0]} - {other}, paired by seed ({len(seeds)} seeds): trained MAP "
+            f"track {parts[0]}, 20 s {parts[1]}"
+        )
+    return lines
 
 
 def _mean_sd(values):

@@ -22,6 +22,7 @@ import torch
 
 from lib import config, schema
 from lib.audio import AudioError, load_audio
+from lib.audio_cache import DecodedAudioCache
 from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
@@ -57,6 +58,10 @@ class Dataset(torch.utils.data.Dataset):
         self.p_samesong = conf.p_samesong
         self.pad_mode = conf.pad_mode
         meta_path, audio_root = conf.path.meta, conf.path.audio
+        self.decoded = None
+        if conf.decoded_cache:
+            folder = os.path.join(conf.path.cache, f"decoded-{conf.samplerate}hz")
+            self.decoded = DecodedAudioCache(folder, conf.samplerate)
 
         self.info, splits = load_metadata(meta_path)
         missing = [s for s in SPLITS if s not in splits]
@@ -166,12 +171,13 @@ class Dataset(torch.utils.data.Dataset):
 
     def load(self, key):
         """Audio (T,) of one version: the excerpt for this item, or the full song."""
-        x = load_audio(
-            self.filename[key],
-            samplerate=self.samplerate,
-            start=self._start(key),
-            duration=self.audiolen,
-        )
+        start = self._start(key)
+        if self.decoded is None:
+            x = load_audio(
+                self.filename[key], samplerate=self.samplerate, start=start, duration=self.audiolen
+            )
+        else:
+            x = self.decoded.load(self.filename[key], start=start, duration=self.audiolen)
         x = torch.from_numpy(x)
         if self.audiolen is not None:
             x = force_length(

@@ -42,7 +42,7 @@ DEFAULT_MAX_ELEMENTS = 2**23
 
 @dataclass
 class PathConfig:
-    cache: str = key("cache/", "folder for caches (unused by training; kept from the original)")
+    cache: str = key("cache/", "folder for caches (training: data.decoded_cache)")
     logs: str = key("logs/", "logs root: checkpoints and logs go to <logs>/<jobname>/")
     audio: str = key(MISSING, "audio root folder; metadata paths are relative to it")
     meta: str = key(MISSING, "metadata file written by data_preproc.py")
@@ -66,6 +66,8 @@ class DataConfig:
     pad_mode: str = key("repeat", "padding of short excerpts: repeat, zeros or crazy")
     n_per_class: int = key(MISSING, "versions per item: the anchor and n - 1 other versions")
     p_samesong: float = key(0.0, "probability that the anchor may be its own other version")
+    decoded_cache: bool = key(False, "keep decoded audio (float16) in <path.cache>/decoded-"
+                                     "<samplerate>hz/: each file is decoded once, not per epoch")
     path: Optional[PathConfig] = key(None, "copy of the top-level path section (as the original)")
 
 

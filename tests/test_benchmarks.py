@@ -28,7 +28,8 @@ def test_fixed_split_refuses_more_works_than_there_are():
 def test_table_gives_gains_and_mean_over_seeds():
     rows = []
     for seed, (before, after) in enumerate([(0.1, 0.3), (0.1, 0.5)]):
-        row = {"run": run_name("config/small-clews.yaml", seed, [], None), "train_seconds": 600}
+        row = {"run": run_name("config/small-clews.yaml", seed, [], None), "seed": seed}
+        row["train_seconds"] = 600
         row.update(untrained_track=before, untrained_20s=before, trained_track=after)
         row.update(trained_20s=after)
         rows.append(row)
@@ -36,6 +37,11 @@ def test_table_gives_gains_and_mean_over_seeds():
     assert "small-clews-s0" in text and "small-clews-s1" in text
     assert "small-clews (2 seeds): trained MAP track 0.400 +-0.141" in text
     assert "gain track 0.300 +-0.141" in text
+    other = dict(rows[0], run=run_name("config/small-dvinetp.yaml", 0, [], None))
+    other.update(trained_track=0.2, trained_20s=0.35)
+    paired = table(rows + [other]).splitlines()[-1]
+    assert "small-clews - small-dvinetp, paired by seed (1 seeds)" in paired
+    assert "track 0.100 +-0.000, 20 s -0.050 +-0.000" in paired
     assert run_name("config/small-clews.yaml", 1, ["a=1"], None) != run_name(
         "config/small-clews.yaml", 1, ["a=2"], None
     )

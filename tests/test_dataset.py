@@ -252,3 +252,19 @@ def test_missing_clique_or_audio_folder_is_an_error_before_any_work(corpus, tmp_
         (tmp_path / "audio" / dset.info[key]["filename"]).unlink()
     with pytest.raises(preproc.DatasetError, match=f"every version of clique {clique} is missing"):
         Dataset(conf, "train", bad_audio=log)
+
+
+def test_decoded_cache_gives_the_same_items(corpus, tmp_path):
+    """Same seed, same excerpts (up to float16), with the audio decoded once into path.cache."""
+    paths = {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")}
+    cached = data_conf(corpus, decoded_cache=True, path={**paths, "cache": str(tmp_path)})
+    items = {}
+    for name, conf in (("plain", data_conf(corpus)), ("cached", cached)):
+        torch.manual_seed(3)
+        dset = Dataset(conf, "train", augment=True)
+        items[name] = [dset[i] for i in range(len(dset))] + [dset[0]]
+    assert len(list((tmp_path / f"decoded-{SR}hz").rglob("*.npy"))) == len(dset)
+    for plain, cached in zip(items["plain"], items["cached"]):
+        assert plain[:2] == cached[:2] and plain[1::2] == cached[1::2]
+        for x, y in zip(plain[2::2], cached[2::2]):
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-3)
