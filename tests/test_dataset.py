@@ -268,3 +268,15 @@ def test_decoded_cache_gives_the_same_items(corpus, tmp_path):
         assert plain[:2] == cached[:2] and plain[1::2] == cached[1::2]
         for x, y in zip(plain[2::2], cached[2::2]):
             torch.testing.assert_close(y, x, rtol=0, atol=1e-3)
+
+
+def test_decoded_cache_shared_by_dataloader_workers(corpus, tmp_path):
+    paths = {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")}
+    paths["cache"] = str(tmp_path)
+    dset = Dataset(data_conf(corpus, audiolen=2, decoded_cache=True, path=paths), "train", True)
+    loader = torch.utils.data.DataLoader(dset, batch_size=2, num_workers=2, shuffle=True)
+    for _ in range(2):
+        assert sum(len(batch[0]) for batch in loader) == len(dset)
+    folder = tmp_path / f"decoded-{SR}hz"
+    assert len(list(folder.rglob("*.npy"))) == len(dset)
+    assert not list(folder.rglob("*.tmp"))  # every worker's write completed or was replaced
