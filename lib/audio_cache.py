@@ -22,15 +22,21 @@ from lib.files import atomic_write
 
 
 class DecodedAudioCache:
-    def __init__(self, folder, samplerate):
-        """folder: where entries go (made on first write); samplerate: Hz of the stored audio."""
+    def __init__(self, folder, samplerate, seconds=None):
+        """folder: where entries go (made on first write); samplerate: Hz of the stored audio;
+        seconds: store only the first ``seconds`` of each file (None: all of it), for training
+        whose excerpts all lie there (``data.maxlen``): long songs then cost less to decode and
+        to keep."""
         self.folder = os.fspath(folder)
         self.samplerate = int(samplerate)
+        self.seconds = None if seconds is None else float(seconds)
 
     def entry_path(self, path):
         """The cache file for audio file ``path`` as it is now (size and modification time)."""
         status = os.stat(path)
         source = f"{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}"
+        if self.seconds is not None:
+            source += f"\0first {self.seconds!r} s"
         name = hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()
         return os.path.join(self.folder, name[:2], f"{name}.npy")
 
@@ -43,6 +49,10 @@ class DecodedAudioCache:
             raise ValueError(f"start must be >= 0 seconds, got {start}")
         if duration is not None and not duration > 0:
             raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+        end = None if duration is None else start + duration
+        if self.seconds is not None and (end is None or end > self.seconds + 1e-6):
+            end = "the end" if end is None else f"{end:g} s"
+            raise ValueError(f"excerpt until {end}: this cache keeps the first {self.seconds:g} s")
         full = self._full(path)
         first = round(start * self.samplerate)
         last = None if duration is None else first + round(duration * self.samplerate)
@@ -52,7 +62,8 @@ class DecodedAudioCache:
         return x
 
     def _full(self, path):
-        """The whole file at ``samplerate``: the stored entry (memory-mapped) or a new decode."""
+        """The file (its first ``seconds``) at ``samplerate``: the stored entry (memory-mapped)
+        or a new decode."""
         if not os.path.isfile(path):
             return load_audio(path, samplerate=self.samplerate)  # raises its AudioError
         entry = self.entry_path(path)
@@ -60,7 +71,9 @@ class DecodedAudioCache:
             return np.load(entry, mmap_mode="r")
         except (OSError, ValueError):
             pass  # not stored yet, or damaged by another tool: decode and (re)write it
-        full = load_audio(path, samplerate=self.samplerate)
+        # a margin of samples: a rounded excerpt start must not cut its last sample short
+        keep = None if self.seconds is None else self.seconds + 0.01
+        full = load_audio(path, samplerate=self.samplerate, duration=keep)
         stored = full.astype(np.float16)
         atomic_write(entry, lambda handle: np.save(handle, stored))
         return stored

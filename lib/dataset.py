@@ -61,7 +61,9 @@ class Dataset(torch.utils.data.Dataset):
         self.decoded = None
         if conf.decoded_cache:
             folder = os.path.join(conf.path.cache, f"decoded-{conf.samplerate}hz")
-            self.decoded = DecodedAudioCache(folder, conf.samplerate)
+            # excerpts end within max(maxlen, audiolen) s: the rest need not be decoded
+            keep = None if self.maxlen is None else max(self.maxlen, self.audiolen)
+            self.decoded = DecodedAudioCache(folder, conf.samplerate, seconds=keep)
 
         self.info, splits = load_metadata(meta_path)
         missing = [s for s in SPLITS if s not in splits]

@@ -79,3 +79,16 @@ def test_bad_files_and_excerpts_raise_audio_errors_naming_the_file(files, tmp_pa
     assert not (tmp_path / "decoded").exists()
     with pytest.raises(AudioError, match="no audio samples from 20.00 s"):
         cache.load(files / "noise.wav", start=20.0, duration=1.0)
+
+
+def test_a_cache_of_the_first_seconds_stores_and_serves_only_those(files, tmp_path):
+    path = files / "noise.mp3"
+    cache = DecodedAudioCache(tmp_path / "decoded", RATE, seconds=6)
+    x = cache.load(path, start=1.25, duration=4.75)  # ends at the limit
+    ref = load_audio(path, samplerate=RATE, start=1.25, duration=4.75)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+    assert os.path.getsize(cache.entry_path(path)) < 6.1 * RATE * 2 + 200
+    assert cache.entry_path(path) != DecodedAudioCache(tmp_path / "decoded", RATE).entry_path(path)
+    for start, duration in ((3.0, 4.0), (0.0, None)):
+        with pytest.raises(ValueError, match="this cache keeps the first 6 s"):
+            cache.load(path, start=start, duration=duration)

@@ -254,12 +254,17 @@ def test_missing_clique_or_audio_folder_is_an_error_before_any_work(corpus, tmp_
         Dataset(conf, "train", bad_audio=log)
 
 
-def test_decoded_cache_gives_the_same_items(corpus, tmp_path):
-    """Same seed, same excerpts (up to float16), with the audio decoded once into path.cache."""
+@pytest.mark.parametrize("maxlen", [None, 12])
+def test_decoded_cache_gives_the_same_items(corpus, tmp_path, maxlen):
+    """Same seed, same excerpts (up to float16), with the audio decoded once into path.cache
+    (with maxlen, only the part excerpts come from)."""
     paths = {"audio": str(corpus / "audio"), "meta": str(corpus / "meta.pt")}
-    cached = data_conf(corpus, decoded_cache=True, path={**paths, "cache": str(tmp_path)})
+    plain = data_conf(corpus, maxlen=maxlen)
+    cached = data_conf(
+        corpus, maxlen=maxlen, decoded_cache=True, path={**paths, "cache": str(tmp_path)}
+    )
     items = {}
-    for name, conf in (("plain", data_conf(corpus)), ("cached", cached)):
+    for name, conf in (("plain", plain), ("cached", cached)):
         torch.manual_seed(3)
         dset = Dataset(conf, "train", augment=True)
         items[name] = [dset[i] for i in range(len(dset))] + [dset[0]]
