@@ -189,9 +189,9 @@ def _paired_differences(by_model):
     MAP difference per seed, mean +- s.d. (the seed fixes the initial weights' random stream and
     the batches, so pairing removes part of the seed-to-seed spread)."""
     models = list(by_model)
+    first = {r["seed"]: r for r in by_model[models[0]]} if models else {}
     lines = []
     for other in models[1:]:
-        first = {r["seed"]: r for r in by_model[models[0]]}
         second = {r["seed"]: r for r in by_model[other]}
         seeds = sorted(set(first) & set(second))
         if not seeds:
