@@ -177,7 +177,7 @@ def table(rows):
             for level in LEVELS
         ]
         lines.append(
-            f"  {model} ({len(group)} seeds): trained MAP track {parts[0]}, 20 s {parts[1]}; "
+            f"  {model} ({_seeds(len(group))}): trained MAP track {parts[0]}, 20 s {parts[1]}; "
             f"gain track {parts[2]}, 20 s {parts[3]}"
         )
     lines += _paired_differences(by_model)
@@ -201,15 +201,20 @@ def _paired_differences(by_model):
             for lv in LEVELS
         ]
         lines.append(
-            f"  {models[0]} - {other}, paired by seed ({len(seeds)} seeds): trained MAP "
+            f"  {models[0]} - {other}, paired by seed ({_seeds(len(seeds))}): trained MAP "
             f"track {parts[0]}, 20 s {parts[1]}"
         )
     return lines
 
 
 def _mean_sd(values):
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +-{sd:.3f}"
+    """'mean +-s.d.'; one value has no s.d. (printed as n/a, not as a spread of 0)."""
+    sd = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "n/a"
+    return f"{statistics.mean(values):.3f} +-{sd}"
+
+
+def _seeds(count):
+    return f"{count} seed" + ("" if count == 1 else "s")
 
 
 def main(argv=None):

@@ -64,6 +64,17 @@ def _describe(err):
     return f"{type(err).__name__}: {err}"
 
 
+def check_excerpt(start, duration):
+    """Raise ValueError unless ``start`` >= 0 and ``duration`` is None or > 0 (both in seconds);
+    returns ``start`` as a float."""
+    start = float(start)
+    if not start >= 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+    return start
+
+
 def _check_file(path):
     if not os.path.exists(path):
         raise AudioError(path, "file not found")
@@ -189,11 +200,7 @@ def load_audio(path, samplerate=16000, start=0.0, duration=None, mono=True, refu
     """
     path = str(path)
     _check_file(path)
-    start = float(start)
-    if not start >= 0:
-        raise ValueError(f"start must be >= 0 seconds, got {start}")
-    if duration is not None and not duration > 0:
-        raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+    start = check_excerpt(start, duration)
     plan = _excerpt_plan(start, duration, samplerate)
     sink = _Collect(samplerate, mono)
     lead = _decode(path, plan, sink)

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from lib.audio import AudioError, load_audio
+from lib.audio import AudioError, check_excerpt, load_audio
 from lib.files import atomic_write
 
 
@@ -45,10 +45,7 @@ class DecodedAudioCache:
         start and duration in seconds, T = round(duration * samplerate) unless the file ends
         earlier. Raises AudioError for a file that cannot be decoded or an empty excerpt."""
         path = os.fspath(path)
-        if not start >= 0:
-            raise ValueError(f"start must be >= 0 seconds, got {start}")
-        if duration is not None and not duration > 0:
-            raise ValueError(f"duration must be > 0 seconds or None, got {duration}")
+        start = check_excerpt(start, duration)
         end = None if duration is None else start + duration
         if self.seconds is not None and (end is None or end > self.seconds + 1e-6):
             end = "the end" if end is None else f"{end:g} s"

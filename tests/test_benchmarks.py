@@ -40,8 +40,8 @@ def test_table_gives_gains_and_mean_over_seeds():
     other = dict(rows[0], run=run_name("config/small-dvinetp.yaml", 0, [], None))
     other.update(trained_track=0.2, trained_20s=0.35)
     paired = table(rows + [other]).splitlines()[-1]
-    assert "small-clews - small-dvinetp, paired by seed (1 seeds)" in paired
-    assert "track 0.100 +-0.000, 20 s -0.050 +-0.000" in paired
+    assert "small-clews - small-dvinetp, paired by seed (1 seed)" in paired
+    assert "track 0.100 +-n/a, 20 s -0.050 +-n/a" in paired
     assert run_name("config/small-clews.yaml", 1, ["a=1"], None) != run_name(
         "config/small-clews.yaml", 1, ["a=2"], None
     )
