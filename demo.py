@@ -16,6 +16,8 @@ and kept in OUT/logs/<step>.log:
   5. inference.py                 embeddings of every file of the corpus folder
   6. match.py index / query       catalogue of those embeddings; a 20 s clip of an unseen
                                   version of a test work looks for the versions of its work
+  7. match.py serve               the web page on a free local port: the same clip uploaded
+                                  gets the same answer; then the server stops
 
 It ends with the untrained and trained MAP side by side (OUT/demo_results.json). Everything goes
 under OUT. Running the same command again reuses what is finished (corpus, trained epochs,
@@ -38,6 +40,7 @@ from lib import cli, synth
 from lib.audio import write_audio
 from lib.errors import RunError
 from lib.metadata import load_metadata
+from lib.server import post_upload, served_url
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = "demo.json"  # written in OUT first: --fresh only ever deletes a folder holding it
@@ -97,6 +100,37 @@ def from_root(path):
 ###################################################################################################
 # running steps
 ###################################################################################################
+
+
+def serve_and_ask(catalogue, clip, logs):
+    """Start ``match.py serve`` on the catalogue (a free local port), upload the clip as the web
+    page does, stop the server; returns its JSON answer. Its output is in logs/8-serve.log."""
+    cmd = [sys.executable, "match.py", "serve", f"--catalogue={catalogue}", "--port=0"]
+    cmd += ["--topk=5"]
+    print(f"\n$ {shlex.join(['python', *cmd[1:]])}   (then the clip, uploaded)", flush=True)
+    log_path = os.path.join(logs, "8-serve.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            url = None
+            for line in proc.stdout:
+                log.write(line)
+                url = served_url(line)
+                if url is not None:
+                    break
+            if url is None:
+                raise StepError(f"the web server did not start; its output is in {log_path}")
+            with open(clip, "rb") as handle:
+                status, text = post_upload(url, os.path.basename(clip), handle.read(), "json")
+            log.write(f"POST {url}query -> {status}\n{text}\n")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    if status != 200:
+        raise StepError(f"the web page answered {status}; see {log_path}")
+    return json.loads(text)
 
 
 def run_step(name, cmd, logs):
@@ -289,6 +323,12 @@ def demo(argv):
     timings["query"] = run_step("7-query", cmd, paths["logs"])
     with open(matches_json) as handle:
         matches = json.load(handle)[0]["matches"]
+    started_serve = time.time()
+    served = serve_and_ask(paths["catalogue"], clip, paths["logs"])
+    timings["web page"] = time.time() - started_serve
+    if [m["id"] for m in served["matches"]] != [m["id"] for m in matches]:
+        raise StepError("the web page's answer differs from match.py query's; see 8-serve.log")
+    print(f"  the web page answers the same {len(matches)} tracks, first {matches[0]['id']}")
 
     ok, lines = verdict(table, args.min_gain)
     hits = [m["rank"] for m in matches if m["id"].split("/")[0] == work]
@@ -320,6 +360,10 @@ def demo(argv):
     print("\n".join(lines))
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     print(f"Wall time {total:.0f} s ({steps}); everything is in {out}")
+    print(
+        "Search the demo catalogue with your own clips in a web page (http://127.0.0.1:8000/):\n"
+        f"  python match.py serve --catalogue={paths['catalogue']}"
+    )
     if not ok:
         print("error: the trained model does not beat the untrained one clearly", file=sys.stderr)
     return 0 if ok else 1

@@ -3,6 +3,25 @@
 # Running it again is harmless: pip only installs what is missing or at another version.
 set -euo pipefail
 cd "$(dirname "$0")"
+# --browser: Debian's Chromium and ChromeDriver, for the web page's browser test (only then)
+if [ "${1:-}" = "--browser" ]; then
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        echo "Chromium and ChromeDriver already installed"
+        exit 0
+    fi
+    if ! command -v apt-get > /dev/null; then
+        echo "error: the browser test needs Chromium and ChromeDriver in /usr/bin (Debian's" \
+            "chromium and chromium-driver); no apt-get here to install them" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq chromium chromium-driver > /dev/null
+    echo "Installed Chromium and ChromeDriver"
+    exit 0
+fi
 PYTHON="${PYTHON:-python3}"
 # numpy 2.4, scipy 1.17, matplotlib 3.11 and av 18 publish wheels for Python >= 3.11 only
 if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then

@@ -5,8 +5,15 @@
         --out=cat/
     # ... or from the outputs of inference.py
     python match.py index --embeddings=cache/extracted_embeddings/ --out=cat/
-    # top 10 tracks for each clip, with the matched time ranges in the clip and in the track
+    # more audio into it, without rebuilding (queries meanwhile see the old or the new one)
+    python match.py add --catalogue=cat/ new_music/   (or files)
+    # the "no version" threshold for a 5% false-alarm rate, from labelled audio
+    python match.py calibrate --catalogue=cat/ --meta=data/meta.pt --audio=data/audio
+    # top 10 tracks for each clip, with the matched time ranges in the clip and in the track,
+    # and whether the closest is a version (calibrated threshold, or --max_distance)
     python match.py query --catalogue=cat/ clip1.mp3 clip2.wav [--exact] [--max_distance=0.7]
+    # a web page for the same (upload or record a clip), on http://127.0.0.1:8000/
+    python match.py serve --catalogue=cat/ [--host=127.0.0.1 --port=8000]
     # MIREX audio cover song identification: distance matrix of queries x collection
     python match.py mirex --checkpoint=... --collection=coll.txt --queries=q.txt --out=dist.txt
 
@@ -17,28 +24,22 @@ checkpoint / catalogue, 2 bad arguments, 130 interrupted.
 import argparse
 import json
 import os
+import socket
 import sys
 
 import torch
 
+from lib import api
+from lib import calibration as K
 from lib import catalogue as C
 from lib import cli
 from lib import inference as I
-from lib import precision
 from lib import retrieval as R
-from lib import store
-from lib import tensor_ops
-from lib.audio import AudioError, load_audio
-from lib.checkpoint import load_trained_model
+from lib import store, tensor_ops
+from lib.audio import AudioError
 from lib.errors import UsageError
-from lib.extract import file_digest, window_embeddings
+from lib.extract import file_digest
 from lib.files import atomic_write
-
-
-def load_model(checkpoint, conf, device):
-    model, conf, source = load_trained_model(checkpoint, conf, device)
-    print(f"Model {conf.model.name} from {checkpoint} (config {source}) on {device}")
-    return model
 
 
 def clock(seconds):
@@ -46,36 +47,32 @@ def clock(seconds):
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
+def load_embedder(checkpoint, args):
+    embedder = api.Embedder.load(checkpoint, args.conf, args.device, args.precision)
+    print(f"Model {embedder.name} from {checkpoint} on {embedder.device}")
+    return embedder
+
+
+def open_catalogue(args):
+    """The catalogue of ``--catalogue`` with its model (``--checkpoint``, default its own)."""
+    cat = api.Catalogue(args.catalogue, device=args.device, precision=args.precision)
+    checkpoint = args.checkpoint or cat.settings["checkpoint"]
+    if not os.path.isfile(checkpoint):
+        raise UsageError(f"{checkpoint}: checkpoint of the catalogue not found (give --checkpoint)")
+    if file_digest(checkpoint) != cat.settings["checkpoint_sha256"]:
+        raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
+    cat.use_embedder(load_embedder(checkpoint, args))
+    return cat
+
+
+def report_failed(failed, log):
+    if failed:
+        print(f"{len(failed)} file(s) could not be read; see {log}", file=sys.stderr)
+
+
 ###################################################################################################
 # index
 ###################################################################################################
-
-
-def embed_audio_folder(args, folder):
-    """inference.py's folder mode into ``folder``: returns (its embedding store, failed)."""
-    jobs, other = I.plan_folder(args.audio, folder)
-    device = I.pick_device(args.device)
-    mixed = precision.check(args.precision, device, "--precision")
-    model = load_model(args.checkpoint, args.conf, device)
-    win_len = I.window_length(model, args.win_len)
-    if other:
-        print(f"  {len(other)} file(s) without an audio extension left out, e.g. {other[0]}")
-    summary = I.embed_into_folder(
-        folder,
-        model,
-        args.checkpoint,
-        jobs,
-        win_len,
-        args.hop_size,
-        device,
-        args.nworkers,
-        args.overwrite,
-        extra_settings={"path_in": os.path.abspath(args.audio)},
-        precision=mixed,
-    )
-    if not summary["tracks"]:
-        raise C.CatalogueError("no track could be embedded; nothing to index")
-    return store.read(os.path.join(folder, I.STORE_DIR)), summary["failed"]
 
 
 def embeddings_folder_store(folder):
@@ -101,18 +98,6 @@ def embeddings_folder_store(folder):
     return store.read(I.collect_store(folder, tracks, settings))
 
 
-CATALOGUE_SETTINGS = (
-    "checkpoint",
-    "checkpoint_sha256",
-    "model",
-    "samplerate",
-    "win_len",
-    "hop_size",
-    "metric",
-    "redux",
-)
-
-
 def cmd_index(args):
     if (args.audio is None) == (args.embeddings is None):
         raise UsageError("give either --audio (with --checkpoint) or --embeddings")
@@ -120,26 +105,76 @@ def cmd_index(args):
     if args.audio is not None:
         if not args.checkpoint:
             raise UsageError("--audio needs --checkpoint")
-        embeddings, failed = embed_audio_folder(args, os.path.join(args.out, "embeddings"))
+        embedder = load_embedder(args.checkpoint, args)
+        win_len = embedder.window_length(args.win_len if args.win_len > 0 else None)
+        _, failed = api.Catalogue.build(
+            args.out,
+            embedder,
+            args.audio,
+            args.hop_size,
+            win_len,
+            args.index,
+            args.nlist,
+            args.nworkers,
+        )
     else:
         embeddings = embeddings_folder_store(args.embeddings)
-    tracks = embeddings.manifest["tracks"]
-    settings = {k: embeddings.manifest["settings"][k] for k in CATALOGUE_SETTINGS}
-    print(f"Index {len(tracks)} tracks, {int((~embeddings.mask).sum())} windows...")
-    C.build(args.out, tracks, embeddings, settings, kind=args.index, nlist=args.nlist)
+        tracks = embeddings.manifest["tracks"]
+        settings = {k: embeddings.manifest["settings"][k] for k in api.CATALOGUE_SETTINGS}
+        print(f"Index {len(tracks)} tracks, {int((~embeddings.mask).sum())} windows...")
+        C.build(args.out, tracks, embeddings, settings, kind=args.index, nlist=args.nlist)
     cat = C.load(args.out)
     print(
         f"Catalogue {args.out}: {len(cat.tracks)} tracks, {cat.index.ntotal} windows, "
         f"{cat.info['kind']}"
     )
+    report_failed(failed, os.path.join(args.out, "embeddings", I.FAILURE_LOG))
+    return 1 if failed else 0
+
+
+###################################################################################################
+# add
+###################################################################################################
+
+
+def cmd_add(args):
+    cat = open_catalogue(args)
+    before = len(cat)
+    audio = args.audio[0] if len(args.audio) == 1 and os.path.isdir(args.audio[0]) else args.audio
+    done = cat.add(audio, nworkers=args.nworkers)
+    if done["already"]:
+        print(f"{len(done['already'])} file(s) already in the catalogue, left as they are")
+    print(f"Catalogue {args.catalogue}: {before} + {len(done['added'])} = {len(cat)} tracks")
+    report_failed(done["failed"], os.path.join(args.catalogue, api.ADDED_DIR, I.FAILURE_LOG))
+    return 1 if done["failed"] else 0
+
+
+###################################################################################################
+# calibrate
+###################################################################################################
+
+
+def cmd_calibrate(args):
+    cat = open_catalogue(args)
+    plot = args.plot or os.path.join(args.catalogue, "calibration.png")
+    decision, failed = cat.calibrate(
+        args.meta,
+        args.audio,
+        args.partition,
+        args.false_alarm,
+        args.clip_len,
+        args.clips_per_track,
+        args.seed,
+        args.nworkers,
+        plot,
+    )
+    print("\n".join(K.summary(cat.data.calibration, decision)))
+    print(f"Stored in {os.path.join(args.catalogue, C.META_FILE)}; plot in {plot}")
     if failed:
-        print(
-            f"{len(failed)} file(s) could not be read and are not in the catalogue; see "
-            f"{os.path.join(args.out, 'embeddings', I.FAILURE_LOG)}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+        print(f"{len(failed)} labelled file(s) unreadable, left out:", file=sys.stderr)
+        for _, reason in failed[:10]:
+            print(f"  {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 ###################################################################################################
@@ -147,94 +182,109 @@ def cmd_index(args):
 ###################################################################################################
 
 
-def clip_windows(model, path, win_len, hop, mixed="32-true"):
-    """(window embeddings (S, D), duration in s) of a clip, under the Fabric precision
-    ``mixed``."""
-    audio = torch.from_numpy(load_audio(path, model.sr, refuse_silence=True))
-    device = next(model.parameters()).device
-    with precision.autocast(mixed, device):
-        z = window_embeddings(model, audio, win_len, hop, device)
-    return z.numpy(), audio.numel() / model.sr
+def threshold_line(result, decision):
+    if result.threshold_source == "max_distance":
+        return f"{result.verdict} within distance {result.threshold:g} (--max_distance)"
+    if result.threshold_source == "calibrated":
+        return (
+            f"{result.verdict} (calibrated threshold {result.threshold:.4f}: "
+            f"{100 * decision.target:g}% false alarms, {100 * decision.recall:.1f}% recall)"
+        )
+    return result.verdict
 
 
-def aligned_ranges(match, duration):
-    """(clip range, track range) in seconds of the clip placed at the match's offset."""
-    clip0 = max(0.0, -match.offset)
-    track0 = max(0.0, match.offset)
-    length = duration - clip0
-    return (clip0, duration), (track0, track0 + length)
+def print_result(path, result, cat, hop, redux, exact):
+    win_len = float(cat.settings["win_len"])
+    print(
+        f"\n{path} ({result.duration_s:.1f} s, {result.windows} window(s) of {win_len:g} s every "
+        f"{hop:g} s; {redux}{', exact' if exact else ''})"
+    )
+    print(f"  {threshold_line(result, cat.decision)}")
+    if not result.matches:
+        return
+    print(
+        f"  {'rank':>4}  {'distance':>9}  {'version':>7}  {'p(false)':>8}  {'clip':>13}  "
+        f"{'track':>13}  track id"
+    )
+    for m in result.matches:
+        version = "-" if m.is_version is None else ("yes" if m.is_version else "no")
+        chance = "-" if m.false_alarm is None else f"{m.false_alarm:.3f}"
+        in_clip = f"{clock(m.clip_s[0])}-{clock(m.clip_s[1])}"
+        in_track = f"{clock(m.track_s[0])}-{clock(m.track_s[1])}"
+        print(
+            f"  {m.rank:>4}  {m.distance:>9.4f}  {version:>7}  {chance:>8}  {in_clip:>13}  "
+            f"{in_track:>13}  {m.id}"
+        )
 
 
 def cmd_query(args):
-    cat = C.load(args.catalogue)
-    checkpoint = args.checkpoint or cat.settings["checkpoint"]
-    if not os.path.isfile(checkpoint):
-        raise UsageError(f"{checkpoint}: checkpoint of the catalogue not found (give --checkpoint)")
-    if file_digest(checkpoint) != cat.settings["checkpoint_sha256"]:
-        raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
-    device = I.pick_device(args.device)
-    mixed = precision.check(args.precision, device, "--precision")
-    model = load_model(checkpoint, args.conf, device)
+    cat = open_catalogue(args)
     hop = args.hop_size if args.hop_size else float(cat.settings["hop_size"])
-    win_len = float(cat.settings["win_len"])
     redux = args.redux or cat.settings["redux"]
     report, failed = [], []
     for path in args.clips:
         try:
-            query, duration = clip_windows(model, path, win_len, hop, mixed)
+            result = cat.query(
+                path,
+                topk=args.topk,
+                hop=hop,
+                redux=redux,
+                exact=args.exact,
+                neighbours=args.neighbours,
+                shortlist=args.shortlist,
+                nprobe=args.nprobe,
+                max_distance=args.max_distance,
+            )
         except AudioError as err:
             print(f"error: {err}", file=sys.stderr)
             failed.append(path)
             continue
-        matches = C.search(
-            cat, query, args.topk, redux, args.exact, args.neighbours, args.shortlist, args.nprobe
-        )
-        if args.max_distance is not None:
-            matches = [m for m in matches if m.distance <= args.max_distance]
-        print(
-            f"\n{path} ({duration:.1f} s, {len(query)} window(s) of {win_len:g} s every "
-            f"{hop:g} s; {redux}{', exact' if args.exact else ''})"
-        )
-        if not matches:
-            print(
-                "  no version in the catalogue"
-                + (
-                    f" within distance {args.max_distance:g}"
-                    if args.max_distance is not None
-                    else ""
-                )
-            )
-        else:
-            print(f"  {'rank':>4}  {'distance':>9}  {'clip':>13}  {'track':>13}  track id")
-        entries = []
-        for rank, m in enumerate(matches, 1):
-            track = cat.tracks[m.row]
-            (c0, c1), (t0, t1) = aligned_ranges(m, duration)
-            in_clip, in_track = f"{clock(c0)}-{clock(c1)}", f"{clock(t0)}-{clock(t1)}"
-            print(f"  {rank:>4}  {m.distance:>9.4f}  {in_clip:>13}  {in_track:>13}  {track['id']}")
-            entries.append(
-                {
-                    "rank": rank,
-                    "id": track["id"],
-                    "source": track.get("source"),
-                    "distance": m.distance,
-                    "clip_s": [c0, c1],
-                    "track_s": [t0, t1],
-                    "pairs": [
-                        {
-                            "clip_s": [i * hop, min(i * hop + win_len, duration)],
-                            "track_s": list(cat.window_seconds(j)),
-                            "distance": d,
-                        }
-                        for i, j, d in m.pairs
-                    ],
-                }
-            )
-        report.append({"clip": path, "duration_s": duration, "matches": entries})
+        print_result(path, result, cat, hop, redux, args.exact)
+        report.append({"clip": path, **result.as_dict()})
     if args.json:
         text = json.dumps(report, indent=1) + "\n"
         atomic_write(args.json, lambda h: h.write(text), text=True)
     return 1 if failed else 0
+
+
+###################################################################################################
+# serve
+###################################################################################################
+
+
+def listening_socket(host, port):
+    """A socket listening on ``host``:``port`` (0: any free port), so the real port is known,
+    and connections are taken, before the server has started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the server takes them
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror})")
+    return sock
+
+
+def cmd_serve(args):
+    import uvicorn  # only the server needs it
+
+    from lib import server
+
+    cat = open_catalogue(args)
+    service = server.Service(cat, args.topk, int(args.max_upload_mb * 1e6))
+    sock = listening_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    print("\n".join(cat.describe()))
+    print(server.serving_line(args.catalogue, host, port), flush=True)
+    config = uvicorn.Config(server.make_app(service), log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        service.close()
+        sock.close()
+    return 0
 
 
 ###################################################################################################
@@ -249,9 +299,8 @@ def cmd_mirex(args):
         rows = C.collection_rows(collection, queries)
     except C.CatalogueError as err:
         raise UsageError(f"{args.queries}: {err}") from err
-    device = I.pick_device(args.device)
-    mixed = precision.check(args.precision, device, "--precision")
-    model = load_model(args.checkpoint, args.conf, device)
+    embedder = load_embedder(args.checkpoint, args)
+    model, device, mixed = embedder.model, embedder.device, embedder.precision
     win_len = I.window_length(model, args.win_len)
     work = args.workdir or args.out + ".embeddings"
     jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(collection)]
@@ -341,17 +390,20 @@ def parse_args(argv):
     p.add_argument("--nlist", type=int, default=None, help="ivf cells (default sqrt(windows))")
     model_args(p)
 
+    def catalogue_args(p):
+        p.add_argument("--catalogue", required=True)
+        p.add_argument(
+            "--checkpoint",
+            default=None,
+            help="checkpoint (default: the one the catalogue was built with)",
+        )
+        p.add_argument("--conf", default=None)
+        p.add_argument("--device", default="auto")
+        precision_arg(p)
+
     p = sub.add_parser("query", help="find the versions of clips in a catalogue")
     p.add_argument("clips", nargs="+", help="audio clips")
-    p.add_argument("--catalogue", required=True)
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint (default: the one the catalogue was built with)",
-    )
-    p.add_argument("--conf", default=None)
-    p.add_argument("--device", default="auto")
-    precision_arg(p)
+    catalogue_args(p)
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--redux", default=None, help="track reduction (default: the model's)")
     p.add_argument(
@@ -368,9 +420,41 @@ def parse_args(argv):
         "--max_distance",
         type=float,
         default=None,
-        help="report only matches at most this far (see README: thresholds)",
+        help="a match is a version when at most this far (default: the calibrated threshold)",
     )
     p.add_argument("--json", default=None, help="also write the matches to this JSON file")
+
+    p = sub.add_parser("add", help="embed audio and append it to a catalogue (no rebuild)")
+    p.add_argument("audio", nargs="+", help="audio files, or one folder (recursive)")
+    catalogue_args(p)
+    p.add_argument(
+        "--nworkers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes"
+    )
+
+    p = sub.add_parser("calibrate", help="set the 'no version' threshold on labelled audio")
+    catalogue_args(p)
+    p.add_argument("--meta", required=True, help="metadata file of data_preproc.py")
+    p.add_argument("--audio", required=True, help="its audio root (path.audio)")
+    p.add_argument("--partition", default="valid", help="labelled partition (default valid)")
+    p.add_argument(
+        "--false_alarm", type=float, default=0.05, help="target false-alarm rate (default 0.05)"
+    )
+    p.add_argument("--clip_len", type=float, default=20.0, help="clip length in s (default 20)")
+    p.add_argument("--clips_per_track", type=int, default=2, help="clips drawn per track")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clip positions")
+    p.add_argument("--plot", default=None, help="PNG (default: CATALOGUE/calibration.png)")
+    p.add_argument(
+        "--nworkers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes"
+    )
+
+    p = sub.add_parser("serve", help="a web page to search the catalogue with clips")
+    catalogue_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: local)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    p.add_argument("--topk", type=int, default=10, help="tracks shown per clip")
+    p.add_argument(
+        "--max_upload_mb", type=float, default=20.0, help="largest upload in MB (default 20)"
+    )
 
     p = sub.add_parser("mirex", help="MIREX cover song distance matrix")
     p.add_argument("--checkpoint", required=True)
@@ -383,7 +467,8 @@ def parse_args(argv):
     model_args(p)
 
     args = parser.parse_args(argv)
-    for name in ("hop_size", "topk", "shortlist", "neighbours", "nprobe"):
+    positive = ("hop_size", "topk", "shortlist", "neighbours", "nprobe", "max_upload_mb")
+    for name in (*positive, "clip_len", "clips_per_track"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name} must be > 0, got {value}")
@@ -397,7 +482,15 @@ def parse_args(argv):
 
 def command(argv):
     args = parse_args(argv)
-    return {"index": cmd_index, "query": cmd_query, "mirex": cmd_mirex}[args.command](args)
+    commands = {
+        "index": cmd_index,
+        "add": cmd_add,
+        "calibrate": cmd_calibrate,
+        "query": cmd_query,
+        "serve": cmd_serve,
+        "mirex": cmd_mirex,
+    }
+    return commands[args.command](args)
 
 
 def main(argv=None):

@@ -68,7 +68,7 @@ def bench_search(args):
         f"index built in {time.time() - t0:.1f} s: {cat.info['kind']}, {cat.index.ntotal} "
         f"windows, {cat.info['nlist']} cells"
     )
-    cat.z = np.load(os.path.join(tmp, "z.npy"))  # in memory, as a served catalogue would be
+    cat.z = np.load(os.path.join(tmp, cat.generation, "z.npy"))  # in memory, as when served
 
     rng = np.random.default_rng(1)
     queries = []

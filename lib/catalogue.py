@@ -18,6 +18,8 @@ For each match the closest window pairs say where: clip seconds and track second
 import json
 import math
 import os
+import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,11 +30,15 @@ import torch
 
 from lib import retrieval, store, tensor_ops
 from lib.errors import RunError
-from lib.files import atomic_write
+from lib.files import atomic_write, exclusive_lock, read_json
 
-CATALOGUE_VERSION = 1
+CATALOGUE_VERSION = 2  # 2: files in a generation folder; 1: files in the folder itself
+READABLE_VERSIONS = (1, 2)
 INDEX_FILE = "segments.faiss"
 META_FILE = "catalogue.json"
+LOCK_FILE = ".writer.lock"
+GENERATION = re.compile(r"generation-\d{6}")
+FIRST_VERSION_FILES = ("z.npy", "mask.npy", "manifest.json", "segments.npy", INDEX_FILE)
 FLAT_BELOW = 50_000  # windows: below this an exact flat index is as fast as any
 
 
@@ -95,14 +101,13 @@ def build(folder, tracks, embeddings, settings, kind="auto", nlist=None):
     """Write a catalogue of ``tracks`` (list of dicts with at least ``id``) whose window
     embeddings are ``embeddings``: a list of (S_i, D) arrays or an embedding store (e.g. the one
     inference.py wrote) of these tracks in this order; ``settings`` holds at least ``win_len``,
-    ``hop_size`` (s), ``metric`` and ``redux``. Returns the folder."""
+    ``hop_size`` (s), ``metric`` and ``redux``. A catalogue already in ``folder`` is replaced
+    at once when the new one is complete (readers see the old or the new one). Returns the
+    folder."""
     for key in ("win_len", "hop_size", "metric", "redux"):
         if key not in settings:
             raise CatalogueError(f"catalogue settings lack {key!r}")
-    os.makedirs(folder, exist_ok=True)
-    meta_path = os.path.join(folder, META_FILE)
-    if os.path.isfile(meta_path):
-        os.remove(meta_path)  # the folder is not a valid catalogue until rebuilt
+    check_unique_ids(folder, tracks)
     try:
         if isinstance(embeddings, store.Store):
             z, mask = embeddings.z, embeddings.mask
@@ -112,31 +117,178 @@ def build(folder, tracks, embeddings, settings, kind="auto", nlist=None):
             z, mask = store.stack(embeddings)
     except store.StoreError as err:
         raise CatalogueError(str(err)) from err
-    rows, cols = np.nonzero(~mask)
-    segments = np.stack([rows, cols], 1).astype(np.int32)
+    segments = window_segments(mask)
     start = time.time()
-    index = make_index(
-        faiss_vectors(z[rows, cols], settings["metric"]), settings["metric"], kind, nlist
+    vectors = faiss_vectors(z[segments[:, 0], segments[:, 1]], settings["metric"])
+    index = make_index(vectors, settings["metric"], kind, nlist)
+    with writer_lock(folder):
+        generation = next_generation(folder)
+        target = os.path.join(folder, generation)
+        store.write(target, z, mask, {"what": "catalogue", "settings": settings})
+        write_index_files(target, segments, index)
+        info = index_info(index, time.time() - start)
+        publish(folder, generation, settings, tracks, info, kept_calibration(folder, settings))
+    return folder
+
+
+def append(folder, tracks, embeddings):
+    """Add ``tracks`` (dicts with at least ``id``, none already in the catalogue) with their
+    window embeddings (list of (S_i, D) arrays) to the catalogue in ``folder``, without
+    touching its other tracks' embeddings or retraining its index: the new windows are added
+    to a copy of the FAISS index. The enlarged catalogue is a new generation folder, published
+    at once by rewriting ``catalogue.json`` (a reader sees the old or the new catalogue).
+    Returns the new catalogue."""
+    if not tracks:
+        raise CatalogueError(f"{folder}: no track to add")
+    with writer_lock(folder):
+        cat = load(folder)
+        check_unique_ids(folder, cat.tracks + list(tracks))
+        try:
+            z_new, mask_new = store.stack(embeddings)
+        except store.StoreError as err:
+            raise CatalogueError(f"{folder}: {err}") from err
+        if z_new.shape[2] != cat.z.shape[2]:
+            raise CatalogueError(
+                f"{folder}: the new embeddings have {z_new.shape[2]} dimensions, the catalogue "
+                f"{cat.z.shape[2]} (another model?)"
+            )
+        start = time.time()
+        new_segments = window_segments(mask_new)
+        vectors = faiss_vectors(z_new[new_segments[:, 0], new_segments[:, 1]], cat.metric)
+        index = faiss.clone_index(cat.index)
+        index.add(vectors)
+        new_segments[:, 0] += len(cat.tracks)
+        segments = np.concatenate([cat.segments, new_segments])
+        generation = next_generation(folder)
+        target = os.path.join(folder, generation)
+        manifest = {"what": "catalogue", "settings": cat.settings}
+        store.write_concatenation(target, [(cat.z, cat.mask), (z_new, mask_new)], manifest)
+        write_index_files(target, segments, index)
+        info = index_info(index, cat.info.get("build_seconds", 0.0) + time.time() - start)
+        publish(folder, generation, cat.settings, cat.tracks + list(tracks), info, cat.calibration)
+    return load(folder)
+
+
+def check_unique_ids(folder, tracks):
+    seen, twice = set(), []
+    for track in tracks:
+        if track["id"] in seen:
+            twice.append(track["id"])
+        seen.add(track["id"])
+    if twice:
+        shown = ", ".join(twice[:5]) + (f", ... ({len(twice)} in all)" if len(twice) > 5 else "")
+        raise CatalogueError(f"{folder}: track ids must be unique; more than once: {shown}")
+
+
+def window_segments(mask):
+    """(M, 2) int32 (track row, window) of every valid window of ``mask`` (N, S)."""
+    rows, cols = np.nonzero(~np.asarray(mask))
+    return np.stack([rows, cols], 1).astype(np.int32)
+
+
+def index_info(index, seconds):
+    return {
+        "kind": type(index).__name__,
+        "windows": int(index.ntotal),
+        "nlist": int(getattr(index, "nlist", 0)),
+        "build_seconds": seconds,
+    }
+
+
+def write_index_files(target, segments, index):
+    atomic_write(os.path.join(target, "segments.npy"), lambda h: np.save(h, segments))
+    data = faiss.serialize_index(index).tobytes()
+    atomic_write(os.path.join(target, INDEX_FILE), lambda h: h.write(data))
+
+
+###################################################################################################
+# Generations: the files of one state of the catalogue, published by catalogue.json
+###################################################################################################
+
+
+def writer_lock(folder):
+    """One writer (build, add, calibrate) at a time per catalogue folder."""
+    return exclusive_lock(
+        os.path.join(folder, LOCK_FILE),
+        waiting=lambda: print(f"{folder}: another process is writing it; waiting for it"),
     )
-    store.write(folder, z, mask, {"what": "catalogue", "settings": settings, "tracks": tracks})
-    atomic_write(os.path.join(folder, "segments.npy"), lambda h: np.save(h, segments))
-    atomic_write(
-        os.path.join(folder, INDEX_FILE), lambda h: h.write(faiss.serialize_index(index).tobytes())
-    )
+
+
+def generations(folder):
+    """The generation folders in ``folder``, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if GENERATION.fullmatch(n))
+
+
+def next_generation(folder):
+    found = generations(folder)
+    number = int(found[-1].split("-")[1]) + 1 if found else 1
+    return f"generation-{number:06d}"
+
+
+def publish(folder, generation, settings, tracks, index, calibration=None):
+    """Make ``generation`` the catalogue by an atomic rewrite of ``catalogue.json``, then remove
+    what no reader can still be opening: generations before the previous one, and the files of
+    a first-version catalogue (kept in the folder itself)."""
+    old = read_json(os.path.join(folder, META_FILE), CatalogueError) or {}
     meta = {
         "version": CATALOGUE_VERSION,
+        "generation": generation,
         "settings": settings,
-        "index": {
-            "kind": type(index).__name__,
-            "windows": int(index.ntotal),
-            "nlist": int(getattr(index, "nlist", 0)),
-            "build_seconds": time.time() - start,
-        },
+        "index": index,
+        "calibration": calibration,
         "tracks": tracks,
     }
     text = json.dumps(meta, indent=1) + "\n"
-    atomic_write(meta_path, lambda h: h.write(text), text=True)
-    return folder
+    atomic_write(os.path.join(folder, META_FILE), lambda h: h.write(text), text=True)
+    keep = {generation, old.get("generation")}
+    for name in generations(folder):
+        if name not in keep:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    if old and old.get("generation") is None:  # the flat files of the first version
+        for name in FIRST_VERSION_FILES:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                os.remove(path)
+
+
+CALIBRATION_SETTINGS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size", "metric", "redux")
+
+
+def calibration_applies(calibration, settings):
+    """Whether a calibration measured under ``calibration["settings"]`` holds for a catalogue
+    of ``settings`` (same model, windows and reduction)."""
+    if not calibration:
+        return False
+    measured = calibration.get("settings", {})
+    return all(measured.get(k) == settings.get(k) for k in CALIBRATION_SETTINGS)
+
+
+def kept_calibration(folder, settings):
+    """The calibration of the catalogue being replaced in ``folder``, if it holds for the new
+    ``settings`` (a rebuild with the same model and windows keeps it)."""
+    try:
+        old = read_json(os.path.join(folder, META_FILE), CatalogueError) or {}
+    except CatalogueError:
+        return None
+    calibration = old.get("calibration")
+    return calibration if calibration_applies(calibration, settings) else None
+
+
+def set_calibration(folder, calibration):
+    """Store ``calibration`` (a JSON-able dict, or None to remove it) in the catalogue's
+    ``catalogue.json``; the rest stays as it is."""
+    with writer_lock(folder):
+        cat = load(folder)
+        generation = cat.generation
+        if generation is None:  # a first-version catalogue: its files move to a generation
+            generation = next_generation(folder)
+            target = os.path.join(folder, generation)
+            manifest = {"what": "catalogue", "settings": cat.settings}
+            store.write_concatenation(target, [(cat.z, cat.mask)], manifest)
+            write_index_files(target, cat.segments, cat.index)
+        publish(folder, generation, cat.settings, cat.tracks, cat.info, calibration)
 
 
 @dataclass
@@ -149,6 +301,8 @@ class Catalogue:
     segments: np.ndarray  # (M, 2) track row, window
     index: object
     info: dict = field(default_factory=dict)
+    generation: str = None  # folder of the files; None: a first-version catalogue (flat)
+    calibration: dict = None  # from calibrate(): threshold data, or None
 
     @property
     def metric(self):
@@ -175,30 +329,58 @@ class Catalogue:
 
 
 def load(folder, mmap=True):
-    meta_path = os.path.join(folder, META_FILE)
-    if not os.path.isfile(meta_path):
+    """The catalogue in ``folder`` as ``catalogue.json`` names it now. A writer that publishes a
+    new generation meanwhile may remove the one named before; the load then starts again."""
+    meta = read_meta(folder)
+    for _ in range(2):
+        try:
+            return load_generation(folder, meta, mmap)
+        except CatalogueError:
+            newer = read_meta(folder)
+            if newer.get("generation") == meta.get("generation"):
+                raise
+            meta = newer
+    return load_generation(folder, meta, mmap)
+
+
+def read_meta(folder):
+    meta = read_json(os.path.join(folder, META_FILE), CatalogueError)
+    if meta is None:
         raise CatalogueError(
             f"{folder}: not a catalogue (no {META_FILE}; build it with 'match.py index')"
         )
-    try:
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        # a catalogue of this project's first version has the arrays but not the store manifest
-        kept = store.read(folder, mmap, store.read_manifest(folder) or {"arrays": []})
-        segments = np.load(os.path.join(folder, "segments.npy"))
-        index = faiss.read_index(os.path.join(folder, INDEX_FILE))
-    except (OSError, ValueError, RuntimeError, store.StoreError) as err:
-        raise CatalogueError(f"{folder}: unreadable catalogue ({err})") from err
-    z, mask = kept.z, kept.mask
-    if meta.get("version") != CATALOGUE_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise CatalogueError(
             f"{folder}: catalogue version {meta.get('version')}, expected "
             f"{CATALOGUE_VERSION}; rebuild it"
         )
+    return meta
+
+
+def load_generation(folder, meta, mmap):
+    generation = meta.get("generation")
+    files = folder if generation is None else os.path.join(folder, generation)
+    try:
+        # a catalogue of this project's first version has the arrays but not the store manifest
+        kept = store.read(files, mmap, store.read_manifest(files) or {"arrays": []})
+        segments = np.load(os.path.join(files, "segments.npy"))
+        index = faiss.read_index(os.path.join(files, INDEX_FILE))
+    except (OSError, ValueError, RuntimeError, store.StoreError) as err:
+        raise CatalogueError(f"{folder}: unreadable catalogue ({err})") from err
+    z, mask = kept.z, kept.mask
     if z.shape[0] != len(meta["tracks"]) or index.ntotal != len(segments):
         raise CatalogueError(f"{folder}: files do not agree with each other; rebuild it")
     return Catalogue(
-        folder, meta["settings"], meta["tracks"], z, mask, segments, index, meta.get("index", {})
+        folder,
+        meta["settings"],
+        meta["tracks"],
+        z,
+        mask,
+        segments,
+        index,
+        meta.get("index", {}),
+        generation,
+        meta.get("calibration"),
     )
 
 

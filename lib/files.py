@@ -6,6 +6,7 @@ data-only classes in ``ALLOWED_GLOBALS`` can be rebuilt. Any other pickled objec
 call, an arbitrary class) is refused with the caller's error before anything runs.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import pickle
 import pickletools
 import re
 import tempfile
+import time
 import typing
 from collections import defaultdict
 
@@ -23,6 +25,12 @@ from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 from lib.errors import RunError
+
+try:  # POSIX; Windows has msvcrt's byte-range locks instead
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None
+    import msvcrt
 
 
 class LoadError(RunError):
@@ -214,3 +222,35 @@ def _offending_global(err):
 def _last_line(err):
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, waiting=None):
+    """Hold an exclusive lock on the file ``path`` (made if missing) for the ``with`` block, so
+    that one process at a time writes what it guards; ``waiting()`` is called once when another
+    process holds it (then this one waits). The lock goes with the process: a killed holder
+    leaves nothing to clean up."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        else:  # pragma: no cover
+            told = False
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if waiting is not None and not told:
+                        waiting()
+                        told = True
+                    time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

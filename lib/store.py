@@ -114,6 +114,36 @@ def write_files(folder, files, load, manifest):
     return folder
 
 
+def write_concatenation(folder, parts, manifest, block=256):
+    """A store of the rows of ``parts`` one after the other: a list of (z (N_i, S_i, D), mask
+    (N_i, S_i)) pairs (a store's memory maps, new tracks' arrays), padded to the largest S_i.
+    Rows are copied ``block`` at a time into a memory map, so a catalogue larger than memory
+    can grow. Returns the folder."""
+    try:
+        shape = padded_shape([(z.shape[1], z.shape[2]) for z, _ in parts])
+    except StoreError as err:
+        raise StoreError(f"{folder}: {err}") from None
+    shape = (sum(len(z) for z, _ in parts), shape[1], shape[2])
+    os.makedirs(folder, exist_ok=True)
+    invalidate(folder)
+    z_all = new_memmap(os.path.join(folder, "z.npy"), np.float16, shape)
+    mask_all = np.ones(shape[:2], dtype=bool)
+    row = 0
+    for z, mask in parts:
+        width = z.shape[1]
+        for i in range(0, len(z), block):
+            rows = slice(row + i, row + min(i + block, len(z)))
+            z_all[rows, :width] = np.clip(z[i : i + block], -FP16_MAX, FP16_MAX)
+            z_all[rows, width:] = 0
+            mask_all[rows, :width] = mask[i : i + block]
+        row += len(z)
+    z_all.flush()
+    del z_all
+    atomic_write(os.path.join(folder, "mask.npy"), lambda h: np.save(h, mask_all))
+    write_manifest(folder, shape, [], manifest)
+    return folder
+
+
 def invalidate(folder):
     """The folder is not a store until its manifest is written again."""
     path = os.path.join(folder, MANIFEST)

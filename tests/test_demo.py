@@ -20,6 +20,7 @@ def test_tiny_demo_runs_every_step_and_reports_both_models(tmp_path):
     for step in ("lib.synth", "data_preproc.py", "train.py", "test.py", "inference.py"):
         assert f"$ python {step}" in result.stdout or f"$ python -m {step}" in result.stdout
     assert "match.py index" in result.stdout and "match.py query" in result.stdout
+    assert result.stdout.rstrip().endswith(f"python match.py serve --catalogue={out / 'catalogue'}")
     assert "untrained" in result.stdout and "20 s windows MAP" in result.stdout
     summary = json.loads((out / "demo_results.json").read_text())
     for model in ("untrained", "trained"):
@@ -31,6 +32,7 @@ def test_tiny_demo_runs_every_step_and_reports_both_models(tmp_path):
     assert (out / "runs" / "demo-clews" / "checkpoint_epoch0.ckpt").is_file()
     logs = sorted(p.name for p in (out / "logs").iterdir())
     assert logs[:3] == ["1-corpus.log", "2-preproc.log", "3-train.log"] and "7-query.log" in logs
+    assert "8-serve.log" in logs and "the web page answers the same 5 tracks" in result.stdout
     clip_work = summary["query"]["work"]
     assert (out / "clips" / f"{clip_work}-unseen-version.wav").is_file()
 

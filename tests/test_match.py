@@ -57,6 +57,19 @@ def excerpt(setup, name, start, seconds=20.0):
     return clip
 
 
+def as_first_version(folder):
+    """Rewrite a catalogue as this project's first version wrote it: its files in the folder
+    itself, no store manifest, catalogue.json version 1."""
+    meta = json.loads((folder / "catalogue.json").read_text())
+    generation = folder / meta.pop("generation")
+    for name in ("z.npy", "mask.npy", "segments.npy", "segments.faiss"):
+        shutil.move(generation / name, folder / name)
+    shutil.rmtree(generation)
+    meta["version"] = 1
+    del meta["calibration"]
+    (folder / "catalogue.json").write_text(json.dumps(meta))
+
+
 def test_catalogue_files(setup):
     _, _, _, cat = setup
     loaded = C.load(str(cat))
@@ -135,9 +148,15 @@ def test_catalogue_from_inference_outputs_and_bad_inputs(setup, tmp_path, capsys
     assert match.main(["index", f"--embeddings={emb}", f"--out={cat4}"]) == 0
     assert np.array_equal(np.asarray(C.load(str(cat4)).z), np.asarray(b.z))
     assert (emb / "store" / "manifest.json").is_file()
-    # a catalogue of the first version (no store manifest) is still read
-    os.remove(cat4 / "manifest.json")
+    # a catalogue of the first version (flat files, no store manifest) is still read
+    as_first_version(cat4)
     assert np.array_equal(np.asarray(C.load(str(cat4)).z), np.asarray(b.z))
+    # ... and moves to a generation folder when it is next written (here: a calibration)
+    C.set_calibration(str(cat4), {"file": "calibration-x.npz"})
+    moved = C.load(str(cat4))
+    assert moved.generation is not None and moved.calibration == {"file": "calibration-x.npz"}
+    assert np.array_equal(np.asarray(moved.z), np.asarray(b.z)) and not (cat4 / "z.npy").exists()
+    assert moved.index.ntotal == C.load(str(cat2)).index.ntotal
     # a corrupt clip is reported, the good one still answered, exit status 1
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"\x00" * 3000)
@@ -163,7 +182,9 @@ def test_max_distance_says_no_version(setup, capsys):
         match.main(["query", f"--catalogue={cat}", str(clip), "--device=cpu", "--max_distance=-1"])
         == 0
     )
-    assert "no version in the catalogue within distance -1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no version found within distance -1 (--max_distance)" in out
+    assert "     1" in out and "     no" in out  # the ranking is still shown, marked
 
 
 def mirex(checkpoint, collection, queries, out, *extra):

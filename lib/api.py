@@ -1,0 +1,607 @@
+"""The Python API: what ``inference.py`` and ``match.py`` do, as two objects.
+
+    from lib.api import Embedder, Catalogue
+
+    model = Embedder.load("runs/demo/runs/demo-clews/checkpoint_last.ckpt")  # or an original one
+    z = model.embed("song.mp3")                      # (windows, dim) float32, 10 s every 5 s
+    z = model.embed(samples, samplerate=44100)       # a mono array works too
+    cat, failed = Catalogue.build("cat/", model, "music/")   # or Catalogue.open("cat/")
+    cat.add(["new/song.mp3"])                        # appended, no rebuild
+    cat.calibrate("data/meta.pt", "data/audio", partition="valid")  # "no version" threshold
+    result = cat.query("clip.wav")
+    print(result.verdict)                            # "version found", "no version found", ...
+    for m in result.matches:
+        print(m.id, m.distance, m.is_version, m.clip_s, m.track_s)
+
+Every failure is an exception of this project (``lib.errors``: ``UsageError`` for bad
+arguments, ``RunError`` subclasses such as ``AudioError`` and ``CatalogueError`` naming the file
+and the problem).
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+import torch
+from tqdm import tqdm
+
+from lib import calibration as K
+from lib import catalogue as C
+from lib import inference as I
+from lib import precision as P
+from lib import store, tensor_ops
+from lib.audio import AudioError, get_info, load_audio
+from lib.checkpoint import load_trained_model
+from lib.errors import UsageError
+from lib.extract import file_digest, window_embeddings
+from lib.metadata import load_metadata
+
+ADDED_DIR = "added"  # under a catalogue: embeddings of added audio (a stopped add resumes)
+CALIBRATION_DIR = "calibration"  # under a catalogue: embeddings of the labelled set
+DEFAULT_HOP = 5.0
+
+
+###################################################################################################
+# Embedding audio
+###################################################################################################
+
+
+class Embedder:
+    """A trained model ready to embed audio: ``Embedder.load(checkpoint)``."""
+
+    def __init__(self, model, checkpoint, device, precision="32-true"):
+        self.model, self.checkpoint = model, os.fspath(checkpoint)
+        self.device, self.precision = device, precision
+        self._digest = None
+
+    @classmethod
+    def load(cls, checkpoint, conf=None, device="auto", precision="32"):
+        """A checkpoint of this project or of the original code (``conf``: a config YAML, by
+        default the one beside the checkpoint or inside it); ``device`` auto, cpu, cuda[:N] or
+        mps; ``precision`` 32, bf16 or 16."""
+        device = I.pick_device(device)
+        mixed = P.check(precision, device, "precision")
+        model, _, _ = load_trained_model(checkpoint, conf, device)
+        return cls(model, checkpoint, device, mixed)
+
+    @property
+    def samplerate(self):
+        return int(self.model.sr)
+
+    @property
+    def name(self):
+        return type(self.model).__module__.split(".")[-1]
+
+    @property
+    def digest(self):
+        """sha256 of the checkpoint file (what a catalogue records of its model)."""
+        if self._digest is None:
+            self._digest = file_digest(self.checkpoint)
+        return self._digest
+
+    def window_length(self, win_len=None):
+        """Seconds per window: ``win_len``, or the model's training length."""
+        return I.window_length(self.model, -1 if win_len is None else win_len)
+
+    def embed(self, audio, samplerate=None, win_len=None, hop=DEFAULT_HOP):
+        """(windows, dim) float32 embeddings of windows of ``win_len`` s (default: the model's
+        training length) every ``hop`` s. ``audio``: a file path, or a mono waveform (T,) at
+        ``samplerate`` Hz (resampled to the model's rate when it differs)."""
+        waveform = self.waveform(audio, samplerate)
+        return self.embed_waveform(waveform, self.window_length(win_len), hop).numpy()
+
+    def waveform(self, audio, samplerate=None):
+        """(T,) float32 numpy waveform at the model's rate from a path or an array."""
+        if isinstance(audio, (str, os.PathLike)):
+            return load_audio(os.fspath(audio), self.samplerate, refuse_silence=True)
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim != 1:
+            raise UsageError(f"audio array must be mono (T,), got shape {x.shape}")
+        if samplerate is None:
+            raise UsageError("an audio array needs its samplerate")
+        if not np.isfinite(x).all():
+            raise UsageError("audio array holds NaN or infinite values")
+        if int(samplerate) != self.samplerate:
+            x = soxr.resample(x, int(samplerate), self.samplerate).astype(np.float32)
+        if x.size == 0:
+            raise UsageError("audio array is empty")
+        return x
+
+    def embed_waveform(self, waveform, win_len, hop):
+        """(S, D) float32 tensor of a waveform at the model's rate."""
+        audio = torch.from_numpy(np.ascontiguousarray(waveform))
+        with torch.inference_mode(), P.autocast(self.precision, self.device):
+            return window_embeddings(self.model, audio, win_len, hop, self.device)
+
+    def catalogue_settings(self, win_len, hop):
+        """What a catalogue records of the model and its windows."""
+        return {
+            k: v
+            for k, v in I.settings_of(self.model, self.checkpoint, win_len, hop).items()
+            if k in CATALOGUE_SETTINGS
+        }
+
+    def embed_folder_into(self, folder, jobs, win_len, hop, nworkers=2, extra_settings=None):
+        """``inference.py``'s folder mode: every (input, output) of ``jobs`` into ``folder``
+        (resumable, checked against the settings recorded there); returns its summary."""
+        return I.embed_into_folder(
+            folder,
+            self.model,
+            self.checkpoint,
+            jobs,
+            win_len,
+            hop,
+            self.device,
+            nworkers,
+            extra_settings=extra_settings,
+            precision=self.precision,
+        )
+
+
+CATALOGUE_SETTINGS = (
+    "checkpoint",
+    "checkpoint_sha256",
+    "model",
+    "samplerate",
+    "win_len",
+    "hop_size",
+    "metric",
+    "redux",
+)
+
+
+###################################################################################################
+# Query results
+###################################################################################################
+
+
+@dataclass
+class Match:
+    rank: int
+    row: int  # the track's row in the catalogue
+    id: str
+    source: str  # the audio file the track was embedded from (None if unknown)
+    distance: float  # track distance (the model's reduction); smaller is closer
+    clip_s: tuple  # (start, end) seconds of the clip that match ...
+    track_s: tuple  # ... (start, end) seconds of the track
+    is_version: bool = None  # within the threshold; None without one
+    false_alarm: float = None  # chance a clip with no version has a match this close
+    pairs: list = field(default_factory=list)  # closest window pairs (clip s, track s, distance)
+
+    def as_dict(self):
+        return {
+            "rank": self.rank,
+            "row": self.row,
+            "id": self.id,
+            "source": self.source,
+            "distance": self.distance,
+            "version": self.is_version,
+            "false_alarm": self.false_alarm,
+            "clip_s": list(self.clip_s),
+            "track_s": list(self.track_s),
+            "pairs": self.pairs,
+        }
+
+
+@dataclass
+class QueryResult:
+    duration_s: float
+    windows: int
+    matches: list
+    threshold: float = None  # distance at or below which a match is a version; None: none set
+    threshold_source: str = None  # "calibrated" or "max_distance"
+
+    @property
+    def found(self):
+        """True / False when a threshold decides; None without one."""
+        if self.threshold is None:
+            return None
+        return bool(self.matches) and self.matches[0].is_version
+
+    @property
+    def verdict(self):
+        if self.found is None:
+            return "not calibrated (no 'no version' decision: run match.py calibrate)"
+        if self.found:
+            return "version found"
+        return "no version found"
+
+    def as_dict(self):
+        return {
+            "duration_s": self.duration_s,
+            "windows": self.windows,
+            "verdict": self.verdict,
+            "found": self.found,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "matches": [m.as_dict() for m in self.matches],
+        }
+
+
+def aligned_ranges(offset, duration):
+    """(clip range, track range) in seconds of a clip of ``duration`` s whose start lies at
+    track time ``offset`` (negative: the clip starts before the track)."""
+    clip0 = max(0.0, -offset)
+    track0 = max(0.0, offset)
+    return (clip0, duration), (track0, track0 + duration - clip0)
+
+
+###################################################################################################
+# The catalogue
+###################################################################################################
+
+
+class Catalogue:
+    """A catalogue folder (``lib/catalogue.py``) with the model that made it."""
+
+    def __init__(self, folder, embedder=None, device="auto", precision="32"):
+        """Open ``folder``; the model is the catalogue's checkpoint (loaded when first needed)
+        unless ``embedder`` is given, which must be that same checkpoint."""
+        self.folder = os.fspath(folder)
+        self._data = C.load(self.folder)
+        self._stamp = self._meta_stamp()
+        self._device, self._precision = device, precision
+        self._embedder = None
+        self._decision = None
+        if embedder is not None:
+            self.use_embedder(embedder)
+
+    @classmethod
+    def open(cls, folder, embedder=None, device="auto", precision="32"):
+        return cls(folder, embedder, device, precision)
+
+    @classmethod
+    def build(
+        cls,
+        folder,
+        embedder,
+        audio,
+        hop=DEFAULT_HOP,
+        win_len=None,
+        index="auto",
+        nlist=None,
+        nworkers=2,
+    ):
+        """A catalogue in ``folder`` of every audio file under the folder ``audio`` (their
+        embeddings kept in ``folder/embeddings``: an interrupted build resumes). Returns
+        (catalogue, [(file, reason)] of the files that could not be read)."""
+        work = os.path.join(folder, "embeddings")
+        jobs, _ = I.plan_folder(os.fspath(audio), work)
+        win_len = embedder.window_length(win_len)
+        summary = embedder.embed_folder_into(
+            work, jobs, win_len, hop, nworkers, {"path_in": os.path.abspath(audio)}
+        )
+        if not summary["tracks"]:
+            raise C.CatalogueError(f"{audio}: no track could be embedded; nothing to index")
+        embeddings = store.read(os.path.join(work, I.STORE_DIR))
+        settings = {k: embeddings.manifest["settings"][k] for k in CATALOGUE_SETTINGS}
+        C.build(folder, embeddings.manifest["tracks"], embeddings, settings, index, nlist)
+        return cls(folder, embedder), summary["failed"]
+
+    # ---------------------------------------------------------------------------------------
+
+    @property
+    def data(self):
+        """The loaded ``lib.catalogue.Catalogue`` (arrays, index, tracks, settings)."""
+        return self._data
+
+    @property
+    def settings(self):
+        return self._data.settings
+
+    @property
+    def tracks(self):
+        return self._data.tracks
+
+    def __len__(self):
+        return len(self._data.tracks)
+
+    def _meta_stamp(self):
+        try:
+            status = os.stat(os.path.join(self.folder, C.META_FILE))
+        except OSError:
+            return None
+        return status.st_mtime_ns, status.st_size, status.st_ino
+
+    def refresh(self):
+        """Reload when another process published a new state (an add, a calibration); returns
+        True when it did."""
+        stamp = self._meta_stamp()
+        if stamp == self._stamp:
+            return False
+        self._data = C.load(self.folder)
+        self._stamp = stamp
+        self._decision = None
+        return True
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            checkpoint = self.settings["checkpoint"]
+            if not os.path.isfile(checkpoint):
+                raise UsageError(
+                    f"{checkpoint}: checkpoint of the catalogue not found (give the model)"
+                )
+            self.use_embedder(Embedder.load(checkpoint, None, self._device, self._precision))
+        return self._embedder
+
+    def use_embedder(self, embedder):
+        if embedder.digest != self.settings["checkpoint_sha256"]:
+            raise UsageError(
+                f"{embedder.checkpoint}: not the checkpoint the catalogue was built with"
+            )
+        self._embedder = embedder
+
+    @property
+    def decision(self):
+        """The calibrated decision (``lib.calibration.Decision``) for the catalogue's size now,
+        or None when it is not calibrated (or was, for other settings)."""
+        calibration = self._data.calibration
+        if not C.calibration_applies(calibration, self.settings):
+            return None
+        if self._decision is None or self._decision.size != len(self):
+            self._decision = K.Decision(calibration, self.folder, len(self))
+        return self._decision
+
+    def describe(self):
+        """Lines about the catalogue: size, windows, index, calibration."""
+        data = self._data
+        lines = [
+            f"{len(self)} tracks, {data.index.ntotal} windows of {self.settings['win_len']:g} s "
+            f"every {self.settings['hop_size']:g} s, index {data.info.get('kind')}, model "
+            f"{self.settings['model']} ({os.path.basename(self.settings['checkpoint'])})"
+        ]
+        decision = self.decision
+        if decision is None:
+            lines.append("not calibrated: 'match.py calibrate' sets the 'no version' threshold")
+        else:
+            lines += K.summary(data.calibration, decision)
+        return lines
+
+    # ---------------------------------------------------------------------------------------
+
+    def query(
+        self,
+        clip,
+        samplerate=None,
+        topk=10,
+        hop=None,
+        redux=None,
+        exact=False,
+        neighbours=256,
+        shortlist=100,
+        nprobe=16,
+        max_distance=None,
+    ):
+        """The ``topk`` closest tracks to ``clip`` (a path, or a mono array at ``samplerate``)
+        as a ``QueryResult``. Whether a match is a version: within ``max_distance`` when given,
+        else within the calibrated threshold (no decision when the catalogue is uncalibrated)."""
+        embedder = self.embedder
+        waveform = embedder.waveform(clip, samplerate)
+        duration = waveform.size / embedder.samplerate
+        win_len = float(self.settings["win_len"])
+        hop = float(hop) if hop else float(self.settings["hop_size"])
+        windows = embedder.embed_waveform(waveform, win_len, hop).numpy()
+        found = C.search(
+            self._data, windows, topk, redux, exact, neighbours, shortlist, nprobe, clip_hop=hop
+        )
+        decision = None if max_distance is not None else self.decision
+        threshold = max_distance
+        if decision is not None:
+            threshold = decision.threshold
+        matches = []
+        for rank, m in enumerate(found, 1):
+            track = self.tracks[m.row]
+            clip_s, track_s = aligned_ranges(m.offset, duration)
+            pairs = [
+                {
+                    "clip_s": [i * hop, min(i * hop + win_len, duration)],
+                    "track_s": list(self._data.window_seconds(j)),
+                    "distance": d,
+                }
+                for i, j, d in m.pairs
+            ]
+            matches.append(
+                Match(
+                    rank,
+                    m.row,
+                    track["id"],
+                    track.get("source"),
+                    m.distance,
+                    clip_s,
+                    track_s,
+                    None if threshold is None else m.distance <= threshold,
+                    None if decision is None else decision.false_alarm(m.distance),
+                    pairs,
+                )
+            )
+        if max_distance is not None:
+            source = "max_distance"
+        else:
+            source = None if decision is None else "calibrated"
+        return QueryResult(duration, len(windows), matches, threshold, source)
+
+    # ---------------------------------------------------------------------------------------
+
+    def add(self, audio, ids=None, nworkers=2):
+        """Embed and append audio files (a list of paths, or a folder: every audio file under
+        it) without rebuilding. Ids: ``ids`` if given, else the path under the folder (or the
+        file name) without extension. Files already in the catalogue (same id and source) are
+        left out. Returns {"added": [ids], "already": [ids], "failed": [(file, reason)]}."""
+        planned = self._plan_add(audio, ids)
+        already = [t["id"] for t in planned if t.get("already")]
+        todo = [t for t in planned if not t.get("already")]
+        out = {"added": [], "already": already, "failed": []}
+        if not todo:
+            return out
+        embedder = self.embedder
+        work = os.path.join(self.folder, ADDED_DIR)
+        win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
+        jobs = [(t["source"], added_output(work, t["source"])) for t in todo]
+        summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
+        out["failed"] = summary["failed"]
+        failed = {src for src, _ in summary["failed"]}
+        good = [(t, dst) for t, (_, dst) in zip(todo, jobs) if t["source"] not in failed]
+        if good:
+            tracks = [{"id": t["id"], "source": t["source"]} for t, _ in good]
+            embeddings = [I.read_output(dst) for _, dst in good]
+            self._data = C.append(self.folder, tracks, embeddings)
+            self._stamp = self._meta_stamp()
+            self._decision = None
+            out["added"] = [t["id"] for t in tracks]
+        return out
+
+    def _plan_add(self, audio, ids):
+        """[{"id", "source", "already"?}] for the files to add; clashing ids are an error."""
+        if isinstance(audio, (str, os.PathLike)) and os.path.isdir(audio):
+            root = os.fspath(audio)
+            files, _ = I.find_files(root)
+            names = [os.path.splitext(os.path.relpath(f, root))[0] for f in files]
+        else:
+            single = isinstance(audio, (str, os.PathLike))
+            files = [os.fspath(a) for a in ([audio] if single else audio)]
+            names = [os.path.splitext(os.path.basename(f))[0] for f in files]
+        if ids is not None:
+            names = list(ids)
+            if len(names) != len(files):
+                raise UsageError(f"{len(names)} ids for {len(files)} files")
+        if not files:
+            raise UsageError(f"{audio}: no audio file to add")
+        folders = [f for f in files if os.path.isdir(f)]
+        if folders:
+            raise UsageError(f"{folders[0]}: a folder among files; give one folder, or files")
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise UsageError(f"file(s) not found: {', '.join(missing[:5])}")
+        existing = {t["id"]: t.get("source") for t in self.tracks}
+        planned, clashes, seen = [], [], set()
+        for name, path in zip(names, files):
+            source = os.path.abspath(path)
+            if name in existing:
+                if existing[name] == source:
+                    planned.append({"id": name, "source": source, "already": True})
+                else:
+                    clashes.append(f"{name} ({path}; the catalogue's is {existing[name]})")
+                continue
+            if name in seen:
+                clashes.append(f"{name} ({path}; given twice)")
+                continue
+            seen.add(name)
+            planned.append({"id": name, "source": source})
+        if clashes:
+            raise UsageError(
+                "track ids already in the catalogue for other files (give other ids, or add "
+                "from a folder so that ids include subfolders): " + "; ".join(clashes[:5])
+            )
+        return planned
+
+    # ---------------------------------------------------------------------------------------
+
+    def calibrate(
+        self,
+        meta,
+        audio_root,
+        partition="valid",
+        target=0.05,
+        clip_len=20.0,
+        clips_per_track=2,
+        seed=0,
+        nworkers=2,
+        plot=None,
+    ):
+        """Measure and store the "no version" threshold (see ``lib.calibration``) on the
+        labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``).
+        Returns (decision for the catalogue now, [(file, reason)] of unreadable files, which
+        are left out)."""
+        if not 0 < target < 1:
+            raise UsageError(f"false-alarm target must be between 0 and 1, got {target}")
+        if clip_len <= 0 or clips_per_track < 1:
+            raise UsageError("clip length must be > 0 s and clips per track >= 1")
+        tracks = labelled_tracks(meta, audio_root, partition)
+        embedder = self.embedder
+        win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
+        work = os.path.join(self.folder, CALIBRATION_DIR)
+        jobs = [(t["source"], added_output(work, t["source"])) for t in tracks]
+        summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
+        failed = {src for src, _ in summary["failed"]}
+        kept = [(t, dst) for t, (_, dst) in zip(tracks, jobs) if t["source"] not in failed]
+        cliques = [t["clique"] for t, _ in kept]
+        if len(set(cliques)) < 2 or len(cliques) == len(set(cliques)):
+            raise K.CalibrationError(
+                f"{meta}: partition {partition!r} needs at least two works and one with two "
+                "readable versions"
+            )
+        z, mask = store.stack([I.read_output(dst) for _, dst in kept])
+        labelled = C.Catalogue(work, self.settings, [t for t, _ in kept], z, mask, None, None)
+        durations = [get_info(t["source"]).duration for t, _ in kept]  # the file as it is now
+        draws = K.draw_clips(durations, clip_len, clips_per_track, seed)
+        rows = np.arange(len(kept))
+        redux = tensor_ops.parse_redux(self.settings["redux"])
+
+        def clips():
+            for track, start in draws:
+                source = kept[track][0]["source"]
+                try:
+                    x = load_audio(source, embedder.samplerate, start, clip_len)
+                except AudioError as err:
+                    raise K.CalibrationError(str(err)) from err
+                yield track, embedder.embed_waveform(x, win_len, hop).numpy()
+
+        with tqdm(total=len(draws), desc="Calibration clips", ncols=80, ascii=True) as bar:
+            nonversion, counts, true = K.measure(
+                cliques,
+                clips(),
+                lambda q: C.track_distances(labelled, q, rows, redux),
+                progress=lambda: bar.update(1),
+            )
+        name = K.write_measurements(self.folder, nonversion, counts, true)
+        calibration = {
+            "file": name,
+            "settings": {k: self.settings[k] for k in C.CALIBRATION_SETTINGS},
+            "target_false_alarm": float(target),
+            "clip_len": float(clip_len),
+            "clips": int(len(draws)),
+            "labelled_tracks": len(kept),
+            "source": f"{os.path.abspath(meta)}, partition {partition}",
+            "seed": int(seed),
+            "created": K.created_now(),
+        }
+        decision = K.Decision(calibration, self.folder, len(self))
+        calibration.update(
+            catalogue_tracks=len(self), threshold=decision.threshold, recall=decision.recall
+        )
+        C.set_calibration(self.folder, calibration)
+        self.refresh()
+        if plot:
+            K.plot(plot, true, nonversion, counts, decision)
+        return self.decision, summary["failed"]
+
+
+def added_output(folder, source):
+    """Where the embedding of ``source`` goes under ``folder`` (named by its absolute path, so
+    files of any folders can be added side by side)."""
+    digest = hashlib.sha1(os.path.abspath(source).encode("utf-8", "surrogateescape")).hexdigest()
+    return os.path.join(folder, digest[:2], f"{digest}.pt")
+
+
+def labelled_tracks(meta, audio_root, partition):
+    """[{"id", "source", "clique"}] of the versions of ``partition`` in the metadata file
+    ``meta``; files that are missing are an error naming them."""
+    info, splits = load_metadata(meta)
+    if partition not in splits:
+        raise UsageError(f"{meta}: no partition {partition!r} (has {', '.join(sorted(splits))})")
+    tracks = []
+    for clique, keys in sorted(splits[partition].items()):
+        for key in keys:
+            song = info[key]
+            source = os.path.join(audio_root, song["filename"])
+            tracks.append({"id": key, "source": source, "clique": str(clique)})
+    missing = [t["source"] for t in tracks if not os.path.isfile(t["source"])]
+    if missing:
+        raise UsageError(
+            f"{len(missing)} audio file(s) of {meta} not found under {audio_root}, e.g. "
+            + ", ".join(missing[:3])
+        )
+    return tracks
