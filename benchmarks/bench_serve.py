@@ -4,15 +4,16 @@
 Corpus: ``lib.synth`` works (default 500 works x 4 versions of 60 s, mp3), all of them in one
 catalogue built by ``match.py index`` with a trained checkpoint (default: the demo's, made by
 ``make demo``). Queries: 20 s excerpts of random catalogue tracks, made quieter, with noise,
-re-encoded as mp3; an answer is correct when its first match is the excerpt's track and the
-matched track range starts within one hop of where the excerpt was cut.
+re-encoded as mp3; an answer is correct when its first match is the excerpt's track. How many
+also place the clip within one hop of where it was cut is counted apart: music repeats itself,
+and a chorus matches wherever it comes back.
 
 Phases, against one server process (started as a user would, on 127.0.0.1):
 1. baseline: 20 queries one at a time (unloaded latency);
 2. concurrent: ``--clients`` (50) queries sent at once;
 3. sequential: ``--sequential`` (500) queries one after another, the server's resident memory
    read from /proc every 50 queries.
-Prints, per phase, answered / sent, correct, p50 / p95 / max latency, and the ratios: loaded
+Prints, per phase, answered / sent, correct, placed, p50 / p95 / max latency, and the ratios: loaded
 p50 / unloaded p50, memory after the last query / after the first 50.
 
     .venv/bin/python -m benchmarks.bench_serve --out /tmp/bench_serve
@@ -118,12 +119,17 @@ def query(url, clip):
     return seconds, status, json.loads(text) if status == 200 else text
 
 
-def correct(clip, answer, hop):
-    _, track_id, start = clip
-    if not isinstance(answer, dict) or not answer["matches"]:
-        return False
-    best = answer["matches"][0]
-    return best["id"] == track_id and abs(best["track_s"][0] - start) <= hop
+def correct(clip, answer):
+    """Whether the first match is the excerpt's track."""
+    _, track_id, _ = clip
+    return isinstance(answer, dict) and bool(answer["matches"]) and (
+        answer["matches"][0]["id"] == track_id
+    )
+
+
+def placed(clip, answer, hop):
+    """Whether the first match's track range starts within one hop of the excerpt's start."""
+    return correct(clip, answer) and abs(answer["matches"][0]["track_s"][0] - clip[2]) <= hop
 
 
 def rss_mb(pid):
@@ -137,11 +143,13 @@ def rss_mb(pid):
 def report(name, results, clips, hop):
     seconds = np.array([r[0] for r in results])
     answered = sum(r[1] == 200 for r in results)
-    right = sum(correct(c, r[2], hop) for c, r in zip(clips, results))
+    right = sum(correct(c, r[2]) for c, r in zip(clips, results))
+    where = sum(placed(c, r[2], hop) for c, r in zip(clips, results))
     p50, p95 = np.percentile(seconds, [50, 95]) * 1000
     print(
-        f"{name:<12} answered {answered}/{len(results)}, correct {right}/{len(results)}; latency "
-        f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {seconds.max() * 1000:.0f} ms"
+        f"{name:<12} answered {answered}/{len(results)}, right track first {right}, its range "
+        f"within {hop:g} s of the cut {where}; latency p50 {p50:.0f} ms, p95 {p95:.0f} ms, max "
+        f"{seconds.max() * 1000:.0f} ms"
     )
     return p50
 

@@ -16,7 +16,8 @@ extension, or when it does not decode as audio; it is kept under a private tempo
 with a name the server makes (the user's file name is never used as a path), and only the last
 ``keep_clips`` uploads are kept. The only files served are the catalogue's own tracks (by row)
 and those uploads (by token). Errors are pages (or JSON) with a message, never a traceback.
-Queries are answered one at a time (the model has the CPU to itself); decoding overlaps.
+Queries are answered one at a time (the model has the CPU to itself); decoding overlaps, with
+at most one decoder per core left to it.
 """
 
 import collections
@@ -260,6 +261,9 @@ class Service:
         self.folder = tempfile.mkdtemp(prefix="clews-serve-")
         self.clips = collections.OrderedDict()  # token -> path
         self.lock = threading.Lock()  # one query at a time on the model
+        # decoding overlaps the model, but no more decoders than the cores left to them: 50
+        # uploads decoded at once would share the CPU and all finish late
+        self.decoders = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) - 1))
         self.files_lock = threading.Lock()
 
     def close(self):
@@ -301,7 +305,8 @@ class Service:
         ``UploadError`` saying why."""
         embedder = self.catalogue.embedder
         try:
-            waveform = embedder.waveform(path)
+            with self.decoders:
+                waveform = embedder.waveform(path)
         except AudioError as err:
             reason = str(err).split(": ", 1)[-1]
             raise UploadError(422, f"the upload could not be used as audio: {reason}") from err
