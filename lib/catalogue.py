@@ -38,6 +38,7 @@ INDEX_FILE = "segments.faiss"
 META_FILE = "catalogue.json"
 LOCK_FILE = ".writer.lock"
 GENERATION = re.compile(r"generation-\d{6}")
+CALIBRATION_FILE = re.compile(r"calibration-[0-9a-f]{12}\.npz")  # lib/calibration.py's
 FIRST_VERSION_FILES = ("z.npy", "mask.npy", "manifest.json", "segments.npy", INDEX_FILE)
 FLAT_BELOW = 50_000  # windows: below this an exact flat index is as fast as any
 
@@ -229,8 +230,8 @@ def next_generation(folder):
 
 def publish(folder, generation, settings, tracks, index, calibration=None):
     """Make ``generation`` the catalogue by an atomic rewrite of ``catalogue.json``, then remove
-    what no reader can still be opening: generations before the previous one, and the files of
-    a first-version catalogue (kept in the folder itself)."""
+    what no reader can still be opening: generations and calibration measurements before the
+    previous ones, and the files of a first-version catalogue (kept in the folder itself)."""
     old = read_json(os.path.join(folder, META_FILE), CatalogueError) or {}
     meta = {
         "version": CATALOGUE_VERSION,
@@ -246,6 +247,10 @@ def publish(folder, generation, settings, tracks, index, calibration=None):
     for name in generations(folder):
         if name not in keep:
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    measured = {(c or {}).get("file") for c in (calibration, old.get("calibration"))}
+    for name in os.listdir(folder):
+        if CALIBRATION_FILE.fullmatch(name) and name not in measured:
+            os.remove(os.path.join(folder, name))
     if old and old.get("generation") is None:  # the flat files of the first version
         for name in FIRST_VERSION_FILES:
             path = os.path.join(folder, name)

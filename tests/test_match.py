@@ -157,6 +157,12 @@ def test_catalogue_from_inference_outputs_and_bad_inputs(setup, tmp_path, capsys
     assert moved.generation is not None and moved.calibration == {"file": "calibration-x.npz"}
     assert np.array_equal(np.asarray(moved.z), np.asarray(b.z)) and not (cat4 / "z.npy").exists()
     assert moved.index.ntotal == C.load(str(cat2)).index.ntotal
+    # measurements of calibrations before the previous one are removed
+    names = [f"calibration-{c * 12}.npz" for c in "abc"]
+    for name in names:
+        (cat4 / name).write_bytes(b"measurements")
+        C.set_calibration(str(cat4), {"file": name})
+    assert sorted(p.name for p in cat4.glob("calibration-*")) == names[1:]
     # a corrupt clip is reported, the good one still answered, exit status 1
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"\x00" * 3000)
