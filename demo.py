@@ -40,7 +40,7 @@ from lib import cli, synth
 from lib.audio import write_audio
 from lib.errors import RunError
 from lib.metadata import load_metadata
-from lib.server import post_upload, served_url
+from lib.server import post_upload, wait_for_url
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = "demo.json"  # written in OUT first: --fresh only ever deletes a folder holding it
@@ -114,12 +114,7 @@ def serve_and_ask(catalogue, clip, logs):
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         try:
-            url = None
-            for line in proc.stdout:
-                log.write(line)
-                url = served_url(line)
-                if url is not None:
-                    break
+            url = wait_for_url(proc.stdout, log.write)
             if url is None:
                 raise StepError(f"the web server did not start; its output is in {log_path}")
             with open(clip, "rb") as handle:

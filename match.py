@@ -37,31 +37,24 @@ from lib import inference as I
 from lib import retrieval as R
 from lib import store, tensor_ops
 from lib.audio import AudioError
+from lib.api import clock
 from lib.errors import UsageError
-from lib.extract import file_digest
 from lib.files import atomic_write
 
 
-def clock(seconds):
-    seconds = max(0.0, float(seconds))
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+def say_model(embedder):
+    print(f"Model {embedder.name} from {embedder.checkpoint} on {embedder.device}")
+    return embedder
 
 
 def load_embedder(checkpoint, args):
-    embedder = api.Embedder.load(checkpoint, args.conf, args.device, args.precision)
-    print(f"Model {embedder.name} from {checkpoint} on {embedder.device}")
-    return embedder
+    return say_model(api.Embedder.load(checkpoint, args.conf, args.device, args.precision))
 
 
 def open_catalogue(args):
     """The catalogue of ``--catalogue`` with its model (``--checkpoint``, default its own)."""
     cat = api.Catalogue(args.catalogue, device=args.device, precision=args.precision)
-    checkpoint = args.checkpoint or cat.settings["checkpoint"]
-    if not os.path.isfile(checkpoint):
-        raise UsageError(f"{checkpoint}: checkpoint of the catalogue not found (give --checkpoint)")
-    if file_digest(checkpoint) != cat.settings["checkpoint_sha256"]:
-        raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
-    cat.use_embedder(load_embedder(checkpoint, args))
+    say_model(cat.load_embedder(args.checkpoint, args.conf))
     return cat
 
 
@@ -105,25 +98,23 @@ def cmd_index(args):
     if args.audio is not None:
         if not args.checkpoint:
             raise UsageError("--audio needs --checkpoint")
-        embedder = load_embedder(args.checkpoint, args)
-        win_len = embedder.window_length(args.win_len if args.win_len > 0 else None)
-        _, failed = api.Catalogue.build(
+        built, failed = api.Catalogue.build(
             args.out,
-            embedder,
+            load_embedder(args.checkpoint, args),
             args.audio,
             args.hop_size,
-            win_len,
+            args.win_len if args.win_len > 0 else None,
             args.index,
             args.nlist,
             args.nworkers,
+            args.overwrite,
         )
+        cat = built.data
     else:
         embeddings = embeddings_folder_store(args.embeddings)
         tracks = embeddings.manifest["tracks"]
-        settings = {k: embeddings.manifest["settings"][k] for k in api.CATALOGUE_SETTINGS}
         print(f"Index {len(tracks)} tracks, {int((~embeddings.mask).sum())} windows...")
-        C.build(args.out, tracks, embeddings, settings, kind=args.index, nlist=args.nlist)
-    cat = C.load(args.out)
+        cat = C.load(api.index_store(args.out, embeddings, args.index, args.nlist))
     print(
         f"Catalogue {args.out}: {len(cat.tracks)} tracks, {cat.index.ntotal} windows, "
         f"{cat.info['kind']}"

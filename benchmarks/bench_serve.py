@@ -31,7 +31,7 @@ import numpy as np
 
 from lib import synth
 from lib.audio import load_audio, write_audio
-from lib.server import post_upload, served_url
+from lib.server import post_upload, wait_for_url
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CHECKPOINT = os.path.join(ROOT, "runs/demo/runs/demo-clews/checkpoint_last.ckpt")
@@ -99,12 +99,10 @@ def start_server(catalogue):
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    for line in process.stdout:
-        print("  server:", line.rstrip())
-        url = served_url(line)
-        if url is not None:
-            return process, url
-    sys.exit("error: the server did not start")
+    url = wait_for_url(process.stdout, lambda line: print("  server:", line.rstrip()))
+    if url is None:
+        sys.exit("error: the server did not start")
+    return process, url
 
 
 def query(url, clip):

@@ -51,20 +51,20 @@ DEFAULT_HOP = 5.0
 class Embedder:
     """A trained model ready to embed audio: ``Embedder.load(checkpoint)``."""
 
-    def __init__(self, model, checkpoint, device, precision="32-true"):
+    def __init__(self, model, checkpoint, device, precision="32-true", digest=None):
         self.model, self.checkpoint = model, os.fspath(checkpoint)
         self.device, self.precision = device, precision
-        self._digest = None
+        self._digest = digest
 
     @classmethod
-    def load(cls, checkpoint, conf=None, device="auto", precision="32"):
+    def load(cls, checkpoint, conf=None, device="auto", precision="32", digest=None):
         """A checkpoint of this project or of the original code (``conf``: a config YAML, by
         default the one beside the checkpoint or inside it); ``device`` auto, cpu, cuda[:N] or
-        mps; ``precision`` 32, bf16 or 16."""
+        mps; ``precision`` 32, bf16 or 16; ``digest``: the file's sha256 when already known."""
         device = I.pick_device(device)
         mixed = P.check(precision, device, "precision")
         model, _, _ = load_trained_model(checkpoint, conf, device)
-        return cls(model, checkpoint, device, mixed)
+        return cls(model, checkpoint, device, mixed, digest)
 
     @property
     def samplerate(self):
@@ -115,17 +115,12 @@ class Embedder:
         with torch.inference_mode(), P.autocast(self.precision, self.device):
             return window_embeddings(self.model, audio, win_len, hop, self.device)
 
-    def catalogue_settings(self, win_len, hop):
-        """What a catalogue records of the model and its windows."""
-        return {
-            k: v
-            for k, v in I.settings_of(self.model, self.checkpoint, win_len, hop).items()
-            if k in CATALOGUE_SETTINGS
-        }
-
-    def embed_folder_into(self, folder, jobs, win_len, hop, nworkers=2, extra_settings=None):
+    def embed_folder_into(
+        self, folder, jobs, win_len, hop, nworkers=2, extra_settings=None, overwrite=False
+    ):
         """``inference.py``'s folder mode: every (input, output) of ``jobs`` into ``folder``
-        (resumable, checked against the settings recorded there); returns its summary."""
+        (resumable, checked against the settings recorded there, unless ``overwrite``
+        recomputes them); returns its summary."""
         return I.embed_into_folder(
             folder,
             self.model,
@@ -135,6 +130,7 @@ class Embedder:
             hop,
             self.device,
             nworkers,
+            overwrite,
             extra_settings=extra_settings,
             precision=self.precision,
         )
@@ -220,6 +216,12 @@ class QueryResult:
         }
 
 
+def clock(seconds):
+    """``m:ss.s`` of a time in seconds (negative ones as 0)."""
+    seconds = max(0.0, float(seconds))
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
 def aligned_ranges(offset, duration):
     """(clip range, track range) in seconds of a clip of ``duration`` s whose start lies at
     track time ``offset`` (negative: the clip starts before the track)."""
@@ -263,21 +265,22 @@ class Catalogue:
         index="auto",
         nlist=None,
         nworkers=2,
+        overwrite=False,
     ):
         """A catalogue in ``folder`` of every audio file under the folder ``audio`` (their
-        embeddings kept in ``folder/embeddings``: an interrupted build resumes). Returns
-        (catalogue, [(file, reason)] of the files that could not be read)."""
+        embeddings kept in ``folder/embeddings``: an interrupted build resumes; ``overwrite``
+        recomputes them). Returns (catalogue, [(file, reason)] of the files that could not be
+        read)."""
         work = os.path.join(folder, "embeddings")
-        jobs, _ = I.plan_folder(os.fspath(audio), work)
+        jobs, other = I.plan_folder(os.fspath(audio), work)
+        if other:
+            print(f"  {len(other)} file(s) without an audio extension left out, e.g. {other[0]}")
         win_len = embedder.window_length(win_len)
-        summary = embedder.embed_folder_into(
-            work, jobs, win_len, hop, nworkers, {"path_in": os.path.abspath(audio)}
-        )
+        extra = {"path_in": os.path.abspath(audio)}
+        summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers, extra, overwrite)
         if not summary["tracks"]:
             raise C.CatalogueError(f"{audio}: no track could be embedded; nothing to index")
-        embeddings = store.read(os.path.join(work, I.STORE_DIR))
-        settings = {k: embeddings.manifest["settings"][k] for k in CATALOGUE_SETTINGS}
-        C.build(folder, embeddings.manifest["tracks"], embeddings, settings, index, nlist)
+        index_store(folder, store.read(os.path.join(work, I.STORE_DIR)), index, nlist)
         return cls(folder, embedder), summary["failed"]
 
     # ---------------------------------------------------------------------------------------
@@ -319,13 +322,24 @@ class Catalogue:
     @property
     def embedder(self):
         if self._embedder is None:
-            checkpoint = self.settings["checkpoint"]
-            if not os.path.isfile(checkpoint):
-                raise UsageError(
-                    f"{checkpoint}: checkpoint of the catalogue not found (give the model)"
-                )
-            self.use_embedder(Embedder.load(checkpoint, None, self._device, self._precision))
+            self.load_embedder()
         return self._embedder
+
+    def load_embedder(self, checkpoint=None, conf=None):
+        """Load the model from ``checkpoint`` (default: the catalogue's own), which must be the
+        file the catalogue was built with (checked before loading); returns it."""
+        checkpoint = checkpoint or self.settings["checkpoint"]
+        if not os.path.isfile(checkpoint):
+            raise UsageError(
+                f"{checkpoint}: checkpoint of the catalogue not found (give where it is now: "
+                "--checkpoint, or load_embedder(path))"
+            )
+        digest = file_digest(checkpoint)
+        if digest != self.settings["checkpoint_sha256"]:
+            raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
+        embedder = Embedder.load(checkpoint, conf, self._device, self._precision, digest)
+        self._embedder = embedder
+        return embedder
 
     def use_embedder(self, embedder):
         if embedder.digest != self.settings["checkpoint_sha256"]:
@@ -577,6 +591,14 @@ class Catalogue:
         if plot:
             K.plot(plot, true, nonversion, counts, decision)
         return self.decision, summary["failed"]
+
+
+def index_store(folder, embeddings, kind="auto", nlist=None):
+    """A catalogue in ``folder`` of an embedding store of ``inference.py``'s kind (its tracks and
+    the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.catalogue``)."""
+    manifest = embeddings.manifest
+    settings = {k: manifest["settings"][k] for k in CATALOGUE_SETTINGS}
+    return C.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
 
 
 def added_output(folder, source):

@@ -123,10 +123,7 @@ def build(folder, tracks, embeddings, settings, kind="auto", nlist=None):
     vectors = faiss_vectors(z[segments[:, 0], segments[:, 1]], settings["metric"])
     index = make_index(vectors, settings["metric"], kind, nlist)
     with writer_lock(folder):
-        generation = next_generation(folder)
-        target = os.path.join(folder, generation)
-        store.write(target, z, mask, {"what": "catalogue", "settings": settings})
-        write_index_files(target, segments, index)
+        generation = write_generation(folder, [(z, mask)], segments, index, settings)
         info = index_info(index, time.time() - start)
         publish(folder, generation, settings, tracks, info, kept_calibration(folder, settings))
     return folder
@@ -160,11 +157,8 @@ def append(folder, tracks, embeddings):
         index.add(vectors)
         new_segments[:, 0] += len(cat.tracks)
         segments = np.concatenate([cat.segments, new_segments])
-        generation = next_generation(folder)
-        target = os.path.join(folder, generation)
-        manifest = {"what": "catalogue", "settings": cat.settings}
-        store.write_concatenation(target, [(cat.z, cat.mask), (z_new, mask_new)], manifest)
-        write_index_files(target, segments, index)
+        parts = [(cat.z, cat.mask), (z_new, mask_new)]
+        generation = write_generation(folder, parts, segments, index, cat.settings)
         info = index_info(index, cat.info.get("build_seconds", 0.0) + time.time() - start)
         publish(folder, generation, cat.settings, cat.tracks + list(tracks), info, cat.calibration)
     return load(folder)
@@ -196,10 +190,17 @@ def index_info(index, seconds):
     }
 
 
-def write_index_files(target, segments, index):
+def write_generation(folder, parts, segments, index, settings):
+    """A new generation folder in ``folder`` holding the rows of ``parts`` ((z, mask) pairs, one
+    after the other) as an embedding store, ``segments`` and the FAISS ``index``; returns its
+    name (not yet published)."""
+    generation = next_generation(folder)
+    target = os.path.join(folder, generation)
+    store.write_concatenation(target, parts, {"what": "catalogue", "settings": settings})
     atomic_write(os.path.join(target, "segments.npy"), lambda h: np.save(h, segments))
     data = faiss.serialize_index(index).tobytes()
     atomic_write(os.path.join(target, INDEX_FILE), lambda h: h.write(data))
+    return generation
 
 
 ###################################################################################################
@@ -288,11 +289,8 @@ def set_calibration(folder, calibration):
         cat = load(folder)
         generation = cat.generation
         if generation is None:  # a first-version catalogue: its files move to a generation
-            generation = next_generation(folder)
-            target = os.path.join(folder, generation)
-            manifest = {"what": "catalogue", "settings": cat.settings}
-            store.write_concatenation(target, [(cat.z, cat.mask)], manifest)
-            write_index_files(target, cat.segments, cat.index)
+            parts = [(cat.z, cat.mask)]
+            generation = write_generation(folder, parts, cat.segments, cat.index, cat.settings)
         publish(folder, generation, cat.settings, cat.tracks, cat.info, calibration)
 
 

@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from lib.api import clock
 from lib.audio import AUDIO_EXTENSIONS, AudioError
 from lib.errors import RunError, UsageError
 
@@ -197,11 +198,6 @@ def error_response(status, message, limit, as_json=False):
         return JSONResponse({"error": message, "status": status}, status_code=status)
     body = f"<div class='error' id='error'>{html.escape(message)}</div>"
     return HTMLResponse(page("Version search", body + form_html(limit)), status_code=status)
-
-
-def clock(seconds):
-    seconds = max(0.0, float(seconds))
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
 def result_html(name, token, result, decision):
@@ -427,6 +423,18 @@ def served_url(line):
     """The base URL in a line of ``match.py serve``'s output, or None."""
     found = SERVING.search(line)
     return found.group(1) if found else None
+
+
+def wait_for_url(lines, on_line=None):
+    """The base URL in ``match.py serve``'s output ``lines`` (its stdout, read line by line until
+    the URL comes; each line is passed to ``on_line`` first), or None if the output ends."""
+    for line in lines:
+        if on_line is not None:
+            on_line(line)
+        url = served_url(line)
+        if url is not None:
+            return url
+    return None
 
 
 def post_upload(base_url, name, data, fmt=None, field="clip", timeout=600):

@@ -15,7 +15,7 @@ import pytest
 import match
 from lib import synth
 from lib.audio import load_audio, write_audio
-from lib.server import post_upload, served_url
+from lib.server import post_upload, wait_for_url
 from tests.corpus import ROOT
 from tests.test_inference import tiny_checkpoint
 
@@ -33,11 +33,9 @@ def start_server(catalogue, *extra):
         text=True,
     )
     lines = []
-    for line in process.stdout:
-        lines.append(line)
-        url = served_url(line)
-        if url is not None and url.startswith("http://127.0.0.1:"):
-            return process, url
+    url = wait_for_url(process.stdout, lines.append)
+    if url is not None and url.startswith("http://127.0.0.1:"):
+        return process, url
     process.kill()
     raise AssertionError("the server did not start:\n" + "".join(lines))
 
