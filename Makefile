@@ -10,5 +10,6 @@ install:
 demo: install
 	$(PY) demo.py
 
+# two workers for the two cores the suite is sized for (-n 0 runs it in one process)
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests

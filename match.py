@@ -177,10 +177,7 @@ def threshold_line(result, decision):
     if result.threshold_source == "max_distance":
         return f"{result.verdict} within distance {result.threshold:g} (--max_distance)"
     if result.threshold_source == "calibrated":
-        return (
-            f"{result.verdict} (calibrated threshold {result.threshold:.4f}: "
-            f"{100 * decision.target:g}% false alarms, {100 * decision.recall:.1f}% recall)"
-        )
+        return f"{result.verdict} ({decision.threshold_text()})"
     return result.verdict
 
 

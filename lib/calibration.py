@@ -192,6 +192,13 @@ class Decision:
         """Chance that a clip with no version in this catalogue has a match this close."""
         return false_alarm_rate(self._nonversion, self._counts, self.size, distance)
 
+    def threshold_text(self):
+        """The threshold and what it keeps, in words."""
+        return (
+            f"calibrated threshold {self.threshold:.4f}: {100 * self.target:g}% false alarms, "
+            f"{100 * self.recall:.1f}% recall"
+        )
+
     def extrapolated(self):
         """Whether the catalogue has more tracks than any clip had non-versions measured."""
         return self.size > self.measured_tracks

@@ -209,10 +209,7 @@ def result_html(name, token, result, decision):
         f"<div class='verdict {verdict_class}' id='verdict'>{html.escape(result.verdict)}</div>",
     ]
     if result.threshold_source == "calibrated":
-        lines.append(
-            f"<p>Calibrated threshold {result.threshold:.4f}: {100 * decision.target:g}% false "
-            f"alarms on clips without a version, {100 * decision.recall:.1f}% recall.</p>"
-        )
+        lines.append(f"<p>{html.escape(decision.threshold_text().capitalize())}.</p>")
     rows = []
     for m in result.matches:
         version = "-" if m.is_version is None else ("version" if m.is_version else "no")

@@ -10,7 +10,9 @@ the tempo (0.8-1.25x), the structure (where it starts, sections dropped or repea
 With ``--variation arrangement`` every version is also re-arranged, as real covers are: its
 instruments, accompaniment pattern, chord voicing, bass line and drum groove are drawn afresh,
 and its melody is ornamented (passing and neighbour notes). What stays is the composition:
-melody, harmony and form. The default (``cover``) is the corpus of the demo, unchanged.
+melody, harmony and form. The default (``cover``) is the corpus of the demo, unchanged. With
+``--variation same-form`` versions keep the piece's form (key, tempo, mix and lead instrument
+still change), so where a passage of one version plays in another is known (``passages``).
 
     python -m lib.synth --out data/demo/audio --works 40 --versions 4 --seconds 40
 
@@ -47,7 +49,7 @@ TIMBRES = {
     "reed": [0.6, 1.0, 0.5, 0.45, 0.2, 0.15, 0.1],
 }
 ENVELOPES = ("pluck", "pad", "piano", "organ")
-VARIATIONS = ("cover", "arrangement")
+VARIATIONS = ("cover", "arrangement", "same-form")
 # accompaniment: chords held, arpeggiated (eighths), on the off-beats, or short stabs
 CHORD_PATTERNS = ("sustain", "arpeggio", "offbeat", "stabs")
 # chord tones in scale steps from the chord's root (7 = the root an octave up)
@@ -194,9 +196,9 @@ def vary(piece, rng, variation="cover"):
     the band's sound usually survives a cover: a demo model learns key, tempo and structure
     invariance in minutes, arrangement invariance takes far more data).
 
-    ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``); the
-    draws of ``cover`` come first and are the same, so a work's key, tempo and form do not
-    depend on the mode."""
+    ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``);
+    ``variation="same-form"`` keeps the piece's form. The draws of ``cover`` come first and are
+    the same in every mode, so a version's key, tempo and mix do not depend on it."""
     check_variation(variation)
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
@@ -221,6 +223,8 @@ def vary(piece, rng, variation="cover"):
         gain=float(rng.uniform(0.4, 0.9)),
         **arrangement,
     )
+    if variation == "same-form":
+        return dataclasses.replace(version, form=list(piece.form))
     return rearrange(version, rng) if variation == "arrangement" else version
 
 
@@ -436,32 +440,52 @@ def work_piece(w, seed, seconds):
     return rng, compose(rng, seconds)
 
 
+def rendered_versions(w, versions, seconds, seed, sr, variation="cover"):
+    """(piece, version, audio) of each of the first ``versions`` versions of work ``w``, in corpus
+    order (see ``work_piece``), varied by ``vary``'s ``variation``; audio is float32 (T,)."""
+    rng, piece = work_piece(w, seed, seconds)
+    for _ in range(versions):
+        version = vary(piece, rng, variation)
+        yield piece, version, render(piece, version, sr, rng)
+
+
 def render_work(out, w, versions, seconds, seed, sr, formats, variation="cover"):
-    """Render and write the versions of work ``w`` (see ``work_piece``), varied by ``vary``'s
-    ``variation``.
+    """Render and write the versions of work ``w`` (``rendered_versions``).
 
     Returns (number of files, seconds of audio, seconds rendering, seconds encoding)."""
-    rng, piece = work_piece(w, seed, seconds)
     nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
-    for v in range(versions):
-        t0 = time.perf_counter()
-        x = render(piece, vary(piece, rng, variation), sr, rng)
+    t0 = time.perf_counter()
+    for v, (_, _, x) in enumerate(rendered_versions(w, versions, seconds, seed, sr, variation)):
         t1 = time.perf_counter()
         ext = formats[(w + v) % len(formats)]
         write_audio(os.path.join(out, f"work{w:03d}", f"v{v}.{ext}"), x, sr)
-        encode_s += time.perf_counter() - t1
         render_s += t1 - t0
+        t0 = time.perf_counter()  # the next version renders from here
+        encode_s += t0 - t1
         audio_s += len(x) / sr
         nfiles += 1
     return nfiles, audio_s, render_s, encode_s
 
 
-def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="cover"):
-    """A version of work ``work`` of the corpus made with (``seed``, ``seconds``) that is not in
-    it: the same piece, varied and mixed from another random stream. Returns float32 audio."""
+def unseen_rendering(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="cover"):
+    """(piece, version, audio) of a version of work ``work`` of the corpus made with (``seed``,
+    ``seconds``) that is not in it: the same piece, varied and mixed from another random stream."""
     _, piece = work_piece(work, seed, seconds)
     rng = np.random.default_rng([seed, work, 1_000_000 + variant])
-    return render(piece, vary(piece, rng, variation), sr, rng)
+    version = vary(piece, rng, variation)
+    return piece, version, render(piece, version, sr, rng)
+
+
+def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="cover"):
+    """The float32 audio of ``unseen_rendering``."""
+    return unseen_rendering(work, seed, seconds, sr, variant, variation)[2]
+
+
+def passages(piece, version):
+    """The sections ``version`` plays, in order, as ``render`` lays them out:
+    [(section name, start, end)] in seconds."""
+    length = SECTION_BARS * piece.beats_per_bar * 60.0 / (piece.bpm * version.tempo)
+    return [(name, i * length, (i + 1) * length) for i, name in enumerate(version.form)]
 
 
 def make_corpus(
@@ -509,7 +533,8 @@ def main(argv=None):
         choices=VARIATIONS,
         default="cover",
         help="cover: key, tempo, structure, mix and sometimes the lead instrument (the demo); "
-        "arrangement: also new instruments, accompaniment, voicings, drums and ornaments",
+        "arrangement: also new instruments, accompaniment, voicings, drums and ornaments; "
+        "same-form: as cover, but every version keeps the piece's form",
     )
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2 or args.seconds <= 0:

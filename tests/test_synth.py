@@ -181,3 +181,50 @@ def test_cli_variation_option(tmp_path):
         synth.main(args + ["--variation", "remix"])
     with pytest.raises(ValueError, match="variation must be one of"):
         synth.vary(synth.compose(np.random.default_rng(0), 10), np.random.default_rng(0), "x")
+
+
+# --------------------------------------------------------------------------------------------------
+# --variation same-form and passages: where each section of a version plays
+# --------------------------------------------------------------------------------------------------
+
+
+def test_same_form_keeps_the_form_and_the_cover_draws(piece):
+    for s in range(20):
+        cover = synth.vary(piece, np.random.default_rng(s))
+        same = synth.vary(piece, np.random.default_rng(s), "same-form")
+        assert same.form == piece.form
+        assert dataclasses.replace(cover, form=piece.form) == same
+
+
+def test_passages_say_where_each_section_plays(piece):
+    # the same section sounds the same wherever it plays (a clean mix, no melody ornaments),
+    # and differs from another section; at another tempo the passages move with it
+    base = clean(synth.vary(piece, np.random.default_rng(0), "same-form"), ornament=0.0)
+    for tempo in (0.8, 1.2):
+        version = dataclasses.replace(base, tempo=tempo, form=["A", "B", "A"])
+        x = synth.render(piece, version, SR, np.random.default_rng(0))
+        spans = synth.passages(piece, version)
+        assert [name for name, _, _ in spans] == ["A", "B", "A"]
+        assert spans[0][1] == 0 and spans[0][2] == spans[1][1] and spans[1][2] == spans[2][1]
+        length = spans[0][2]
+        beat = 60 / (piece.bpm * tempo)
+        assert length == pytest.approx(synth.SECTION_BARS * piece.beats_per_bar * beat)
+        assert len(x) / SR == pytest.approx(spans[-1][2] + 2 * beat, abs=0.01)
+
+        def chromas(start):  # pitch classes of each bar of the section from ``start`` (s)
+            bar = length / synth.SECTION_BARS
+            cuts = [int((start + i * bar) * SR) for i in range(synth.SECTION_BARS + 1)]
+            return np.concatenate([chroma(x[i:j]) for i, j in zip(cuts, cuts[1:])])
+
+        a1, b, a2 = chromas(spans[0][1]), chromas(spans[1][1]), chromas(spans[2][1])
+        same, other = np.corrcoef(a1, a2)[0, 1], np.corrcoef(a1, b)[0, 1]
+        assert same > 0.95 and other < same - 0.2, (same, other)
+
+
+def test_unseen_rendering_is_the_audio_of_unseen_version():
+    piece, version, x = synth.unseen_rendering(2, 5, 10, 8000, variation="same-form")
+    assert version.form == piece.form
+    assert np.array_equal(x, synth.unseen_version(2, 5, 10, 8000, variation="same-form"))
+    rendered = list(synth.rendered_versions(2, 2, 10, 5, 8000, "same-form"))
+    assert all(p == piece and v.form == piece.form for p, v, _ in rendered)
+    assert not np.array_equal(rendered[0][2][: len(x)], x[: len(rendered[0][2])])
