@@ -10,6 +10,8 @@ Schedules (``sched``; E = training.numepochs, lr = training.optim.lr):
     wsd_W_D          warm-up over W epochs, constant, then a power-2 decay over the last D + 1
     cosine_W         linear warm-up from min_lr to lr over W epochs (cosine = cosine_0), then
                      cosine annealing to min_lr at epoch E (the Discogs-VINet-MIREX recipe)
+    step_F_E1_E2...  lr x F from epoch E1 (counted from 0), x F again from E2, ... (MOVE:
+                     step_0.2_80_100)
 """
 
 import math
@@ -19,7 +21,16 @@ import torch
 from lib import config, schema
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("flat", "plateau_N", "poly_P", "warmpoly_W_P", "sd_D", "wsd_W_D", "cosine_W")
+SCHEDULES = (
+    "flat",
+    "plateau_N",
+    "poly_P",
+    "warmpoly_W_P",
+    "sd_D",
+    "wsd_W_D",
+    "cosine_W",
+    "step_F_E1_E2...",
+)
 
 
 def get_optimizer(conf, params):
@@ -90,6 +101,9 @@ def lr_multiplier(spec, epochs, warm_factor=0.005, min_ratio=0.0):
             return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return cosine
+    if name == "step" and len(args) >= 2:
+        factor, milestones = args[0], sorted(int(m) for m in args[1:])
+        return lambda e: factor ** sum(e >= m for m in milestones)
     raise ValueError(_bad(spec))
 
 

@@ -152,7 +152,7 @@ class OptimConfig:
     lr: float = key(MISSING, "learning rate")
     wd: float = key(0.0, "weight decay (adamw only)")
     sched: Optional[str] = key("flat", "schedule: flat (or null), plateau_N, poly_P, warmpoly_W_P, "
-                                       "sd_D, wsd_W_D, cosine_W")
+                                       "sd_D, wsd_W_D, cosine_W, step_F_E1_E2...")
     min_lr: float = key(0.0, "stop when the learning rate falls below it")
 
 

@@ -76,6 +76,7 @@ def test_fork_configs_differ_from_dvi_only_in_paths_and_workers():
     [
         "config/demo-clews.yaml",
         "config/demo-dvinetp.yaml",
+        "config/demo-move.yaml",
         "config/small-clews.yaml",
         "config/small-dvinetp.yaml",
     ],

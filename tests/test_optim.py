@@ -75,7 +75,15 @@ def test_cosine_with_warmup_like_discogs_vinet_mirex():
     assert lrs("cosine", epochs=4) == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
 
 
+def test_step_schedule_as_move():
+    # MOVE: SGD 0.1, x0.2 at epochs 80 and 100 of 120 (its MultiStepLR, stepped per epoch)
+    got = lrs("step_0.2_80_100", epochs=120, name="sgd", lr=0.1)
+    assert got[:80] == pytest.approx([0.1] * 80)
+    assert got[80:100] == pytest.approx([0.02] * 20) and got[100:] == pytest.approx([0.004] * 20)
+    assert lrs("step_0.5_3", epochs=5) == pytest.approx([1, 1, 1, 0.5, 0.5])
+
+
 def test_unknown_schedule():
-    for bad in ("linear", "plateau", "poly_x", "sd_1_2"):
+    for bad in ("linear", "plateau", "poly_x", "sd_1_2", "step_0.2"):
         with pytest.raises(ValueError, match="plateau_N"):
             lrs(bad, metrics=[0.0] * 10)
