@@ -12,13 +12,15 @@ d_ap < d_an < d_ap + margin; where there is none, the closest negative farther t
 where no negative is farther, the farthest negative). The tutorial these names come from selected
 its semi-hard negatives with a mask it added to itself and cast to integers, and its hard
 positives by maximising ``dist * mask``; the definitions here follow the names.
+``move_legacy_semihard`` is what MOVE's code calls semi-hard, kept to reproduce it: uniform among
+the negatives closer than the positive (hard ones, d_an < d_ap), else among all negatives.
 """
 
 import torch
 import torch.nn.functional as F
 
 POSITIVE_MINING = ("random", "easy", "hard")
-NEGATIVE_MINING = ("random", "semihard", "hard")
+NEGATIVE_MINING = ("random", "semihard", "hard", "move_legacy_semihard")
 
 
 def pair_masks(labels, ids=None):
@@ -63,6 +65,11 @@ def mine_negatives(dist, negative, d_pos, how="hard", margin=0.3, generator=None
         farthest = dist.masked_fill(~negative, float("-inf")).argmax(-1)
         pick = torch.where(farther.any(-1), closest_farther, farthest)
         return torch.where(band.any(-1), in_band, pick)
+    if how == "move_legacy_semihard":
+        closer = negative & (dist < d_pos[:, None])
+        return torch.where(
+            closer.any(-1), _random_choice(closer, generator), _random_choice(negative, generator)
+        )
     raise ValueError(f"unknown negative mining {how!r}; valid: {', '.join(NEGATIVE_MINING)}")
 
 

@@ -204,7 +204,9 @@ class PooledCqt(Cqt):
 @dataclass
 class Mining:
     positive: str = key("hard", "triplet positive mining: hard or random")
-    negative: str = key("hard", "triplet negative mining: hard, semihard or random")
+    negative: str = key(
+        "hard", "triplet negative mining: hard, semihard, random or move_legacy_semihard"
+    )
 
 
 @dataclass

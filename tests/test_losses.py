@@ -73,6 +73,25 @@ def test_negative_mining_strategies():
     assert L.mine_negatives(dist, neg, d_pos, "semihard", 0.3)[0].item() == 4
 
 
+def test_moves_legacy_semihard_prefers_hard_negatives():
+    # MOVE's "semi-hard": uniform among the negatives closer than the positive (0.5 < 0.9 in
+    # SIX: only item 3), else uniform among all negatives
+    _, neg = L.pair_masks(SIX_LABELS)
+    d_pos = torch.full((6,), 0.9)
+    gen = torch.Generator().manual_seed(0)
+    how = "move_legacy_semihard"
+    assert {L.mine_negatives(SIX, neg, d_pos, how, 1.0, gen)[0].item() for _ in range(30)} == {3}
+    dist = SIX.clone()
+    dist[0, 3:] = torch.tensor([0.5, 0.6, 2.0])  # two hard negatives
+    assert {L.mine_negatives(dist, neg, d_pos, how, 1.0, gen)[0].item() for _ in range(50)} == {
+        3,
+        4,
+    }
+    dist[0, 3:] = torch.tensor([1.5, 1.6, 2.0])  # none closer than the positive: any negative
+    picks = {L.mine_negatives(dist, neg, d_pos, how, 1.0, gen)[0].item() for _ in range(80)}
+    assert picks == {3, 4, 5}
+
+
 def test_mirex_recipe_normalises_and_uses_margin_03():
     z = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 1, 0, 1])
