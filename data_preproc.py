@@ -5,6 +5,13 @@
 
 Every version left out (missing file, undecodable, too short, no metadata, clique left with one
 version) is listed with its reason in <fn_out without .pt>.rejected.tsv.
+
+The feature-only datasets take their pitch-class files where the others take audio:
+
+    python data_preproc.py --dataset=DaTACOS --path_meta=data/da-tacos_metadata/ \
+        --path_audio=data/da-tacos_benchmark_subset_crema/ --fn_out=cache/metadata-datacos.pt
+    python data_preproc.py --dataset=Cover1000 --path_meta=data/cover1000/ \
+        --path_audio=data/cover1000/ --fn_out=cache/metadata-cover1000.pt
 """
 
 import argparse
@@ -13,7 +20,8 @@ import sys
 
 from lib import cli, preproc
 
-DATASETS = list(preproc.DATASETS) + ["folder"]
+DATASETS = list(preproc.DATASETS) + ["folder", "Cover1000"]
+FEATURE_DATASETS = ("DaTACOS", "Cover1000")  # pitch-class files: no audio extension
 
 
 def parse_args(argv=None):
@@ -31,8 +39,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--ext_in",
-        required=True,
-        help="audio extension, e.g. mp3, mp4, m4a ('folder' also takes a list 'mp3,m4a' or 'any')",
+        default=None,
+        help="audio extension, e.g. mp3, mp4, m4a ('folder' also takes a list 'mp3,m4a' or "
+        "'any'); not used by the feature datasets (DaTACOS, Cover1000)",
     )
     parser.add_argument(
         "--fn_out", required=True, help="output metadata file, e.g. cache/metadata-dvi2.pt"
@@ -53,14 +62,19 @@ def parse_args(argv=None):
     parser.add_argument(
         "--split",
         default="0.8,0.1,0.1",
-        help="'folder' only: train,valid,test fractions of the works, or 'test' for all in test",
+        help="'folder' and 'Cover1000': train,valid,test fractions of the works, or 'test' for "
+        "all in test",
     )
-    parser.add_argument("--seed", type=int, default=43, help="'folder' only: seed of the split")
+    parser.add_argument(
+        "--seed", type=int, default=43, help="'folder' and 'Cover1000': seed of the split"
+    )
     args = parser.parse_args(argv)
+    if args.ext_in is None and args.dataset not in FEATURE_DATASETS:
+        parser.error(f"--ext_in is required for --dataset={args.dataset}")
     try:
         if args.dataset == "folder":
             args.ext_in = preproc.folder_extensions(args.ext_in)
-        else:
+        elif args.dataset not in FEATURE_DATASETS:
             args.ext_in = preproc.clean_extension(args.ext_in)
     except ValueError as err:
         parser.error(str(err))
@@ -99,6 +113,8 @@ def preprocess(argv):
     print(f"Load {args.dataset}")
     if args.dataset == "folder":
         parsed = preproc.parse_folder(args.path_audio, args.ext_in, args.fractions, args.seed)
+    elif args.dataset == "Cover1000":
+        parsed = preproc.parse_cover1000(args.path_meta, args.path_audio, args.fractions, args.seed)
     else:
         parsed = preproc.DATASETS[args.dataset](args.path_meta, args.path_audio, args.ext_in)
     before = preproc.split_counts(parsed.splits)
@@ -112,12 +128,14 @@ def preprocess(argv):
         parsed, args.path_audio, args.check, args.njobs, args.min_duration
     )
     checked = len(good) + len(bad)
+    what = "features" if args.dataset in FEATURE_DATASETS else "audio"
     print(
-        f"  Usable audio: {len(good)} of {checked} files ({100 * len(good) / max(checked, 1):.1f}%)"
+        f"  Usable {what}: {len(good)} of {checked} files "
+        f"({100 * len(good) / max(checked, 1):.1f}%)"
     )
 
     print("Filter split")
-    info, splits, rejected = preproc.filter_splits(parsed, good, bad)
+    info, splits, rejected = preproc.filter_splits(parsed, good, bad, parsed.keep_single)
     after = preproc.split_counts(splits)
     print(f"  Contains: {after}")
     print(f"  Percent: {_percent(after, before)}")

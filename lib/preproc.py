@@ -10,6 +10,13 @@ Metadata file (torch file of plain Python values, readable with ``weights_only=T
 
 ``filename`` is relative to the audio root; ``length`` is in seconds (from the header);
 ``samplerate`` is the file's native rate. The original's ``[info, splits]`` list is read too.
+
+The feature-only datasets (Da-TACOS, Cover1000) store pitch-class files instead of audio:
+their songs have ``features`` (the reader: ``datacos`` or ``cover1000``), ``feature_key`` (the
+performance's key inside a shared file, Cover1000), ``frames`` and ``rate`` (frames per
+second, ``lib.features.PCP_RATE``) instead of ``samplerate`` and ``channels``; ``filename`` is
+relative to the feature root (``--path_audio``). Da-TACOS's single-performance works stay in
+its test split: candidates (distractors) that are never queries with an answer.
 """
 
 import csv
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
+from lib import features as F
 from lib.audio import (
     AUDIO_EXTENSIONS,
     SILENCE_PEAK,
@@ -53,6 +61,7 @@ class Parsed:
     info: dict = field(default_factory=dict)  # key -> song dict
     splits: dict = field(default_factory=lambda: {s: {} for s in SPLITS})
     rejected: list = field(default_factory=list)  # (split, clique, key, filename, reason)
+    keep_single: tuple = ()  # splits where a work with one version stays (as a candidate)
 
     def add(self, split, clique, key, version, filename, artist=None, title=None, extra=None):
         """``extra``: further metadata kept with the song (e.g. the fork's filter domains)."""
@@ -281,6 +290,24 @@ def folder_extensions(text):
     return tuple(clean_extension(e) for e in text.split(","))
 
 
+def _assign_splits(works, fractions, seed):
+    """{work: split} drawing the ``works`` (in a fixed order) at random with ``seed`` into
+    train/valid/test by ``fractions``."""
+    shuffled = list(works)
+    random.Random(seed).shuffle(shuffled)
+    total = sum(fractions)
+    bounds, acc = [], 0.0
+    for frac in fractions:
+        acc += frac / total
+        bounds.append(round(acc * len(shuffled)))
+    assigned, start = {}, 0
+    for split, end in zip(SPLITS, bounds):
+        for work in shuffled[start:end]:
+            assigned[work] = split
+        start = end
+    return assigned
+
+
 def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
     """One folder per work: <root>/<work>/<version>.<ext>. ``ext`` is one extension or a tuple
     of them. Works are split at random (seeded) with ``fractions`` for train/valid/test;
@@ -293,18 +320,7 @@ def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
         raise DatasetError(
             f"{path_audio}: no work folders (expected <root>/<work>/<version>.{extensions[0]})"
         )
-    shuffled = works[:]
-    random.Random(seed).shuffle(shuffled)
-    total = sum(fractions)
-    bounds, acc = [], 0.0
-    for frac in fractions:
-        acc += frac / total
-        bounds.append(round(acc * len(shuffled)))
-    assigned, start = {}, 0
-    for split, end in zip(SPLITS, bounds):
-        for work in shuffled[start:end]:
-            assigned[work] = split
-        start = end
+    assigned = _assign_splits(works, fractions, seed)
     parsed = Parsed()
     for work in works:
         names = sorted(os.listdir(os.path.join(path_audio, work)))
@@ -316,6 +332,100 @@ def parse_folder(path_audio, ext, fractions=(0.8, 0.1, 0.1), seed=43):
     return parsed
 
 
+DATACOS_METADATA = (
+    "da-tacos_benchmark_subset_metadata.json",
+    "da-tacos_metadata/da-tacos_benchmark_subset_metadata.json",
+)
+
+
+def _datacos_file(path_features, work, perf):
+    """The h5 file of a performance, in the per-feature layout (``W_<w>_crema/P_<p>_crema.h5``)
+    or the single-files one (``W_<w>/P_<p>.h5``); the first when neither exists."""
+    per_feature = os.path.join(f"{work}_crema", f"{perf}_crema.h5")
+    single = os.path.join(work, f"{perf}.h5")
+    if os.path.isfile(os.path.join(path_features, single)):
+        return single
+    return per_feature
+
+
+def parse_datacos(path_meta, path_audio, ext=None):
+    """Da-TACOS benchmark subset: the metadata JSON (work id -> performance id -> record) in
+    ``path_meta`` (or the file itself), the crema h5 files under ``path_audio``. Everything is in
+    the test split (the benchmark is for testing only), single-performance works included."""
+    path = path_meta
+    if os.path.isdir(path_meta):
+        found = [os.path.join(path_meta, name) for name in DATACOS_METADATA]
+        path = next((p for p in found if os.path.isfile(p)), found[0])
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found (the Da-TACOS benchmark metadata JSON)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            works = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(works, dict) or not all(isinstance(v, dict) for v in works.values()):
+        raise DatasetError(f"{path}: expected work id -> performance id -> record")
+    parsed = Parsed()
+    for work in sorted(works):
+        for perf in sorted(works[work]):
+            record = works[work][perf] if isinstance(works[work][perf], dict) else {}
+            filename = _datacos_file(path_audio, work, perf)
+            parsed.add(
+                "test",
+                work,
+                f"{work}/{perf}",
+                perf,
+                filename,
+                artist=record.get("perf_artist"),
+                title=record.get("perf_title"),
+                extra={"features": "datacos"},
+            )
+    parsed.keep_single = ("test",)
+    return parsed
+
+
+COVER1000_FILES = ("cover1000.pyjama", "cover1000_feat.hdf5")
+
+
+def _entry_value(entry, field, where):
+    values = entry.get(field)
+    if not isinstance(values, list) or not values or not isinstance(values[0], dict):
+        raise DatasetError(f"{where}: no {field!r} value")
+    return values[0].get("value")
+
+
+def parse_cover1000(path_meta, path_audio, fractions=(0.8, 0.1, 0.1), seed=43):
+    """Cover1000 as the tutorial packages it: ``cover1000.pyjama`` (JSON annotations) in
+    ``path_meta``, ``cover1000_feat.hdf5`` (one array per performance) in ``path_audio``. Works
+    are split at random (seeded, sorted ids first: the tutorial's split depended on the hash
+    seed) with ``fractions`` for train/valid/test."""
+    pyjama = os.path.join(path_meta, COVER1000_FILES[0])
+    if not os.path.isfile(pyjama):
+        raise DatasetError(f"{pyjama}: file not found")
+    try:
+        with open(pyjama, encoding="utf-8") as handle:
+            entries = json.load(handle)["collection"]["entry"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{pyjama}: not the tutorial's pyjama annotations ({err})") from None
+    songs = []
+    for i, entry in enumerate(entries):
+        where = f"{pyjama}: entry {i}"
+        key = str(_entry_value(entry, "filepath", where))
+        work = str(_entry_value(entry, "work-id", where))
+        title = entry.get("title", [{}])[0].get("value") if entry.get("title") else None
+        artist = entry.get("performer", [{}])[0].get("value") if entry.get("performer") else None
+        songs.append((work, key, artist, title))
+    works = sorted({work for work, _, _, _ in songs}, key=lambda w: (len(w), w))
+    assigned = _assign_splits(works, fractions, seed)
+    parsed = Parsed()
+    for work, key, artist, title in songs:
+        extra = {"features": "cover1000", "feature_key": key}
+        parsed.add(
+            assigned[work], work, key, key, COVER1000_FILES[1], artist, title, extra=extra
+        )
+    return parsed
+
+
 DATASETS = {
     "SHS100K": parse_shs100k,
     "DiscogsVI": parse_discogs_vi,
@@ -323,6 +433,7 @@ DATASETS = {
     "DiscogsVI2": parse_dvi2,
     "DVI2": parse_dvi2,
     "covers80": parse_covers80,
+    "DaTACOS": parse_datacos,
 }
 
 
@@ -360,8 +471,31 @@ def check_audio(path, mode="quick", min_duration=1.0):
     return {"samplerate": info.samplerate, "length": info.duration, "channels": info.channels}, None
 
 
-def _check_one(key, path, mode, min_duration):
-    result, reason = check_audio(path, mode, min_duration)
+def check_features(path, reader, key=None, min_duration=1.0):
+    """Like ``check_audio`` for a pitch-class feature file (``reader``: datacos or cover1000):
+    ({"frames", "rate", "length"}, None) or (None, reason)."""
+    if not os.path.exists(path):
+        return None, "missing file"
+    try:
+        if reader == "datacos":
+            pcp = F.read_datacos(path)[0]
+        else:
+            pcp = F.read_cover1000(path, key)
+    except F.FeatureError as err:
+        return None, f"unreadable: {err}"
+    length = len(pcp) / F.PCP_RATE
+    if length < min_duration:
+        return None, f"too short: {length:.2f} s < {min_duration:.2f} s"
+    return {"frames": len(pcp), "rate": F.PCP_RATE, "length": length}, None
+
+
+def _check_one(key, path, mode, min_duration, song):
+    if song.get("features"):
+        result, reason = check_features(
+            path, song["features"], song.get("feature_key"), min_duration
+        )
+    else:
+        result, reason = check_audio(path, mode, min_duration)
     return key, result, reason
 
 
@@ -372,7 +506,11 @@ def check_all(parsed, path_audio, mode="quick", njobs=-1, min_duration=1.0, prog
     keys = sorted({k for cliques in parsed.splits.values() for ks in cliques.values() for k in ks})
     jobs = (
         delayed(_check_one)(
-            k, os.path.join(path_audio, parsed.info[k]["filename"]), mode, min_duration
+            k,
+            os.path.join(path_audio, parsed.info[k]["filename"]),
+            mode,
+            min_duration,
+            parsed.info[k],
         )
         for k in keys
     )
@@ -388,8 +526,9 @@ def check_all(parsed, path_audio, mode="quick", njobs=-1, min_duration=1.0, prog
     return good, bad
 
 
-def filter_splits(parsed, good, bad):
-    """Keep checked versions, drop cliques left with fewer than two -> (info, splits, rejected)."""
+def filter_splits(parsed, good, bad, keep_single=()):
+    """Keep checked versions, drop cliques left with fewer than two (but in the splits named in
+    ``keep_single``, where one version stays as a candidate) -> (info, splits, rejected)."""
     rejected = list(parsed.rejected)
     splits = {}
     for split, cliques in parsed.splits.items():
@@ -399,7 +538,7 @@ def filter_splits(parsed, good, bad):
                 if key in bad:
                     rejected.append((split, clique, key, parsed.info[key]["filename"], bad[key]))
             kept = [k for k in keys if k in good]
-            if len(kept) >= 2:
+            if len(kept) >= 2 or (kept and split in keep_single):
                 splits[split][clique] = kept
             else:
                 for key in kept:
