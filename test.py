@@ -281,6 +281,7 @@ class Partition:
             limit_cliques=args.limit_num,
             verbose=fabric.is_global_zero,
         )
+        training.check_input_kind(model, self.dataset)
         self.keys = list(self.dataset.versions)
         self.domains = DomainIndex(self.dataset.info, self.keys, source=conf.path.meta)
         self.key_parts = cache_parts(

@@ -285,6 +285,7 @@ def main(argv):
     model, optim = fabric.setup(net, optim)
     model.mark_forward_method("embed")
     train_loader, valid_loader, sampler = make_loaders(conf, fabric, log_dir)
+    training.check_input_kind(net, train_loader.dataset, valid_loader.dataset)
     training.check_classifier_size(net, train_loader.dataset, valid_loader.dataset)
     augment = Augment(conf.augmentations, sr=conf.data.samplerate)
     min_lr = conf.training.optim.min_lr

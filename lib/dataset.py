@@ -3,7 +3,10 @@
 One item per version of the split: the version (anchor) followed by ``n_per_class - 1`` other
 versions of its clique, each an excerpt of ``audiolen`` seconds. Items are flat lists
 ``[clique_id, song_id_1, audio_1, song_id_2, audio_2, ...]`` with audio (T,) float32 at
-``samplerate``; with ``fullsongs`` only ``[clique_id, song_id, full audio]``.
+``samplerate``; with ``fullsongs`` only ``[clique_id, song_id, full audio]``. A feature dataset
+(Da-TACOS, Cover1000: songs with ``features`` in the metadata) gives pitch classes (12, T) at
+``lib.features.PCP_RATE`` frames per second instead (``input_kind`` "pcp"; ``samplerate`` is
+that rate), and its test split may hold single-version works (candidates only).
 
 A file that cannot be read while training (deleted, replaced, corrupt in a part the
 preprocessing probes did not decode) is reported once in a ``BadAudioLog`` and another version
@@ -21,6 +24,7 @@ import sys
 import torch
 
 from lib import config, schema
+from lib import features as F
 from lib.audio import AudioError, load_audio
 from lib.audio_cache import DecodedAudioCache
 from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
@@ -75,6 +79,9 @@ class Dataset(torch.utils.data.Dataset):
         if not cliques:
             raise DatasetError(f"{meta_path}: split '{split}' has no cliques")
         self.cliques = {c: [self._full_key(c, v) for v in vs] for c, vs in cliques.items()}
+        self.input_kind = self._input_kind(meta_path)
+        if self.input_kind == "pcp":
+            self.samplerate, self.decoded = F.PCP_RATE, None  # nothing to decode
         self.bad_audio = bad_audio
         self.unreadable = {}  # key -> reason, in this process
         if checks:
@@ -101,13 +108,25 @@ class Dataset(torch.utils.data.Dataset):
         prefixed = f"{clique}:{version}"
         return prefixed if prefixed in self.info else version
 
+    def _input_kind(self, meta_path):
+        """"pcp" when every song of the split is a feature file, "audio" when none is."""
+        kinds = {
+            "pcp" if self.info.get(k, {}).get("features") else "audio"
+            for keys in self.cliques.values()
+            for k in keys
+        }
+        if len(kinds) > 1:
+            raise DatasetError(f"{meta_path}: split '{self.split}' mixes audio and feature files")
+        return kinds.pop()
+
     def _check(self, meta_path):
         problems = []
         for clique, keys in self.cliques.items():
             unknown = [k for k in keys if k not in self.info]
             if unknown:
                 problems.append(f"clique {clique}: versions without info entry: {unknown[:3]}")
-            if len(keys) < 2:
+            # full songs are also candidates: a work with one version (a distractor) is kept
+            if len(keys) < (1 if self.fullsongs else 2):
                 problems.append(f"clique {clique}: {len(keys)} version(s), at least 2 are needed")
         if problems:
             shown = "; ".join(problems[:5])
@@ -171,10 +190,33 @@ class Dataset(torch.utils.data.Dataset):
             duration = min(duration, self.maxlen)
         return max(0.0, torch.rand(1).item() * (duration - self.audiolen))
 
+    def read_pcp(self, key, start=0.0, duration=None):
+        """Pitch classes (12, frames) float32 numpy of a feature dataset's song, from ``start``
+        for ``duration`` seconds (None: to the end); an unreadable file is an ``AudioError``
+        (the same reporting and replacement as audio)."""
+        song = self.info[key]
+        try:
+            pcp = F.read_song(self.filename[key], song["features"], song.get("feature_key"))
+        except F.FeatureError as err:
+            raise AudioError(self.filename[key], str(err).split(": ", 1)[-1]) from None
+        first = int(start * F.PCP_RATE)
+        last = None if duration is None else first + int(round(duration * F.PCP_RATE))
+        return pcp[first:last].T.copy()
+
+    def load_track(self, key, duration=None):
+        """The full track (truncated to ``duration`` s): audio (T,) or pitch classes (12, T),
+        float32 numpy."""
+        if self.input_kind == "pcp":
+            return self.read_pcp(key, 0.0, duration)
+        return load_audio(self.filename[key], self.samplerate, duration=duration)
+
     def load(self, key):
-        """Audio (T,) of one version: the excerpt for this item, or the full song."""
+        """Audio (T,) (pitch classes (12, T) of a feature dataset) of one version: the excerpt
+        for this item, or the full song."""
         start = self._start(key)
-        if self.decoded is None:
+        if self.input_kind == "pcp":
+            x = self.read_pcp(key, start, self.audiolen)
+        elif self.decoded is None:
             x = load_audio(
                 self.filename[key], samplerate=self.samplerate, start=start, duration=self.audiolen
             )
@@ -184,7 +226,7 @@ class Dataset(torch.utils.data.Dataset):
         if self.audiolen is not None:
             x = force_length(
                 x,
-                int(self.audiolen * self.samplerate),
+                int(round(self.audiolen * self.samplerate)),
                 pad_mode=self.pad_mode,
                 cut_mode="random" if self.augment else "start",
             )

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from lib import store, tensor_ops
-from lib.audio import AudioError, load_audio
+from lib.audio import AudioError
 from lib.errors import RunError
 from lib.metadata import RECHECK_HINT
 from lib.retrieval import Embeddings
@@ -112,7 +112,7 @@ def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_coun
     parts = []
     for first in range(0, count, max_windows):
         last = min(count, first + max_windows)
-        piece = x[first * hop : (last - 1) * hop + length]
+        piece = x[..., first * hop : (last - 1) * hop + length]
         shingles = model.prepare(piece[None], shingle_len=slen, shingle_hop=shop)
         parts.append(model.embed(shingles.clone())[0][0].float().cpu())
     return torch.cat(parts)
@@ -153,7 +153,7 @@ class TrackAudio(torch.utils.data.Dataset):
         key = self.keys[row]
         duration = None if self.maxlen is None or self.maxlen <= 0 else float(self.maxlen)
         try:
-            x = load_audio(self.dataset.filename[key], self.dataset.samplerate, duration=duration)
+            x = self.dataset.load_track(key, duration)
         except AudioError as err:
             return row, None, str(err)
         return row, x, None
@@ -287,7 +287,7 @@ def extract_shard(
             except torch.OutOfMemoryError as err:
                 raise ExtractionError(
                     f"{dataset.filename[key]}: out of memory while embedding "
-                    f"({audio.numel() / dataset.samplerate:.0f} s of audio); lower maxlen"
+                    f"({audio.shape[-1] / dataset.samplerate:.0f} s of audio); lower maxlen"
                 ) from err
             if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > store.FP16_MAX:
                 raise ExtractionError(

@@ -83,3 +83,16 @@ def read_cover1000(path, key):
     except OSError as err:
         raise FeatureError(f"{path}: not a readable hdf5 file ({err})") from None
     return oriented(array, f"{path} [{key}]")
+
+
+READERS = ("datacos", "cover1000")
+
+
+def read_song(path, reader, key=None):
+    """Pitch classes (frames, 12) at ``PCP_RATE`` of one song of a feature dataset: ``reader``
+    is its metadata's ``features`` (``datacos`` or ``cover1000``), ``key`` its ``feature_key``."""
+    if reader == "datacos":
+        return read_datacos(path)[0]
+    if reader == "cover1000":
+        return read_cover1000(path, key)
+    raise FeatureError(f"{path}: unknown feature reader {reader!r} (one of {', '.join(READERS)})")

@@ -39,6 +39,9 @@ class SegmentModel(nn.Module, abc.ABC):
     # CLEWS keeps its CQT and time pooling in one Sequential (state-dict names ``cqt.0.*``), the
     # baselines the CQT alone (``cqt.*``) with a parameter-free pooling beside it
     cqt_with_pooling = False
+    # what ``prepare`` takes: "audio" waveforms (B, T) at ``sr`` Hz, or "pcp" pitch-class
+    # features (B, 12, frames) of a feature dataset at ``sr`` frames per second
+    input_kind = "audio"
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
     maxcliques = None  # rows of the clique classifier (None: the model has none)
     Config: type  # the schema of the model's config section (a schema.ModelConfig dataclass)

@@ -477,10 +477,7 @@ def check_features(path, reader, key=None, min_duration=1.0):
     if not os.path.exists(path):
         return None, "missing file"
     try:
-        if reader == "datacos":
-            pcp = F.read_datacos(path)[0]
-        else:
-            pcp = F.read_cover1000(path, key)
+        pcp = F.read_song(path, reader, key)
     except F.FeatureError as err:
         return None, f"unreadable: {err}"
     length = len(pcp) / F.PCP_RATE
@@ -517,7 +514,7 @@ def check_all(parsed, path_audio, mode="quick", njobs=-1, min_duration=1.0, prog
     runner = Parallel(n_jobs=njobs, return_as="generator_unordered", batch_size=8)
     good, bad = {}, {}
     for key, result, reason in tqdm(
-        runner(jobs), total=len(keys), desc="Check audio", disable=not progress, ncols=80
+        runner(jobs), total=len(keys), desc="Check files", disable=not progress, ncols=80
     ):
         if result is None:
             bad[key] = reason

@@ -118,6 +118,19 @@ def find_start_state(conf, last_path):
     return "scratch", None, None
 
 
+def check_input_kind(model, *datasets):
+    """The model takes what the datasets give: audio, or the pitch-class features of a feature
+    dataset (``model.input: pcp``, MOVE); a ``ConfigError`` saying which before any batch."""
+    for dataset in datasets:
+        if dataset.input_kind != model.input_kind:
+            given = "pitch-class features" if dataset.input_kind == "pcp" else "audio"
+            raise ConfigError(
+                f"split '{dataset.split}' of the metadata file holds {given} but the model takes "
+                f"{model.input_kind}; a feature dataset needs a model with model.input=pcp "
+                "(MOVE), an audio dataset model.input=audio"
+            )
+
+
 def check_classifier_size(model, *datasets):
     """Classifier models (``maxcliques``) need a row for every clique id they will see, the
     validation ones included (their ids follow the training ones): say so before training

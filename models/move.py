@@ -2,8 +2,10 @@
 the cover-song tutorial (deeplearning-101-audiomir); ``../shared/reference/move_datacos.md``.
 
 Input: pitch-class sequences (12 bins, about 10.77 frames/s, the CREMA rate after MOVE's
-down-sampling). From audio they come from the CQT (``prepare``: octaves folded onto 12 pitch
-classes, each frame divided by its maximum); precomputed features (CREMA-PCP) skip that step.
+down-sampling). With ``input: audio`` they come from the CQT (``prepare``: octaves folded onto
+12 pitch classes, each frame divided by its maximum); with ``input: pcp`` the model takes the
+precomputed features of a feature dataset (CREMA-PCP, ``lib.features``) as (B, 12, frames)
+"waveforms" at ``lib.features.PCP_RATE``: its ``sr`` is that rate and it has no CQT.
 
 The 12 bins are stacked to 23 ([c0..c11, c0..c10]) so that the first convolution (12 bins high)
 sees all 12 circular transpositions and a max over them (``key_pool``) makes the embedding
@@ -25,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import losses, tensor_ops
+from lib import features, losses, tensor_ops
 from lib.model_base import SegmentModel
 from lib.schema import Mining, ModelConfig, PooledCqt, key
 
+INPUTS = ("audio", "pcp")
 VARIANTS = ("move", "tutorial")
 POOLINGS = ("max", "mean", "autopool", "attention", "adaptive_attention")
 FINAL_ACTIVATIONS = ("none", "sigmoid", "tanh", "bn")
@@ -38,6 +41,7 @@ CHANNELS = 256
 
 @dataclass
 class MoveConfig(ModelConfig):
+    input: str = key("audio", "audio (pitch classes from the CQT) or pcp (precomputed features)")
     cqt: PooledCqt = key(PooledCqt, "CQT front end of audio input (pitch classes: nbinsoct 12)")
     variant: str = key("move", "move (ICASSP 2020) or tutorial (the small tutorial model)")
     transposition_invariant: bool = key(True, "23-bin stack and key pooling (false: MOVE-NT)")
@@ -74,6 +78,12 @@ class Model(SegmentModel):
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         c = self.conf
+        if c.input not in INPUTS:
+            raise ValueError(f"model.input={c.input!r}: one of {', '.join(INPUTS)}")
+        if c.input == "pcp":  # frames of precomputed pitch classes instead of audio samples
+            self.sr = features.PCP_RATE
+            self.cqt, self.cqtpool = nn.Identity(), nn.Identity()
+            self.input_kind = "pcp"
         if c.variant not in VARIANTS:
             raise ValueError(f"model.variant={c.variant!r}: one of {', '.join(VARIANTS)}")
         if c.pooling not in POOLINGS:
@@ -114,9 +124,24 @@ class Model(SegmentModel):
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
 
     def prepare(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> pitch-class shingles (B, S, 12, T')."""
-        cqt = super().prepare(h, shingle_len, shingle_hop)
-        return pitch_classes(cqt, self.conf.cqt.nbinsoct)
+        """Waveforms (B, T), or pitch classes (B, 12, T) with ``input: pcp``, -> pitch-class
+        shingles (B, S, 12, T'). Lengths in seconds; None = training."""
+        if self.conf.input == "audio":
+            cqt = super().prepare(h, shingle_len, shingle_hop)
+            return pitch_classes(cqt, self.conf.cqt.nbinsoct)
+        if h.ndim != 3 or h.shape[1] != PITCH_CLASSES:
+            shape = tuple(h.shape)
+            raise ValueError(f"input pcp: expected (B, 12, frames) pitch classes, got {shape}")
+        slen, shop = self.get_shingle_params()
+        slen = slen if shingle_len is None else shingle_len
+        shop = shop if shingle_hop is None else shingle_hop
+        frames = tensor_ops.get_frames(
+            h, int(self.sr * slen), int(self.sr * shop), pad_mode=self.frame_pad
+        )
+        frames = tensor_ops.force_length(
+            frames, int(self.sr * self.minlen), pad_mode=self.min_pad, allow_longer=True
+        )
+        return frames.permute(0, 2, 1, 3)  # (B, S, 12, T')
 
     def embed(self, h):
         """Pitch-class shingles (B, S, 12, T') -> (embeddings (B, S, emb_size), None). Shingles

@@ -1,9 +1,11 @@
 """lib/features.py and the feature datasets of data_preproc.py (Da-TACOS, Cover1000), on files
 the tests write in the documented layouts (``../shared/reference/move_datacos.md`` 6.3, 6.4,
 7.1): h5 files with the deepdish/PyTables root attributes, both orientations of ``crema``,
-frames repeated 8 times at the 512-sample hop, a pyjama annotation file."""
+frames repeated 8 times at the 512-sample hop, a pyjama annotation file; and MOVE trained on
+them with train.py and tested with test.py (the feature input path)."""
 
 import json
+import sys
 
 import h5py
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import data_preproc
 from lib import features as F
 from lib import preproc
+from tests.corpus import run_script
 
 RATE = F.PCP_RATE
 
@@ -149,3 +152,63 @@ def test_cover1000_from_the_tutorials_pyjama_and_hdf5(tmp_path):
     with pytest.raises(SystemExit):
         data_preproc.parse_args(["--dataset=SHS100K", "--path_meta=x", "--path_audio=y",
                                  "--fn_out=z"])  # audio datasets still need --ext_in
+
+
+def cover1000_tree(root, works, versions, frames):
+    """The tutorial's Cover1000 packaging with ``works`` x ``versions`` performances: versions of
+    a work are its pitch-class sequence transposed, re-timed and noisier, as covers are."""
+    rng = np.random.default_rng(5)
+    entries = []
+    with h5py.File(root / "cover1000_feat.hdf5", "w") as handle:
+        for w in range(works):
+            theme = crema(frames, 100 + w)
+            for v in range(versions):
+                key = str(1000 * (w + 1) + v)
+                stretch = np.linspace(0, frames - 1, int(frames * rng.uniform(0.8, 1.2)))
+                pcp = np.roll(theme[stretch.astype(int)], int(rng.integers(12)), axis=1)
+                pcp = np.clip(pcp + 0.2 * rng.random(pcp.shape), 0, 1).astype(np.float32)
+                handle.create_dataset(key, data=pcp)
+                entries.append({"filepath": [{"value": key}], "work-id": [{"value": w + 1}]})
+    pyjama = {"collection": {"entry": entries}, "schemaversion": 1.31}
+    (root / "cover1000.pyjama").write_text(json.dumps(pyjama))
+
+
+def test_move_trains_on_cover1000_features_and_is_tested_on_datacos(tmp_path):
+    # MOVE with input pcp: config/cover1000-move.yaml narrowed to 20 s patches and a 16-d
+    # embedding, one epoch on the features; then test.py on the Cover1000 test works and on a
+    # Da-TACOS benchmark, whose single-performance works are candidates but not queries
+    cover1000_tree(tmp_path, works=10, versions=3, frames=500)
+    meta = tmp_path / "cover1000.pt"
+    args = ["--dataset=Cover1000", f"--path_meta={tmp_path}", f"--path_audio={tmp_path}"]
+    assert data_preproc.main([*args, f"--fn_out={meta}", "--split=0.6,0.2,0.2", "--njobs=1"]) == 0
+    train = [sys.executable, "train.py", "jobname=move", "conf=config/cover1000-move.yaml"]
+    train += [f"path.meta={meta}", f"path.audio={tmp_path}", f"path.logs={tmp_path}"]
+    train += ["data.audiolen=20", "model.shingling.len=20", "model.shingling.hop=20"]
+    train += ["model.emb_size=16", "training.batchsize=2", "training.numepochs=1"]
+    train += ["data.nworkers=0", "fabric.accelerator=cpu"]
+    result = run_script(train)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Model move: 1,867,030 parameters" in result.stdout  # the tutorial's, 16-d
+    ckpt = tmp_path / "move" / "checkpoint_last.ckpt"
+    test = [sys.executable, "test.py", f"checkpoint={ckpt}", "accelerator=cpu", "nworkers=0"]
+    test += ["qslen=-1", "cslen=-1", f"cache_dir={tmp_path / 'cache'}"]
+    result = run_script([*test, f"out={tmp_path / 'c1000'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "c1000" / "results.json").read_text())["runs"][0]
+    assert run["n_queries"] == 6 and 0 < run["MAP"]["mean"] <= 1  # 2 test works x 3
+    # Da-TACOS: 3 works of 3 (one file missing, one too short, one of the wrong shape) + 2
+    # single works; queries are the 6 performances with another version, 8 candidates each
+    datacos_meta, feats = datacos_tree(tmp_path / "datacos")
+    dmeta = tmp_path / "datacos.pt"
+    args = ["--dataset=DaTACOS", f"--path_meta={datacos_meta}", f"--path_audio={feats}"]
+    assert data_preproc.main([*args, f"--fn_out={dmeta}", "--njobs=1"]) == 0
+    paths = [f"path_meta={dmeta}", f"path_audio={feats}", "partition=test"]
+    result = run_script([*test, *paths, f"out={tmp_path / 'datacos'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "datacos" / "results.json").read_text())["runs"][0]
+    assert run["n_queries"] == 6 and run["n_no_relevant"] == 2, run
+    # the audio demo config refuses the feature dataset before any batch
+    audio = [sys.executable, "train.py", "jobname=wrong", "conf=config/demo-move.yaml"]
+    audio += [f"path.meta={meta}", f"path.audio={tmp_path}", f"path.logs={tmp_path}"]
+    result = run_script([*audio, "data.nworkers=0", "fabric.accelerator=cpu"])
+    assert result.returncode != 0 and "holds pitch-class features" in result.stderr

@@ -52,6 +52,28 @@ def test_parameter_counts_are_the_references(over, count):
     assert sum(p.numel() for p in model.parameters()) == count
 
 
+@pytest.mark.parametrize(
+    "path, count, variant",
+    [
+        ("config/datacos-move.yaml", 6_288_902, "move"),
+        ("config/cover1000-move.yaml", 1_869_094, "tutorial"),
+    ],
+)
+def test_feature_configs_are_moves_recipe(path, count, variant):
+    from lib.config import load_run_config
+
+    conf = load_run_config(path)
+    with torch.device("meta"):
+        model = move.Model(conf.model, sr=conf.data.samplerate)
+    assert sum(p.numel() for p in model.parameters()) == count and conf.model.variant == variant
+    assert model.input_kind == "pcp" and model.sr == pytest.approx(44100 / 4096)
+    assert int(model.sr * conf.model.shingling.len) == 1800  # MOVE's patch, in frames
+    assert conf.training.optim.name == "sgd" and conf.training.optim.lr == 0.1
+    assert conf.training.optim.sched == "step_0.2_80_100" and conf.training.numepochs == 120
+    assert conf.training.batchsize * conf.data.n_per_class == 64
+    assert conf.model.margin == 1.0 and conf.model.mining.negative == "hard"
+
+
 def test_state_names_are_moves():
     names = [k for k in build(device="meta", emb_size=64).state_dict() if not k.startswith("cqt")]
     want = ["autopool_p"] + [f"conv{i}.{p}" for i in range(1, 6) for p in ("weight", "bias")]
