@@ -9,6 +9,7 @@ rate. The pitch axis is the one of length 12, whichever way a file stores it (Da
 benchmark subset is time-major, its cover-analysis subset pitch-major).
 """
 
+import h5py
 import numpy as np
 
 from lib.errors import RunError
@@ -21,12 +22,6 @@ DATACOS_STEP = 8  # stored 512-sample frames per 4096-sample frame
 
 class FeatureError(RunError):
     """A feature file could not be read or does not hold a pitch-class sequence."""
-
-
-def _h5py():
-    import h5py  # only the feature datasets need it
-
-    return h5py
 
 
 def oriented(array, where):
@@ -50,20 +45,24 @@ def _decoded(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_datacos(path, key=DATACOS_KEY):
-    """(pitch classes (frames, 12) at ``PCP_RATE``, work id, performance id) of a Da-TACOS h5
-    file (ids from its ``label`` / ``track_id`` attributes, None where absent)."""
-    h5py = _h5py()
+def _read_h5(path, key, missing):
+    """(the array ``key`` of the h5 file ``path``, its root attributes); ``missing`` names what
+    an absent key is in the error."""
     try:
         with h5py.File(path, "r") as handle:
             if key not in handle:
-                raise FeatureError(f"{path}: no {key!r} array (keys: {', '.join(handle)})")
-            array = handle[key][()]
-            label = handle.attrs.get("label")
-            track = handle.attrs.get("track_id")
+                raise FeatureError(f"{path}: no {missing} {key!r} (keys: {', '.join(handle)})")
+            return handle[key][()], dict(handle.attrs)
     except OSError as err:
         raise FeatureError(f"{path}: not a readable h5 file ({err})") from None
+
+
+def read_datacos(path, key=DATACOS_KEY):
+    """(pitch classes (frames, 12) at ``PCP_RATE``, work id, performance id) of a Da-TACOS h5
+    file (ids from its ``label`` / ``track_id`` attributes, None where absent)."""
+    array, attrs = _read_h5(path, key, "array")
     pcp = oriented(array, f"{path} [{key}]")[::DATACOS_STEP]
+    label, track = attrs.get("label"), attrs.get("track_id")
     return (
         np.ascontiguousarray(pcp),
         None if label is None else _decoded(label),
@@ -74,16 +73,7 @@ def read_datacos(path, key=DATACOS_KEY):
 def read_cover1000(path, key):
     """Pitch classes (frames, 12) at ``PCP_RATE`` of performance ``key`` in the tutorial's
     ``<base>_feat.hdf5``."""
-    h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as handle:
-            if key not in handle:
-                raise FeatureError(f"{path}: no performance {key!r}")
-            array = handle[key][()]
-    except OSError as err:
-        raise FeatureError(f"{path}: not a readable hdf5 file ({err})") from None
-    return oriented(array, f"{path} [{key}]")
-
+    return oriented(_read_h5(path, key, "performance")[0], f"{path} [{key}]")
 
 READERS = ("datacos", "cover1000")
 

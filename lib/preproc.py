@@ -143,14 +143,20 @@ def parse_shs100k(path_meta, path_audio, ext):
     return parsed
 
 
-def _load_json(path):
+def _read_json(path, what=""):
+    """The parsed JSON file ``path``; a ``DatasetError`` when it is missing or unreadable
+    (``what`` says which file was expected)."""
     if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError(f"{path}: file not found{what}")
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except (OSError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable JSON file ({err})") from err
+
+
+def _load_json(path):
+    data = _read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise DatasetError(f"{path}: expected an object mapping clique ids to lists of versions")
     return data
@@ -356,13 +362,7 @@ def parse_datacos(path_meta, path_audio, ext=None):
     if os.path.isdir(path_meta):
         found = [os.path.join(path_meta, name) for name in DATACOS_METADATA]
         path = next((p for p in found if os.path.isfile(p)), found[0])
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found (the Da-TACOS benchmark metadata JSON)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            works = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{path}: not a readable JSON file ({err})") from err
+    works = _read_json(path, " (the Da-TACOS benchmark metadata JSON)")
     if not isinstance(works, dict) or not all(isinstance(v, dict) for v in works.values()):
         raise DatasetError(f"{path}: expected work id -> performance id -> record")
     parsed = Parsed()
@@ -400,12 +400,9 @@ def parse_cover1000(path_meta, path_audio, fractions=(0.8, 0.1, 0.1), seed=43):
     are split at random (seeded, sorted ids first: the tutorial's split depended on the hash
     seed) with ``fractions`` for train/valid/test."""
     pyjama = os.path.join(path_meta, COVER1000_FILES[0])
-    if not os.path.isfile(pyjama):
-        raise DatasetError(f"{pyjama}: file not found")
     try:
-        with open(pyjama, encoding="utf-8") as handle:
-            entries = json.load(handle)["collection"]["entry"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        entries = _read_json(pyjama)["collection"]["entry"]
+    except (KeyError, TypeError) as err:
         raise DatasetError(f"{pyjama}: not the tutorial's pyjama annotations ({err})") from None
     songs = []
     for i, entry in enumerate(entries):

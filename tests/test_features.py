@@ -66,7 +66,7 @@ def test_unreadable_feature_files_say_which_and_why(tmp_path):
         F.read_datacos(tmp_path / "junk.h5")
     with h5py.File(tmp_path / "other.h5", "w") as handle:
         handle.create_dataset("hpcp", data=crema(10, 0))
-    with pytest.raises(F.FeatureError, match="no 'crema' array"):
+    with pytest.raises(F.FeatureError, match="no array 'crema'"):
         F.read_datacos(tmp_path / "other.h5")
 
 
