@@ -25,6 +25,7 @@ from lib.inference import (
     FAILURE_LOG,
     STORE_DIR,
     InferenceError,
+    check_takes_audio,
     embed_files,
     embed_into_folder,
     is_audio,
@@ -116,6 +117,7 @@ def run(args):
     print("=" * 80 + "\n" + "\n".join(f"{k}: {v}" for k, v in vars(args).items()) + "\n" + "=" * 80)
     print("Load model...")
     model, conf, source = load_trained_model(args.checkpoint, args.conf, device)
+    check_takes_audio(model, args.checkpoint)
     win_len = window_length(model, args.win_len)
     print(
         f"  {conf.model.name} from {args.checkpoint} (config {source}) on {device}; "

@@ -64,6 +64,7 @@ class Embedder:
         device = I.pick_device(device)
         mixed = P.check(precision, device, "precision")
         model, _, _ = load_trained_model(checkpoint, conf, device)
+        I.check_takes_audio(model, checkpoint)
         return cls(model, checkpoint, device, mixed, digest)
 
     @property

@@ -81,6 +81,17 @@ def plan_folder(path_in, path_out):
     return jobs, other
 
 
+def check_takes_audio(model, checkpoint):
+    """A ``UsageError`` for a model of a feature dataset (``model.input: pcp``): embedding
+    audio files needs a model that takes audio."""
+    if model.input_kind != "audio":
+        raise UsageError(
+            f"{checkpoint}: this model takes precomputed pitch-class features (model.input="
+            f"{model.input_kind}), not audio; embed audio with a model trained with "
+            "model.input=audio, evaluate feature datasets with test.py"
+        )
+
+
 def pick_device(name):
     """``auto`` = the GPU when there is one; an unavailable device is an ``InferenceError``."""
     if name == "auto":

@@ -14,6 +14,7 @@ import pytest
 import data_preproc
 from lib import features as F
 from lib import preproc
+from lib.audio import write_audio
 from tests.corpus import run_script
 
 RATE = F.PCP_RATE
@@ -212,3 +213,9 @@ def test_move_trains_on_cover1000_features_and_is_tested_on_datacos(tmp_path):
     audio += [f"path.meta={meta}", f"path.audio={tmp_path}", f"path.logs={tmp_path}"]
     result = run_script([*audio, "data.nworkers=0", "fabric.accelerator=cpu"])
     assert result.returncode != 0 and "holds pitch-class features" in result.stderr
+    # and the feature model refuses audio files
+    song = tmp_path / "song.wav"
+    write_audio(str(song), np.zeros(16000, np.float32) + 0.1, 16000)
+    result = run_script([sys.executable, "inference.py", f"--checkpoint={ckpt}", f"--fn_in={song}",
+                         f"--fn_out={tmp_path / 'z.pt'}", "--device=cpu"])
+    assert result.returncode != 0 and "takes precomputed pitch-class features" in result.stderr
