@@ -198,7 +198,7 @@ class Dataset(torch.utils.data.Dataset):
         try:
             pcp = F.read_song(self.filename[key], song["features"], song.get("feature_key"))
         except F.FeatureError as err:
-            raise AudioError(self.filename[key], str(err).split(": ", 1)[-1]) from None
+            raise AudioError(self.filename[key], err.reason) from None
         first = int(start * F.PCP_RATE)
         last = None if duration is None else first + int(round(duration * F.PCP_RATE))
         return pcp[first:last].T.copy()

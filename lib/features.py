@@ -21,7 +21,13 @@ DATACOS_STEP = 8  # stored 512-sample frames per 4096-sample frame
 
 
 class FeatureError(RunError):
-    """A feature file could not be read or does not hold a pitch-class sequence."""
+    """A feature file could not be read or does not hold a pitch-class sequence. ``path`` (the
+    file, with the array's key where it matters) and ``reason`` are kept as attributes."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 def oriented(array, where):
@@ -30,14 +36,15 @@ def oriented(array, where):
     array = np.asarray(array)
     if array.ndim != 2 or PITCH_CLASSES not in array.shape:
         raise FeatureError(
-            f"{where}: expected a (frames, 12) or (12, frames) pitch-class array, "
-            f"found shape {array.shape}"
+            where,
+            "expected a (frames, 12) or (12, frames) pitch-class array, found shape "
+            f"{array.shape}",
         )
     if array.shape == (PITCH_CLASSES, PITCH_CLASSES):
-        raise FeatureError(f"{where}: a 12 x 12 array: too short to tell time from pitch")
+        raise FeatureError(where, "a 12 x 12 array: too short to tell time from pitch")
     out = array if array.shape[1] == PITCH_CLASSES else array.T
     if not np.isfinite(out).all():
-        raise FeatureError(f"{where}: non-finite values in the pitch classes")
+        raise FeatureError(where, "non-finite values in the pitch classes")
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
@@ -51,10 +58,10 @@ def _read_h5(path, key, missing):
     try:
         with h5py.File(path, "r") as handle:
             if key not in handle:
-                raise FeatureError(f"{path}: no {missing} {key!r} (keys: {', '.join(handle)})")
+                raise FeatureError(path, f"no {missing} {key!r} (keys: {', '.join(handle)})")
             return handle[key][()], dict(handle.attrs)
     except OSError as err:
-        raise FeatureError(f"{path}: not a readable h5 file ({err})") from None
+        raise FeatureError(path, f"not a readable h5 file ({err})") from None
 
 
 def read_datacos(path, key=DATACOS_KEY):
@@ -85,4 +92,4 @@ def read_song(path, reader, key=None):
         return read_datacos(path)[0]
     if reader == "cover1000":
         return read_cover1000(path, key)
-    raise FeatureError(f"{path}: unknown feature reader {reader!r} (one of {', '.join(READERS)})")
+    raise FeatureError(path, f"unknown feature reader {reader!r} (one of {', '.join(READERS)})")
