@@ -86,19 +86,23 @@ class SegmentModel(nn.Module, abc.ABC):
         """Training shingle (length, hop) in seconds."""
         return self.conf.shingling.len, self.conf.shingling.hop
 
-    def prepare(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training.
-
-        Shingles of the length every hop (the last one completed with ``frame_pad``), each at
-        least the training length (completed with ``min_pad``), then the CQT and its pooling."""
+    def shingles(self, h, shingle_len=None, shingle_hop=None):
+        """Signals (..., T) at ``sr`` -> shingles (..., S, L): the length every hop (seconds;
+        None = training), the last one completed with ``frame_pad``, each at least the training
+        length (completed with ``min_pad``)."""
         slen, shop = self.get_shingle_params()
         slen = slen if shingle_len is None else shingle_len
         shop = shop if shingle_hop is None else shingle_hop
         sr = self.sr
         h = tensor_ops.get_frames(h, int(sr * slen), int(sr * shop), pad_mode=self.frame_pad)
-        h = tensor_ops.force_length(
+        return tensor_ops.force_length(
             h, int(sr * self.minlen), dim=-1, pad_mode=self.min_pad, allow_longer=True
         )
+
+    def prepare(self, h, shingle_len=None, shingle_hop=None):
+        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training:
+        ``shingles``, then the CQT and its pooling."""
+        h = self.shingles(h, shingle_len, shingle_hop)
         nb, ns, nt = h.shape
         h = self.cqtpool(self.cqt(h.reshape(nb * ns, nt)))
         return h.view(nb, ns, h.size(-2), h.size(-1))

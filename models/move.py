@@ -132,15 +132,7 @@ class Model(SegmentModel):
         if h.ndim != 3 or h.shape[1] != PITCH_CLASSES:
             shape = tuple(h.shape)
             raise ValueError(f"input pcp: expected (B, 12, frames) pitch classes, got {shape}")
-        slen, shop = self.get_shingle_params()
-        slen = slen if shingle_len is None else shingle_len
-        shop = shop if shingle_hop is None else shingle_hop
-        frames = tensor_ops.get_frames(
-            h, int(self.sr * slen), int(self.sr * shop), pad_mode=self.frame_pad
-        )
-        frames = tensor_ops.force_length(
-            frames, int(self.sr * self.minlen), pad_mode=self.min_pad, allow_longer=True
-        )
+        frames = self.shingles(h, shingle_len, shingle_hop)  # (B, 12, S, T')
         return frames.permute(0, 2, 1, 3)  # (B, S, 12, T')
 
     def embed(self, h):
