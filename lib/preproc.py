@@ -387,9 +387,13 @@ def parse_datacos(path_meta, path_audio, ext=None):
 COVER1000_FILES = ("cover1000.pyjama", "cover1000_feat.hdf5")
 
 
-def _entry_value(entry, field, where):
+def _entry_value(entry, field, where=None):
+    """The first value of a pyjama entry's ``field``; a ``DatasetError`` naming ``where`` when
+    it is absent, or None when ``where`` is None (an optional field)."""
     values = entry.get(field)
     if not isinstance(values, list) or not values or not isinstance(values[0], dict):
+        if where is None:
+            return None
         raise DatasetError(f"{where}: no {field!r} value")
     return values[0].get("value")
 
@@ -409,8 +413,7 @@ def parse_cover1000(path_meta, path_audio, fractions=(0.8, 0.1, 0.1), seed=43):
         where = f"{pyjama}: entry {i}"
         key = str(_entry_value(entry, "filepath", where))
         work = str(_entry_value(entry, "work-id", where))
-        title = entry.get("title", [{}])[0].get("value") if entry.get("title") else None
-        artist = entry.get("performer", [{}])[0].get("value") if entry.get("performer") else None
+        title, artist = _entry_value(entry, "title"), _entry_value(entry, "performer")
         songs.append((work, key, artist, title))
     works = sorted({work for work, _, _, _ in songs}, key=lambda w: (len(w), w))
     assigned = _assign_splits(works, fractions, seed)
