@@ -65,3 +65,21 @@ def test_demo_seeds_table_gives_mean_and_range():
     assert last.startswith("mean")
     assert "0.250 [0.200, 0.300]" in last and "0.700 [0.600, 0.800]" in last
     assert "0.600 [0.500, 0.700]" in last
+
+
+def test_pitch_class_baselines_ignore_transposition_and_where_a_passage_plays():
+    import torch
+
+    from benchmarks.bench_pitch_class_baseline import fft2d_distances, mean_chroma_distances
+
+    gen = torch.Generator().manual_seed(0)
+    passage = torch.rand(12, 75, generator=gen)  # one patch long
+    piece, other = passage.repeat(1, 4), torch.rand(12, 300, generator=gen)
+    transposed = torch.roll(piece, 5, dims=0)
+    chroma = mean_chroma_distances([piece, transposed, other])
+    assert chroma[0, 1] < 1e-6 < chroma[0, 2]
+    # transposed and started 30 frames later: every patch a circular shift of the passage's
+    later = torch.roll(transposed, 30, dims=1)
+    fft = fft2d_distances([piece, later, other])
+    assert fft[0, 1] < 1e-6 and fft[0, 2] > 0.01
+    assert fft.shape == (3, 3) and torch.allclose(fft, fft.T)

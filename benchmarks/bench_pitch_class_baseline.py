@@ -1,0 +1,104 @@
+"""How much of the versions do a corpus's pitch classes hold, before any training? Two
+training-free, transposition-invariant baselines on the pitch classes a MOVE config computes
+(``model.prepare``: the CQT folded onto 12 classes at 10.77 frames/s), over one partition of a
+metadata file, whole tracks, each track a query against all others:
+
+- ``mean chroma``: the track's mean pitch-class vector, cosine distance at the best of the 12
+  circular shifts;
+- ``2D-FFT``: magnitudes of the 2D Fourier transform of 75-frame patches (half overlapping),
+  their median over the track, cosine distance (Bertin-Mahieux & Ellis, ISMIR 2012): invariant to
+  circular transposition and to where a passage plays.
+
+A trained MOVE that ranks below them has not learned what the pitch classes already show
+(README, MOVE). Prints MAP, MR1 and P@1 with 95% confidence half-widths (``lib.metrics``).
+
+    .venv/bin/python -m benchmarks.bench_pitch_class_baseline --meta runs/demo/metadata-demo.pt \\
+        --audio runs/demo/audio [--partition test] [--conf config/demo-move.yaml]
+"""
+
+import argparse
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib import metrics
+from lib.audio import load_audio
+from lib.config import load_run_config
+from lib.metadata import load_metadata
+from lib.model_base import build_model
+
+PATCH = 75  # frames, about 7 s
+SHIFTS = 12
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--meta", required=True, help="metadata file of data_preproc.py")
+    parser.add_argument("--audio", required=True, help="its audio folder")
+    parser.add_argument("--partition", default="test")
+    parser.add_argument("--conf", default="config/demo-move.yaml", help="a MOVE config (audio)")
+    return parser.parse_args(argv)
+
+
+def track_pitch_classes(model, splits, audio_dir, partition, samplerate):
+    """(clique names, [(12, frames) pitch classes]) of every version of ``partition``."""
+    cliques, classes = [], []
+    items = [(c, k) for c, keys in splits[partition].items() for k in keys]
+    for clique, key in tqdm(items, desc="pitch classes", unit="track"):
+        audio = load_audio(os.path.join(audio_dir, key), samplerate=samplerate)
+        x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
+        with torch.no_grad():
+            classes.append(model.prepare(x)[0, 0])
+        cliques.append(clique)
+    return cliques, classes
+
+
+def unit(x):
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def mean_chroma_distances(classes):
+    """(N, N) cosine distance between mean pitch-class vectors at the best circular shift."""
+    means = unit(torch.stack([c.mean(-1) for c in classes]))
+    shifted = torch.stack([torch.roll(means, s, dims=-1) for s in range(SHIFTS)])
+    return 1 - torch.einsum("sic,jc->sij", shifted, means).amax(0)
+
+
+def fft2d_distances(classes):
+    """(N, N) cosine distance between median 2D-FFT magnitudes of 75-frame patches."""
+    rows = []
+    for c in classes:
+        if c.shape[-1] < PATCH:
+            c = torch.nn.functional.pad(c, (0, PATCH - c.shape[-1]))
+        patches = c.unfold(-1, PATCH, PATCH // 2).permute(1, 0, 2)  # (n, 12, PATCH)
+        rows.append(torch.fft.fft2(patches).abs().median(0).values.flatten())
+    z = unit(torch.stack(rows))
+    return 1 - z @ z.T
+
+
+def report(name, distances, cliques):
+    names = np.array(cliques)
+    ismatch = torch.as_tensor(names[:, None] == names[None, :])
+    exclude = torch.eye(len(names), dtype=torch.bool)
+    agg = metrics.aggregate(metrics.query_metrics(distances, ismatch, exclude))
+    cells = "  ".join(f"{k} {agg[k][0]:.3f} +-{agg[k][1]:.3f}" for k in ("MAP", "MR1", "P@1"))
+    print(f"{name:<12} {cells}  ({agg['n_queries']} queries)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    conf = load_run_config(args.conf)
+    model = build_model(conf.model, sr=conf.data.samplerate).eval()
+    _, splits = load_metadata(args.meta)
+    cliques, classes = track_pitch_classes(
+        model, splits, args.audio, args.partition, conf.data.samplerate
+    )
+    print(f"{len(classes)} tracks of {len(set(cliques))} works ({args.partition}), {args.conf}")
+    report("mean chroma", mean_chroma_distances(classes), cliques)
+    report("2D-FFT", fft2d_distances(classes), cliques)
+
+
+if __name__ == "__main__":
+    main()
