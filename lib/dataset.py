@@ -31,6 +31,25 @@ from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
 
+def label_budget(cliques, fraction, seed, source="metadata"):
+    """The cliques (name -> versions) a label budget keeps: ``round(fraction * n)`` (at least 2)
+    of the n cliques with two or more versions, drawn with ``seed`` from the sorted names, each
+    with every version, in their original order. The same seed keeps the same cliques whatever
+    the run (scratch, fine-tuning), and a larger fraction keeps a superset of a smaller one."""
+    if not 0.0 < fraction <= 1.0:
+        raise config.ConfigError(f"data.label_fraction={fraction}: a fraction in (0, 1]")
+    usable = sorted(c for c, versions in cliques.items() if len(versions) >= 2)
+    count = max(2, round(fraction * len(usable)))
+    if count > len(usable):
+        raise DatasetError(
+            f"{source}: data.label_fraction={fraction} needs {count} training cliques with two "
+            f"or more versions, the train split has {len(usable)}"
+        )
+    order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed))
+    kept = {usable[i] for i in order[:count].tolist()}
+    return {c: versions for c, versions in cliques.items() if c in kept}
+
+
 class Dataset(torch.utils.data.Dataset):
     def __init__(
         self,
@@ -76,6 +95,8 @@ class Dataset(torch.utils.data.Dataset):
         cliques = splits[split]
         if limit_cliques is not None:
             cliques = dict(list(cliques.items())[: int(limit_cliques)])
+        if split == "train" and conf.label_fraction != 1.0:
+            cliques = label_budget(cliques, conf.label_fraction, conf.label_seed, meta_path)
         if not cliques:
             raise DatasetError(f"{meta_path}: split '{split}' has no cliques")
         self.cliques = {c: [self._full_key(c, v) for v in vs] for c, vs in cliques.items()}

@@ -68,6 +68,9 @@ class DataConfig:
     p_samesong: float = key(0.0, "probability that the anchor may be its own other version")
     decoded_cache: bool = key(False, "keep decoded audio (float16) in <path.cache>/decoded-"
                                      "<samplerate>hz/: each file is decoded once, not per epoch")
+    label_fraction: float = key(1.0, "fraction of the training cliques kept, every version of "
+                                     "each (label budgets; valid and test are never cut)")
+    label_seed: int = key(0, "seed of the cliques data.label_fraction keeps")
     path: Optional[PathConfig] = key(None, "copy of the top-level path section (as the original)")
 
 

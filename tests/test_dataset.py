@@ -285,3 +285,33 @@ def test_decoded_cache_shared_by_dataloader_workers(corpus, tmp_path):
     folder = tmp_path / f"decoded-{SR}hz"
     assert len(list(folder.rglob("*.npy"))) == len(dset)
     assert not list(folder.rglob("*.tmp"))  # every worker's write completed or was replaced
+
+
+def test_label_budget_keeps_whole_cliques_nested_by_fraction():
+    from lib.config import ConfigError
+    from lib.dataset import label_budget
+
+    cliques = {f"w{i:02d}": [f"w{i:02d}/v{j}" for j in range(2 + i % 3)] for i in range(20)}
+    cliques["solo"] = ["solo/v0"]  # one version: never a labelled clique
+    tenth = label_budget(cliques, 0.1, seed=3)
+    assert len(tenth) == 2 and "solo" not in tenth
+    assert all(tenth[c] == cliques[c] for c in tenth)  # every version of each
+    assert label_budget(cliques, 0.1, seed=3) == tenth  # the seed decides
+    assert any(set(label_budget(cliques, 0.1, seed=s)) != set(tenth) for s in range(4, 9))
+    half = label_budget(cliques, 0.5, seed=3)
+    assert len(half) == 10 and set(tenth) <= set(half)
+    assert list(half) == [c for c in cliques if c in half]  # the split's order
+    assert len(label_budget(cliques, 1.0, seed=3)) == 20
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match="label_fraction"):
+            label_budget(cliques, bad, seed=3)
+
+
+def test_label_fraction_cuts_the_train_split_only(corpus):
+    full = Dataset(data_conf(corpus), "train")
+    cut = Dataset(data_conf(corpus, label_fraction=0.5, label_seed=1), "train")
+    assert len(full.cliques) == 3 and len(cut.cliques) == 2
+    assert all(cut.cliques[c] == full.cliques[c] for c in cut.cliques)
+    assert len(cut) == sum(len(v) for v in cut.cliques.values())
+    valid = Dataset(data_conf(corpus, label_fraction=0.5, label_seed=1), "valid")
+    assert valid.cliques == Dataset(data_conf(corpus), "valid").cliques
