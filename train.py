@@ -263,6 +263,11 @@ def main(argv):
         net = build_model(conf.model, sr=conf.data.samplerate)
     except ValueError as err:  # e.g. an unknown mining strategy
         raise ConfigError(str(err)) from err
+    if not net.trainable:
+        raise ConfigError(
+            f"model.name={conf.model.name}: a frozen, pre-trained embedding that train.py does "
+            "not train (evaluate it with test.py, embed with inference.py)"
+        )
     printer(f"Model {conf.model.name}: {sum(p.numel() for p in net.parameters()):,} parameters")
     optim = get_optimizer(conf.training.optim, net.parameters())
     monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode

@@ -86,7 +86,7 @@ def optimizer_state(model, state):
     earlier names may have held the parameters in another order (CoverHunter-C's), so its
     indices are moved to the positions of the same parameters now."""
     optim = state["optim"]
-    weights = _strip_wrapper_prefixes(dict(model_state_dict(state)))
+    weights = _strip_wrapper_prefixes(model.select_weights(dict(model_state_dict(state))))
     _, renamed = translate_legacy_names(model, weights)
     if not renamed:
         return optim
@@ -104,7 +104,7 @@ def load_model_state(model, state, source="checkpoint"):
     """Load weights into ``model`` strictly, accepting DDP/compile name prefixes, scalar
     parameters saved as shape () or (1,), and the names of this project's checkpoints from before
     it took the original's module names. Raises ``CheckpointError`` naming what does not fit."""
-    weights = _strip_wrapper_prefixes(dict(model_state_dict(state)))
+    weights = _strip_wrapper_prefixes(model.select_weights(dict(model_state_dict(state))))
     weights, _ = translate_legacy_names(model, weights)
     expected = model.state_dict()
     mismatched = []

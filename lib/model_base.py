@@ -42,6 +42,11 @@ class SegmentModel(nn.Module, abc.ABC):
     # what ``prepare`` takes: "audio" waveforms (B, T) at ``sr`` Hz, or "pcp" pitch-class
     # features (B, 12, frames) of a feature dataset at ``sr`` frames per second
     input_kind = "audio"
+    # "cqt": ``__init__`` builds ``cqt`` / ``cqtpool`` from the config's ``cqt`` section and
+    # ``prepare`` applies them; "own": the model builds its own front end and ``prepare``
+    front_end = "cqt"
+    # False: a frozen, pre-trained embedding that train.py refuses (its ``loss`` is never called)
+    trainable = True
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
     maxcliques = None  # rows of the clique classifier (None: the model has none)
     Config: type  # the schema of the model's config section (a schema.ModelConfig dataclass)
@@ -51,8 +56,13 @@ class SegmentModel(nn.Module, abc.ABC):
         self.conf = config.typed(self.Config, conf, prefix="model.")
         self.sr = sr
         self.minlen = self.conf.shingling.len
+        if self.front_end == "cqt":
+            self.cqt, self.cqtpool = self.cqt_front_end()
+
+    def cqt_front_end(self):
+        """(CQT, pooling) of the config's ``cqt`` section; CLEWS keeps both in ``cqt``."""
         cqt = self.conf.cqt
-        transform = make_cqt(sr, cqt.hoplen, cqt.noctaves, cqt.nbinsoct, cqt.fscale)
+        transform = make_cqt(self.sr, cqt.hoplen, cqt.noctaves, cqt.nbinsoct, cqt.fscale)
         # CLEWS configs give one pooling width (= stride), the baselines' {len, hop}
         pool = cqt.pool
         if isinstance(pool, int):
@@ -60,11 +70,15 @@ class SegmentModel(nn.Module, abc.ABC):
         else:
             pooling = nn.AvgPool1d(pool.len, stride=pool.hop)
         if self.cqt_with_pooling:
-            self.cqt = nn.Sequential(transform, pooling)
-            self.cqtpool = nn.Identity()
-        else:
-            self.cqt = transform
-            self.cqtpool = pooling
+            return nn.Sequential(transform, pooling), nn.Identity()
+        return transform, pooling
+
+    def select_weights(self, weights):
+        """The entries of a weights file (a state dict, names as saved) that are this model's,
+        under this model's names: the file of another codebase may hold more (heads, a teacher)
+        under prefixes of its own. Identity here; ``lib.checkpoint.load_model_state`` calls it
+        before checking the names."""
+        return weights
 
     @staticmethod
     def legacy_key(key):
@@ -155,6 +169,13 @@ class ByteCoverModel(SegmentModel):
         """CQT shingles (B, S, F, T') -> CNN feature maps (B * S, ncha, F'', T'')."""
         nb, ns, nf, nt = h.shape
         return self.resblocks(self.frontend(max_abs_normalise(h.reshape(nb * ns, nf, nt))))
+
+    def select_weights(self, weights):
+        """The entries of a weights file (a state dict, names as saved) that are this model's,
+        under this model's names: the file of another codebase may hold more (heads, a teacher)
+        under prefixes of its own. Identity here; ``lib.checkpoint.load_model_state`` calls it
+        before checking the names."""
+        return weights
 
     @staticmethod
     def legacy_key(key):
