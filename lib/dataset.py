@@ -31,6 +31,10 @@ from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
 from lib.tensor_ops import force_length
 
 
+# self-supervised views (ssl.views): two renditions of one passage, or two times of one track
+VIEWS = ("same-passage", "different-time")
+
+
 def label_budget(cliques, fraction, seed, source="metadata"):
     """The cliques (name -> versions) a label budget keeps: ``round(fraction * n)`` (at least 2)
     of the n cliques with two or more versions, drawn with ``seed`` from the sorted names, each
@@ -61,12 +65,19 @@ class Dataset(torch.utils.data.Dataset):
         verbose=False,
         limit_cliques=None,
         bad_audio=None,
+        views=None,
+        view_offset=2.0,
     ):
         """conf: the config's ``data`` section with ``path.audio`` and ``path.meta`` set (train.py
         copies the top-level ``path`` into it, as the original did). bad_audio: a BadAudioLog to
-        go on past unreadable files (None: raise AudioError)."""
+        go on past unreadable files (None: raise AudioError). views: self-supervised items
+        (``VIEWS``; see ``view_item``), with starts at most ``view_offset`` s apart for
+        "same-passage"."""
         if split not in SPLITS:
             raise ValueError(f"invalid split {split!r}; valid splits: {', '.join(SPLITS)}")
+        if views not in (None,) + VIEWS:
+            raise config.ConfigError(f"ssl.views={views!r}: one of {', '.join(VIEWS)}")
+        self.views, self.view_offset = views, float(view_offset)
         conf = config.typed(schema.DataConfig, conf, prefix="data.")
         if conf.path is None:
             raise config.ConfigError("data.path: the dataset needs path.audio and path.meta")
@@ -146,8 +157,9 @@ class Dataset(torch.utils.data.Dataset):
             unknown = [k for k in keys if k not in self.info]
             if unknown:
                 problems.append(f"clique {clique}: versions without info entry: {unknown[:3]}")
-            # full songs are also candidates: a work with one version (a distractor) is kept
-            if len(keys) < (1 if self.fullsongs else 2):
+            # full songs are also candidates: a work with one version (a distractor) is kept;
+            # self-supervised views read no clique: any track will do
+            if len(keys) < (1 if self.fullsongs or self.views else 2):
                 problems.append(f"clique {clique}: {len(keys)} version(s), at least 2 are needed")
         if problems:
             shown = "; ".join(problems[:5])
@@ -202,14 +214,15 @@ class Dataset(torch.utils.data.Dataset):
             others = [others[i] for i in torch.randperm(len(others)).tolist()]
         return others
 
-    def _start(self, key):
-        """Excerpt start in seconds: random within the first maxlen seconds when augmenting."""
-        if not self.augment or self.audiolen is None:
+    def _start(self, key, excerpt):
+        """Start in seconds of an ``excerpt`` s long: random within the first maxlen seconds when
+        augmenting."""
+        if not self.augment or excerpt is None:
             return 0.0
         duration = float(self.info[key]["length"])
         if self.maxlen is not None:
             duration = min(duration, self.maxlen)
-        return max(0.0, torch.rand(1).item() * (duration - self.audiolen))
+        return max(0.0, torch.rand(1).item() * (duration - excerpt))
 
     def read_pcp(self, key, start=0.0, duration=None):
         """Pitch classes (12, frames) float32 numpy of a feature dataset's song, from ``start``
@@ -231,23 +244,24 @@ class Dataset(torch.utils.data.Dataset):
             return self.read_pcp(key, 0.0, duration)
         return load_audio(self.filename[key], self.samplerate, duration=duration)
 
-    def load(self, key):
+    def load(self, key, extra=0.0):
         """Audio (T,) (pitch classes (12, T) of a feature dataset) of one version: the excerpt
-        for this item, or the full song."""
-        start = self._start(key)
+        for this item (``extra`` s longer), or the full song."""
+        duration = None if self.audiolen is None else self.audiolen + extra
+        start = self._start(key, duration)
         if self.input_kind == "pcp":
-            x = self.read_pcp(key, start, self.audiolen)
+            x = self.read_pcp(key, start, duration)
         elif self.decoded is None:
             x = load_audio(
-                self.filename[key], samplerate=self.samplerate, start=start, duration=self.audiolen
+                self.filename[key], samplerate=self.samplerate, start=start, duration=duration
             )
         else:
-            x = self.decoded.load(self.filename[key], start=start, duration=self.audiolen)
+            x = self.decoded.load(self.filename[key], start=start, duration=duration)
         x = torch.from_numpy(x)
-        if self.audiolen is not None:
+        if duration is not None:
             x = force_length(
                 x,
-                int(round(self.audiolen * self.samplerate)),
+                int(round(duration * self.samplerate)),
                 pad_mode=self.pad_mode,
                 cut_mode="random" if self.augment else "start",
             )
@@ -262,14 +276,14 @@ class Dataset(torch.utils.data.Dataset):
             others = [others[i] for i in torch.randperm(len(others)).tolist()]
         yield from others
 
-    def load_readable(self, key, clique):
+    def load_readable(self, key, clique, extra=0.0):
         """(key, audio) of ``key`` or, when its file cannot be read and a BadAudioLog is set, of
-        the first readable other version of ``clique``."""
+        the first readable other version of ``clique`` (``extra``: as for ``load``)."""
         for candidate in self._candidates(key, clique):
             if candidate in self.unreadable:
                 continue
             try:
-                return candidate, self.load(candidate)
+                return candidate, self.load(candidate, extra)
             except AudioError as err:
                 if self.bad_audio is None:
                     raise
@@ -280,8 +294,30 @@ class Dataset(torch.utils.data.Dataset):
             f"{self.unreadable[key]}); {RECHECK_HINT}"
         )
 
+    def view_item(self, key):
+        """Two views of one track, labelled by nothing but the track: ``[song id, 2 id, view 1,
+        2 id + 1, view 2]`` (the song id as a pseudo-clique, each view its own item; an
+        unreadable file gives way to a readable one, as in ``__getitem__``). Views are
+        ``audiolen`` s long; "same-passage" cuts both from one excerpt ``view_offset`` s longer,
+        at independent random starts (a synthetic version once each is augmented on its own),
+        "different-time" reads two excerpts at independent random starts in the track."""
+        clique = self.clique_of[key]
+        length = int(round(self.audiolen * self.samplerate))
+        if self.views == "different-time":
+            key, first = self.load_readable(key, clique)
+            pair = [first, self.load(key)]
+        else:
+            key, excerpt = self.load_readable(key, clique, extra=self.view_offset)
+            room = excerpt.shape[-1] - length
+            starts = torch.randint(0, room + 1, (2,)).tolist()
+            pair = [excerpt[..., a : a + length] for a in starts]
+        song = self.info[key]["id"]
+        return [song, 2 * song, pair[0], 2 * song + 1, pair[1]]
+
     def __getitem__(self, idx):
         anchor = self.versions[idx]
+        if self.views:
+            return self.view_item(anchor)
         clique = self.clique_of[anchor]
         anchor, audio = self.load_readable(anchor, clique)
         item = [self.clique_id[clique], self.info[anchor]["id"], audio]

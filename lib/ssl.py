@@ -1,0 +1,148 @@
+"""Self-supervised pre-training of an encoder of ``models/`` (CLEWS by default) with the methods
+of the multi-view benchmark (``../shared/reference/multiview_ssl.md``, sections 3 and 7):
+``Pretext`` holds what a method adds on the encoder (projector, BYOL's predictor, the EMA
+teacher of BYOL and DINO, DINO's centre) and computes its loss from V views of N tracks.
+
+The encoder's track embedding is the mean over segments of ``model.embed`` (B, S, D) -> (B, D);
+the heads sit on it (the reference's 2048 -> 2048 (BN, ReLU) -> 2048 (BN, ReLU) -> out layout,
+sized from the encoder's D). ``clews`` uses no head: the encoder's own loss with every track its
+own pseudo-clique and every view its own item, so the views are each other's only positives.
+Nothing here reads a label. The heads are not part of the encoder's state dict: a checkpoint
+keeps them apart (``state_dict`` of ``Pretext``) and ``encoder.pt`` leaves them out.
+"""
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lib import ssl_losses as L
+
+METHODS = ("contrastive", "byol", "barlow", "vicreg", "dino", "clews")
+TEACHER_METHODS = ("byol", "dino")
+DINO_BOTTLENECK = 256
+DINO_CLASSES = 4096
+BYOL_PREDICTOR_HIDDEN = 256
+
+
+def mlp_head(dims):
+    """The reference's ``Head``: Linear (no bias), BatchNorm1d, ReLU for every width but the
+    last, then a plain Linear without bias: dims = [in, hidden..., out]."""
+    layers = []
+    for i in range(len(dims) - 2):
+        layers += [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1])]
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+def gather_batch(x):
+    """Rows of every process, in rank order, with gradients flowing back to each process's own
+    rows (the negatives of the global batch); ``x`` itself with one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))
+
+
+def track_embeddings(model, h):
+    """Segment inputs (B, S, ...) -> (segment embeddings (B, S, D), track embeddings (B, D))."""
+    z, _ = model.embed(h)
+    return z, z.mean(dim=1)
+
+
+class Pretext(nn.Module):
+    """The trainable heads and the state of one method on ``encoder`` (a ``SegmentModel``).
+
+    ``total_steps``: the optimisation steps of the whole run, over which the EMA momentum of a
+    teacher rises from 0.996 to 1 (the reference's fix of a schedule sized to 999 epochs).
+    """
+
+    def __init__(self, method, encoder, total_steps, hidden=2048, out=2048):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"ssl.method={method!r}: one of {', '.join(METHODS)}")
+        self.method = method
+        self.total_steps = total_steps
+        dim = encoder.embedding_dim
+        self.projector = None
+        if method == "dino":
+            self.projector = mlp_head([dim, hidden, hidden, DINO_BOTTLENECK, DINO_CLASSES])
+            self.dino = L.DinoLoss(DINO_CLASSES)
+        elif method != "clews":
+            self.projector = mlp_head([dim, hidden, hidden, out])
+        if method == "byol":
+            self.predictor = mlp_head([out, BYOL_PREDICTOR_HIDDEN, out])
+        self.teacher = None
+        if method in TEACHER_METHODS:
+            # an exact copy of the student, moved only by the EMA (kept out of the optimiser)
+            teacher = nn.ModuleDict(
+                {"encoder": copy.deepcopy(encoder), "projector": copy.deepcopy(self.projector)}
+            )
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher
+
+    def head_parameters(self):
+        """What the optimiser trains besides the encoder (not the teacher)."""
+        return [
+            p for name, p in self.named_parameters() if not name.startswith("teacher.")
+        ]
+
+    def loss(self, model, encoder, h, nviews, epoch):
+        """(loss, logs) for inputs ``h`` (V N, S, ...) of V = ``nviews`` views of N tracks,
+        view-major (rows v N .. v N + N - 1 are view v). ``model`` is the encoder as the
+        training wrapper runs it, ``encoder`` the bare module."""
+        z, e = track_embeddings(model, h)
+        count = e.shape[0] // nviews
+        logs = {"s_std": L.dimension_std(e), "s_rank": L.effective_rank(e)}
+        logs["s_agree"] = L.view_agreement(list(e.split(count)))
+        if self.method == "clews":
+            tracks = torch.arange(count, device=e.device).repeat(nviews)
+            items = torch.arange(nviews * count, device=e.device)
+            loss, inner = encoder.loss(tracks, items, z)
+            logs.update({k: v for k, v in inner.items() if k != "l_main"})
+        else:
+            p = self.projector(e)
+            views = [gather_batch(v) for v in p.split(count)]
+            if self.method == "contrastive":
+                loss = L.nt_xent(views)
+            elif self.method == "barlow":
+                loss = L.barlow_twins_loss(views)
+            elif self.method == "vicreg":
+                inv, var, cov = zip(*[
+                    L.vicreg_terms(views[i], views[j])
+                    for i in range(nviews) for j in range(i + 1, nviews)
+                ])
+                logs.update({"l_inv": sum(inv) / len(inv), "l_var": sum(var) / len(var)})
+                loss = L.vicreg_loss(views)
+            else:
+                targets = self.teacher_outputs(h, count)
+                if self.method == "byol":
+                    predictions = [gather_batch(v) for v in self.predictor(p).split(count)]
+                    loss = L.byol_loss(predictions, targets)
+                else:
+                    loss = self.dino(views, targets, epoch)
+                    temperature = L.dino_teacher_temperature(epoch)
+                    centre = self.dino.centre
+                    logs["s_tentropy"] = L.mean_entropy(torch.cat(targets), temperature, centre)
+                    logs["s_centre"] = centre.norm()
+        logs["l_main"] = loss.detach()
+        return loss, {k: torch.as_tensor(v).detach().float() for k, v in logs.items()}
+
+    @torch.no_grad()
+    def teacher_outputs(self, h, count):
+        """The teacher's projections of every view (gathered), without gradients."""
+        _, e = track_embeddings(self.teacher["encoder"], h)
+        return [gather_batch(v) for v in self.teacher["projector"](e).split(count)]
+
+    @torch.no_grad()
+    def after_step(self, encoder, step):
+        """After optimisation step ``step`` (from 0): move the teacher towards the student."""
+        if self.teacher is None:
+            return
+        momentum = L.ema_momentum(step + 1, self.total_steps)
+        L.ema_update(self.teacher["encoder"], encoder, momentum)
+        L.ema_update(self.teacher["projector"], self.projector, momentum)

@@ -1,0 +1,147 @@
+"""Self-supervised pre-training pieces (lib/ssl.py, the dataset's views): views built from one
+track without labels, and every method lowering its loss over a few steps of the demo's CLEWS
+on a tiny synthetic corpus."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import data_preproc
+from lib import ssl
+from lib.audio import write_audio
+from lib.dataset import Dataset
+from lib.model_base import build_model
+from lib.training import stack_versions
+
+SR = 8000
+RAMP = 0.02  # amplitude per second: a sample's value tells its time in the file
+
+
+@pytest.fixture(scope="module")
+def ramps(tmp_path_factory):
+    """2 works x 2 versions of 30 s."""
+    root = tmp_path_factory.mktemp("ramps")
+    for w, versions in enumerate([2, 2]):
+        for v in range(versions):
+            x = (np.arange(30 * SR) / SR * RAMP).astype(np.float32)
+            write_audio(root / "audio" / f"w{w}" / f"v{v}.wav", x, SR)
+    args = ["--dataset=folder", f"--path_audio={root / 'audio'}", "--ext_in=wav"]
+    args += [f"--fn_out={root / 'meta.pt'}", "--split=1,0,0", "--njobs=1", "--min_duration=1"]
+    assert data_preproc.main(args) == 0
+    return root
+
+
+def data_conf(root):
+    return OmegaConf.create(
+        {
+            "samplerate": SR,
+            "audiolen": 4,
+            "maxlen": None,
+            "pad_mode": "repeat",
+            "n_per_class": 4,
+            "p_samesong": 0,
+            "path": {"audio": str(root / "audio"), "meta": str(root / "meta.pt")},
+        }
+    )
+
+
+def seconds_at(x):
+    return float(x[0]) / RAMP
+
+
+def test_same_passage_views_are_two_cuts_of_one_excerpt(ramps):
+    torch.manual_seed(0)
+    dset = Dataset(data_conf(ramps), "train", augment=True, views="same-passage", view_offset=2)
+    assert len(dset) == 4  # one item per track
+    gaps = []
+    for i in range(len(dset)):
+        song, id1, v1, id2, v2 = dset[i]
+        assert (id1, id2) == (2 * song, 2 * song + 1)
+        assert v1.shape == v2.shape == (4 * SR,)
+        # each view is contiguous audio of the same track, started <= 2 s from the other
+        for v in (v1, v2):
+            assert float(v[-1] - v[0]) == pytest.approx(RAMP * (4 * SR - 1) / SR, abs=1e-4)
+        gaps.append(abs(seconds_at(v1) - seconds_at(v2)))
+    assert max(gaps) <= 2 + 1e-3 and max(gaps) > 0
+
+
+def test_different_time_views_and_the_batch_layout(ramps):
+    torch.manual_seed(1)
+    dset = Dataset(data_conf(ramps), "train", augment=True, views="different-time")
+    song, _, v1, _, v2 = dset[0]
+    assert abs(seconds_at(v1) - seconds_at(v2)) > 0.1
+    loader = torch.utils.data.DataLoader(dset, batch_size=4)
+    tracks, items, audio = stack_versions(next(iter(loader)))
+    # view-major: rows 0-3 the first views, rows 4-7 the second views of the same tracks
+    assert torch.equal(tracks[:4], tracks[4:]) and torch.equal(items[4:], items[:4] + 1)
+    assert audio.shape == (8, 4 * SR)
+    with pytest.raises(Exception, match="ssl.views"):
+        Dataset(data_conf(ramps), "train", views="same-track")
+
+
+def tiny_clews():
+    conf = OmegaConf.load("config/demo-clews.yaml").model
+    conf.shingling.len, conf.shingling.hop = 4.0, 4.0
+    torch.manual_seed(0)
+    return build_model(conf, sr=SR)
+
+
+def music(count, seconds, seed):
+    """``count`` different harmonic sequences (one track each), two views of each (the second a
+    quarter-second later and a little noisier)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int((seconds + 0.25) * SR)) / SR
+    tracks = []
+    for _ in range(count):
+        notes = rng.integers(40, 80, size=8)
+        f = 440 * 2 ** ((notes[(t * 2).astype(int) % 8] - 69) / 12)
+        tracks.append(np.sin(2 * np.pi * np.cumsum(f) / SR) * 0.5)
+    n = int(seconds * SR)
+    first = [x[:n] for x in tracks]
+    second = [x[SR // 4 : SR // 4 + n] + 0.05 * rng.standard_normal(n) for x in tracks]
+    return torch.tensor(np.array(first + second), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("method", ssl.METHODS)
+def test_every_method_lowers_its_loss_on_a_fixed_batch(method):
+    encoder = tiny_clews()
+    audio = music(8, 4, seed=2)
+    with torch.inference_mode():
+        h = encoder.prepare(audio)
+    h = h.clone()
+    pretext = ssl.Pretext(method, encoder, total_steps=40, hidden=128, out=64)
+    params = list(encoder.parameters()) + pretext.head_parameters()
+    optim = torch.optim.Adam(params, lr=1e-3)
+    encoder.train(), pretext.train()
+    seen = []
+    for step in range(25):
+        loss, logs = pretext.loss(encoder, encoder, h, nviews=2, epoch=0)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        pretext.after_step(encoder, step)
+        seen.append(loss.item())
+    assert np.isfinite(seen).all()
+    assert np.mean(seen[-5:]) < 0.9 * np.mean(seen[:3]), seen
+    assert {"l_main", "s_std", "s_rank", "s_agree"} <= set(logs)
+    if method == "dino":
+        assert {"s_tentropy", "s_centre"} <= set(logs) and logs["s_centre"] > 0
+    names = [n for n, _ in pretext.named_parameters()]
+    # the teacher is moved by the EMA only, never by the optimiser
+    assert not any(n.startswith("teacher.") for n, _ in zip(names, pretext.head_parameters()))
+    if method in ssl.TEACHER_METHODS:
+        teacher = pretext.teacher["encoder"].state_dict()
+        moved = [k for k, v in encoder.state_dict().items() if not torch.equal(v, teacher[k])]
+        assert moved  # a copy that trails the student
+
+
+def test_heads_stay_out_of_the_encoders_state_and_unknown_methods_are_refused():
+    encoder = tiny_clews()
+    before = set(encoder.state_dict())
+    pretext = ssl.Pretext("byol", encoder, total_steps=10, hidden=32, out=16)
+    assert set(encoder.state_dict()) == before
+    assert {k.split(".")[0] for k in pretext.state_dict()} == {"projector", "predictor", "teacher"}
+    assert ssl.Pretext("clews", encoder, total_steps=10).head_parameters() == []
+    with pytest.raises(ValueError, match="ssl.method"):
+        ssl.Pretext("simsiam", encoder, total_steps=10)
