@@ -8,6 +8,10 @@ resolved configuration.yaml, checkpoint_last.ckpt (every epoch), checkpoint_best
 improvement of training.monitor), checkpoint_epoch<N>.ckpt (every training.save_freq epochs, and
 checkpoint_epoch0.ckpt with the starting weights) and TensorBoard event files. Running the same
 command again resumes from checkpoint_last.ckpt.
+
+With ssl.method set (contrastive, byol, barlow, vicreg, dino, clews) the same loop pre-trains the
+model's encoder without labels (lib/ssl.py) on two views of every training track, and also writes
+encoder.pt (the encoder's weights, no heads), the start of a fine-tune: checkpoint=.../encoder.pt.
 """
 
 import math
@@ -20,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import cli, precision, training
+from lib import cli, precision, ssl, training
 from lib.augmentations import Augment
 from lib.checkpoint import load_model_state, optimizer_state, save_checkpoint
 from lib.config import ConfigError, load_config
@@ -79,7 +83,10 @@ def make_loaders(conf, fabric, log_dir):
         "limit_cliques": conf.limit_num,
         "bad_audio": BadAudioLog(os.path.join(log_dir, "bad_audio.tsv")),
     }
-    train_set = Dataset(conf.data, "train", augment=True, **common)
+    views = None if conf.ssl.method == "none" else conf.ssl.views
+    train_set = Dataset(
+        conf.data, "train", augment=True, views=views, view_offset=conf.ssl.view_offset, **common
+    )
     valid_set = Dataset(conf.data, "valid", augment=False, **common)
     batch = conf.training.batchsize
     if len(train_set) < batch * fabric.world_size:
@@ -133,13 +140,29 @@ def run_batch(model, net, augment, batch, train, valid_hop):
     return cliques, ids, z, loss, logs
 
 
+def run_pretext_batch(model, net, augment, batch, epoch):
+    """One self-supervised batch: the views of every track (version-major, as the dataset
+    gives them), augmented each on its own, training shingles, the pretext's loss and logs.
+    ``model`` is the wrapped ``ssl.PretextStep``, ``net`` the bare encoder."""
+    _, _, audio = training.stack_versions(batch)
+    nviews = (len(batch) - 1) // 2
+    with torch.inference_mode():
+        h = augment.cqt(net.prepare(augment.waveform(audio)))
+    return model(h.clone(), nviews, epoch)
+
+
 def all_finite(fabric, value):
     flag = torch.tensor([1.0 if math.isfinite(float(value)) else 0.0], device=fabric.device)
     return bool(fabric.all_reduce(flag, reduce_op="min").item() > 0)
 
 
-def train_epoch(fabric, model, net, optim, augment, loader, conf):
+def train_epoch(fabric, model, net, optim, augment, loader, conf, epoch, pretext=None):
+    """One epoch; with ``pretext`` (``model`` is then the wrapped ``ssl.PretextStep``) the
+    self-supervised loss, and the teacher's update after each step."""
     model.train()
+    if conf.training.freeze == "encoder":  # a linear probe: frozen statistics too
+        net.eval()
+        net.get_submodule(net.projection_module).train()
     sums, count = {}, 0
     limit = conf.limit_batches
     total = len(loader) if limit is None else min(len(loader), limit)
@@ -151,11 +174,16 @@ def train_epoch(fabric, model, net, optim, augment, loader, conf):
         seen += batch[1].tolist()
         batch = fabric.to_device(batch)
         optim.zero_grad(set_to_none=True)
-        _, _, _, loss, logs = run_batch(model, net, augment, batch, True, None)
+        if pretext is None:
+            _, _, _, loss, logs = run_batch(model, net, augment, batch, True, None)
+        else:
+            loss, logs = run_pretext_batch(model, net, augment, batch, epoch)
         if not all_finite(fabric, loss.detach()):
             raise NonFiniteLoss(f"loss is {loss.item()} at batch {i + 1}")
         fabric.backward(loss)
         optim.step()
+        if pretext is not None:
+            pretext.after_step(net, epoch * total + i)
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         count += 1
@@ -226,9 +254,10 @@ def error(fabric, text):
         print(f"error: {text}", file=sys.stderr, flush=True)
 
 
-def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
-    """What a checkpoint holds (the original's keys), after ``epoch`` finished epochs."""
-    return {
+def checkpoint_state(net, optim, sched, conf, epoch, cost_best, pretext=None):
+    """What a checkpoint holds (the original's keys), after ``epoch`` finished epochs; a
+    self-supervised run keeps its heads and teacher apart, under ``ssl``."""
+    state = {
         "model": net.state_dict(),
         "optim": optim.state_dict(),
         "sched": sched.state_dict(),
@@ -237,6 +266,25 @@ def checkpoint_state(net, optim, sched, conf, epoch, cost_best):
         "lr": optim.param_groups[0]["lr"],
         "cost_best": cost_best,
     }
+    if pretext is not None:
+        state["ssl"] = pretext.state_dict()
+    return state
+
+
+def frozen_encoder(net, conf):
+    """training.freeze=encoder: every parameter but the model's projection stops training."""
+    if conf.training.freeze == "none":
+        return
+    if conf.training.freeze != "encoder":
+        raise ConfigError(f"training.freeze={conf.training.freeze!r}: none or encoder")
+    if net.projection_module is None:
+        raise ConfigError(f"training.freeze=encoder: model.name={conf.model.name} declares no "
+                          "projection to train alone")
+    if conf.ssl.method != "none":
+        raise ConfigError("training.freeze=encoder with ssl.method: a pre-training trains the "
+                          "encoder")
+    for name, param in net.named_parameters():
+        param.requires_grad_(name.startswith(net.projection_module + "."))
 
 
 def main(argv):
@@ -255,6 +303,7 @@ def main(argv):
         atomic_write(path, lambda handle: handle.write(yaml_text), text=True)
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(conf) + "-" * 65)
     paths = {n: os.path.join(log_dir, f"checkpoint_{n}.ckpt") for n in ("last", "best")}
+    paths["encoder"] = os.path.join(log_dir, "encoder.pt")
 
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("medium")
@@ -269,7 +318,19 @@ def main(argv):
             "not train (evaluate it with test.py, embed with inference.py)"
         )
     printer(f"Model {conf.model.name}: {sum(p.numel() for p in net.parameters()):,} parameters")
-    optim = get_optimizer(conf.training.optim, net.parameters())
+    frozen_encoder(net, conf)
+    pretext = None
+    if conf.ssl.method != "none":
+        try:
+            pretext = ssl.Pretext(
+                conf.ssl.method, net, total_steps=0, hidden=conf.ssl.hidden, out=conf.ssl.out
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        printer(f"Self-supervised pre-training: {conf.ssl.method}, {conf.ssl.views} views")
+    params = [p for p in net.parameters() if p.requires_grad]
+    params += [] if pretext is None else pretext.head_parameters()
+    optim = get_optimizer(conf.training.optim, params)
     monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode
     epochs = conf.training.numepochs
     sched, on_metric = get_scheduler(conf.training.optim, optim, epochs, mode=mode)
@@ -279,6 +340,10 @@ def main(argv):
     if kind == "resume":
         training.check_model_section(source, state["conf"].model, conf.model)
         load_model_state(net, state)
+        if pretext is not None:
+            if "ssl" not in state:
+                raise ConfigError(f"{source}: no ssl state to resume a pre-training from")
+            pretext.load_state_dict(state["ssl"])
         optim.load_state_dict(optimizer_state(net, state))
         sched.load_state_dict(state["sched"])
         epoch, cost_best = state["epoch"], state["cost_best"]
@@ -287,9 +352,19 @@ def main(argv):
         load_model_state(net, state, source=source)
         printer(f"Fine-tuning from the weights in {source}")
 
-    model, optim = fabric.setup(net, optim)
-    model.mark_forward_method("embed")
+    if pretext is None:
+        model, optim = fabric.setup(net, optim)
+        model.mark_forward_method("embed")
+        valid_model = model
+    else:
+        model, optim = fabric.setup(ssl.PretextStep(net, pretext), optim)
+        valid_model = net  # evaluation needs no gradient synchronisation
     train_loader, valid_loader, sampler = make_loaders(conf, fabric, log_dir)
+    if pretext is not None:  # the EMA momentum spans the real run
+        per_epoch = len(train_loader)
+        if conf.limit_batches is not None:
+            per_epoch = min(per_epoch, conf.limit_batches)
+        pretext.total_steps = epochs * per_epoch
     training.check_input_kind(net, train_loader.dataset, valid_loader.dataset)
     training.check_classifier_size(net, train_loader.dataset, valid_loader.dataset)
     augment = Augment(conf.augmentations, sr=conf.data.samplerate)
@@ -299,12 +374,13 @@ def main(argv):
     try:
         if kind != "resume":  # the untrained (or pre-trained) model's scores, logged as epoch 0
             training.seed_epoch(conf.seed, -1, fabric.global_rank)
-            baseline = mean_over_ranks(fabric, valid_epoch(fabric, model, net, valid_loader, conf))
+            baseline = valid_epoch(fabric, valid_model, net, valid_loader, conf)
+            baseline = mean_over_ranks(fabric, baseline)
             fabric.log_dict({f"valid/{k}": v for k, v in baseline.items()}, step=0)
             text = report_scores({k: baseline[k] for k in ("l_main",) + training.METRIC_KEYS})
             printer(f"[{time.strftime('%H:%M:%S')}] Epoch 0/{epochs}:  {text}  (before training)")
             if save_freq and fabric.is_global_zero:  # the starting weights, to compare against
-                state = checkpoint_state(net, optim, sched, conf, 0, cost_best)
+                state = checkpoint_state(net, optim, sched, conf, 0, cost_best, pretext)
                 save_checkpoint(state, os.path.join(log_dir, "checkpoint_epoch0.ckpt"))
 
         while epoch < epochs:
@@ -313,13 +389,15 @@ def main(argv):
             sampler.set_epoch(epoch)
             lr = optim.param_groups[0]["lr"]
             try:
-                train_logs = train_epoch(fabric, model, net, optim, augment, train_loader, conf)
+                train_logs = train_epoch(
+                    fabric, model, net, optim, augment, train_loader, conf, epoch, pretext
+                )
             except NonFiniteLoss as err:
                 error(
                     fabric, f"NaN or inf reached ({err}); stopped, the last good checkpoint is kept"
                 )
                 return 1
-            valid_logs = valid_epoch(fabric, model, net, valid_loader, conf)
+            valid_logs = valid_epoch(fabric, valid_model, net, valid_loader, conf)
             train_logs = mean_over_ranks(fabric, train_logs)
             valid_logs = mean_over_ranks(fabric, valid_logs)
             if not all(
@@ -336,9 +414,11 @@ def main(argv):
             sched.step(value) if on_metric else sched.step()
             new_lr = optim.param_groups[0]["lr"]
             epoch += 1
-            state = checkpoint_state(net, optim, sched, conf, epoch, cost_best)
+            state = checkpoint_state(net, optim, sched, conf, epoch, cost_best, pretext)
             if fabric.is_global_zero:
                 save_checkpoint(state, paths["last"])
+                if pretext is not None:  # the encoder alone: weights only, a fine-tune's start
+                    save_checkpoint({"model": state["model"]}, paths["encoder"])
                 if improved:
                     save_checkpoint(state, paths["best"])
                 if save_freq and epoch % save_freq == 0:

@@ -106,7 +106,7 @@ class Dataset(torch.utils.data.Dataset):
         cliques = splits[split]
         if limit_cliques is not None:
             cliques = dict(list(cliques.items())[: int(limit_cliques)])
-        if split == "train" and conf.label_fraction != 1.0:
+        if split == "train" and conf.label_fraction != 1.0 and not views:  # views read no label
             cliques = label_budget(cliques, conf.label_fraction, conf.label_seed, meta_path)
         if not cliques:
             raise DatasetError(f"{meta_path}: split '{split}' has no cliques")

@@ -47,6 +47,9 @@ class SegmentModel(nn.Module, abc.ABC):
     front_end = "cqt"
     # False: a frozen, pre-trained embedding that train.py refuses (its ``loss`` is never called)
     trainable = True
+    # the submodule that maps pooled features to the embedding (None: not declared); with
+    # training.freeze=encoder only it trains
+    projection_module = None
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
     maxcliques = None  # rows of the clique classifier (None: the model has none)
     Config: type  # the schema of the model's config section (a schema.ModelConfig dataclass)

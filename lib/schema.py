@@ -173,6 +173,19 @@ class TrainingConfig:
     save_freq: Optional[int] = key(None, "also keep checkpoint_epochN.ckpt every N epochs")
     optim: OptimConfig = key(OptimConfig, "optimiser and learning-rate schedule")
     monitor: MonitorConfig = key(MonitorConfig, "what picks the best checkpoint")
+    freeze: str = key("none", "none (train everything) or encoder (train only the model's "
+                              "projection, the encoder frozen in eval mode: a linear probe)")
+
+
+@dataclass
+class SslConfig:
+    method: str = key("none", "self-supervised pre-training (no labels read): none, "
+                              "contrastive, byol, barlow, vicreg, dino or clews")
+    views: str = key("same-passage", "same-passage (two cuts of one excerpt, augmented apart) "
+                                     "or different-time (two excerpts of one track)")
+    view_offset: float = key(2.0, "same-passage: seconds at most between the views' starts")
+    hidden: int = key(2048, "width of the projector's hidden layers")
+    out: int = key(2048, "projector output (contrastive, byol, barlow, vicreg)")
 
 
 ###################################################################################################
@@ -248,6 +261,7 @@ class TrainConfig:
     augmentations: AugmentationsConfig = key(AugmentationsConfig, "training augmentations")
     model: Any = key(MISSING, "the model; its keys are those of models/<model.name>.py")
     training: TrainingConfig = key(TrainingConfig, "optimisation")
+    ssl: SslConfig = key(SslConfig, "self-supervised pre-training")
 
 
 @dataclass

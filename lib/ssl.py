@@ -146,3 +146,16 @@ class Pretext(nn.Module):
         momentum = L.ema_momentum(step + 1, self.total_steps)
         L.ema_update(self.teacher["encoder"], encoder, momentum)
         L.ema_update(self.teacher["projector"], self.projector, momentum)
+
+
+class PretextStep(nn.Module):
+    """The encoder and its pretext as one module, so that the training wrapper (DDP) sees every
+    trainable parameter: ``forward(h, nviews, epoch)`` is ``Pretext.loss``."""
+
+    def __init__(self, encoder, pretext):
+        super().__init__()
+        self.encoder = encoder
+        self.pretext = pretext
+
+    def forward(self, h, nviews, epoch):
+        return self.pretext.loss(self.encoder, self.encoder, h, nviews, epoch)

@@ -63,6 +63,7 @@ class Model(SegmentModel):
     """Shingles, CQT, ``forward`` and ``distances`` come from ``SegmentModel``: squared Euclidean
     segment distances / D, repeat padding, the loss's positive reduction for retrieval."""
     Config = ClewsConfig
+    projection_module = "proj"
 
     segment_metric = "nsqeuc"
     frame_pad = "repeat"

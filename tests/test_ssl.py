@@ -2,6 +2,9 @@
 track without labels, and every method lowering its loss over a few steps of the demo's CLEWS
 on a tiny synthetic corpus."""
 
+import csv
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from lib.audio import write_audio
 from lib.dataset import Dataset
 from lib.model_base import build_model
 from lib.training import stack_versions
+from tests.corpus import folder_corpus, run_script
 
 SR = 8000
 RAMP = 0.02  # amplitude per second: a sample's value tells its time in the file
@@ -145,3 +149,94 @@ def test_heads_stay_out_of_the_encoders_state_and_unknown_methods_are_refused():
     assert ssl.Pretext("clews", encoder, total_steps=10).head_parameters() == []
     with pytest.raises(ValueError, match="ssl.method"):
         ssl.Pretext("simsiam", encoder, total_steps=10)
+
+
+# --- train.py: pre-training, resuming it, fine-tuning from its encoder ---------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return folder_corpus(tmp_path_factory.mktemp("ssl"), 8, 2, 8, seed=4, split="0.5,0.5,0")
+
+
+def train_cmd(corpus, logs, job, *extra):
+    cmd = [sys.executable, "train.py", f"jobname={job}", "conf=config/demo-clews.yaml"]
+    cmd += ["fabric.accelerator=cpu", "data.nworkers=0", "data.audiolen=4", "logger=csv"]
+    cmd += ["model.shingling.len=4", "model.shingling.hop=4", "training.batchsize=2"]
+    cmd += ["training.numepochs=1", "training.save_freq=null", f"path.logs={logs}"]
+    cmd += [f"path.audio={corpus / 'audio'}", f"path.meta={corpus / 'meta.pt'}"]
+    return cmd + list(extra)
+
+
+def epoch_rows(folder):
+    with open(folder / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("method", ssl.METHODS)
+def test_train_py_pretrains_an_epoch_with_every_method(corpus, tmp_path, method):
+    extra = [f"ssl.method={method}", "ssl.hidden=64", "ssl.out=32"]
+    result = run_script(train_cmd(corpus, tmp_path, method, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / method
+    encoder = torch.load(run / "encoder.pt", weights_only=True)
+    last = torch.load(run / "checkpoint_last.ckpt", weights_only=False)
+    assert set(encoder) == {"model"} and set(encoder["model"]) == set(last["model"])
+    assert not any(k.startswith(("projector", "teacher")) for k in encoder["model"])
+    heads = {k.split(".")[0] for k in last["ssl"]}
+    assert heads == ({"projector"} if method in ("contrastive", "barlow", "vicreg") else
+                     {"clews": set(), "byol": {"projector", "predictor", "teacher"},
+                      "dino": {"projector", "dino", "teacher"}}[method])
+    trained = [r for r in epoch_rows(run) if r.get("train/l_main")]
+    assert len(trained) == 1 and np.isfinite(float(trained[0]["train/l_main"]))
+    assert float(trained[0]["train/s_std"]) > 0 and float(trained[0]["train/s_rank"]) >= 1
+    assert -1 <= float(trained[0]["train/s_agree"]) <= 1
+    if method == "dino":
+        assert float(trained[0]["train/s_centre"]) > 0
+        assert 0 <= float(trained[0]["train/s_tentropy"]) <= np.log(4096)
+
+
+def test_pretraining_resumes_with_its_heads_and_a_fine_tune_starts_from_the_encoder(
+    corpus, tmp_path
+):
+    pre = ["ssl.method=byol", "ssl.hidden=64", "ssl.out=32"]
+    assert run_script(train_cmd(corpus, tmp_path, "pre", *pre)).returncode == 0
+    first = torch.load(tmp_path / "pre" / "checkpoint_last.ckpt", weights_only=False)
+    again = run_script(train_cmd(corpus, tmp_path, "pre", *pre, "training.numepochs=2"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed after epoch 1" in again.stdout
+    second = torch.load(tmp_path / "pre" / "checkpoint_last.ckpt", weights_only=False)
+    assert second["epoch"] == 2
+    assert not torch.equal(first["ssl"]["predictor.0.weight"], second["ssl"]["predictor.0.weight"])
+
+    # a linear probe on a fraction of the labels: only the projection moves
+    start = tmp_path / "pre" / "encoder.pt"
+    probe = ["training.freeze=encoder", "data.label_fraction=0.5", f"checkpoint={start}"]
+    result = run_script(train_cmd(corpus, tmp_path, "probe", *probe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Fine-tuning from the weights in" in result.stdout
+    before = torch.load(start, weights_only=True)["model"]
+    after = torch.load(tmp_path / "probe" / "checkpoint_last.ckpt", weights_only=False)["model"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("proj.") for k in changed)  # BN statistics included
+
+    full = run_script(train_cmd(corpus, tmp_path, "full", f"checkpoint={start}"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    after = torch.load(tmp_path / "full" / "checkpoint_last.ckpt", weights_only=False)["model"]
+    assert not torch.equal(before["frontend.1.weight"], after["frontend.1.weight"])
+
+    bad = run_script(train_cmd(corpus, tmp_path, "bad", "ssl.method=simclr"))
+    assert bad.returncode == 2 and "ssl.method='simclr'" in bad.stderr
+    both = ["ssl.method=byol", "training.freeze=encoder"]
+    both = run_script(train_cmd(corpus, tmp_path, "both", *both))
+    assert both.returncode == 2 and "training.freeze=encoder with ssl.method" in both.stderr
+
+
+@pytest.mark.parametrize("method", ["contrastive", "dino"])
+def test_two_process_ddp_pretraining_on_cpu(corpus, tmp_path, method):
+    extra = [f"ssl.method={method}", "ssl.hidden=64", "ssl.out=32", "fabric.devices=2"]
+    result = run_script(train_cmd(corpus, tmp_path, method, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in epoch_rows(tmp_path / method) if r.get("train/l_main")]
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train/l_main"]))
+    assert (tmp_path / method / "encoder.pt").is_file()
