@@ -11,6 +11,7 @@ SLOWEST_FIRST = (
     "test_calibration.py",
     "test_demo.py",
     "test_server.py",
+    "test_ssl.py",
 )
 
 

@@ -83,3 +83,27 @@ def test_pitch_class_baselines_ignore_transposition_and_where_a_passage_plays():
     fft = fft2d_distances([piece, later, other])
     assert fft[0, 1] < 1e-6 and fft[0, 2] > 0.01
     assert fft.shape == (3, 3) and torch.allclose(fft, fft.T)
+
+
+def test_ssl_labels_split_keeps_held_out_works_and_adds_unlabelled_ones():
+    from benchmarks.bench_ssl_labels import split_by_number
+    from benchmarks.bench_ssl_labels import table as ssl_table
+
+    every = cliques(20)
+    labelled, pretraining = split_by_number(every, 10, 4, 2, 3)
+    assert sorted(labelled["train"]) == [f"work{i:03d}" for i in range(10)]
+    assert sorted(pretraining["train"]) == [f"work{i:03d}" for i in range(14)]
+    assert labelled["valid"] == pretraining["valid"] and labelled["test"] == pretraining["test"]
+    assert sorted(labelled["test"]) == ["work017", "work018", "work019"]
+    assert sorted(labelled["valid"]) == ["work015", "work016"]
+    with pytest.raises(ValueError, match="21 works asked"):
+        split_by_number(every, 12, 4, 2, 3)
+    rows = [
+        {"arm": "scratch", "fraction": 0.1, "seed": s, "track": t, "20s": t - 0.1, "seconds": 60}
+        for s, t in ((0, 0.4), (1, 0.6))
+    ]
+    rows.append({"arm": "clews (no labels)", "fraction": None, "seed": 0, "track": 0.3,
+                 "20s": 0.2, "seconds": 120})
+    lines = ssl_table(rows).splitlines()
+    assert lines[1].split()[:4] == ["clews", "(no", "labels)", "none"]
+    assert "0.500 +-0.141" in lines[2] and "10%" in lines[2] and lines[2].endswith("2.0")
