@@ -328,7 +328,11 @@ def main(argv):
         except ValueError as err:
             raise ConfigError(str(err)) from err
         printer(f"Self-supervised pre-training: {conf.ssl.method}, {conf.ssl.views} views")
-    params = [p for p in net.parameters() if p.requires_grad]
+    # every parameter, as the original (its optimiser states count CoverHunter-C's frozen bias
+    # too), unless the encoder is frozen
+    params = list(net.parameters())
+    if conf.training.freeze == "encoder":
+        params = [p for p in params if p.requires_grad]
     params += [] if pretext is None else pretext.head_parameters()
     optim = get_optimizer(conf.training.optim, params)
     monitor, mode = conf.training.monitor.quantity, conf.training.monitor.mode
