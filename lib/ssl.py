@@ -111,13 +111,11 @@ class Pretext(nn.Module):
                 loss = L.nt_xent(views)
             elif self.method == "barlow":
                 loss = L.barlow_twins_loss(views)
-            elif self.method == "vicreg":
-                inv, var, cov = zip(*[
-                    L.vicreg_terms(views[i], views[j])
-                    for i in range(nviews) for j in range(i + 1, nviews)
-                ])
+            elif self.method == "vicreg":  # the terms once: the loss and its logs
+                pairs = L.vicreg_pair_terms(views)
+                loss = L.vicreg_from_terms(pairs)
+                inv, var, _ = zip(*pairs)
                 logs.update({"l_inv": sum(inv) / len(inv), "l_var": sum(var) / len(var)})
-                loss = L.vicreg_loss(views)
             else:
                 targets = self.teacher_outputs(h, count)
                 if self.method == "byol":

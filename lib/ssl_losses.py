@@ -109,15 +109,24 @@ def vicreg_terms(a, b, gamma=VICREG_GAMMA, eps=VICREG_EPS):
     return invariance, variance, covariance
 
 
+def vicreg_pair_terms(views):
+    """``vicreg_terms`` of every unordered view pair."""
+    return [
+        vicreg_terms(views[i], views[j])
+        for i in range(len(views))
+        for j in range(i + 1, len(views))
+    ]
+
+
+def vicreg_from_terms(pair_terms, weights=(1.0, 1.0, 1.0)):
+    """weights . (invariance, variance, covariance), the mean over the pairs' terms."""
+    return torch.stack([sum(w * t for w, t in zip(weights, terms)) for terms in pair_terms]).mean()
+
+
 def vicreg_loss(views, weights=(1.0, 1.0, 1.0)):
     """Feature statistics (VICReg-like): weights . (invariance, variance, covariance), the mean
     over unordered view pairs; the reference's weights are 1 / 1 / 1."""
-    terms = []
-    for i in range(len(views)):
-        for j in range(i + 1, len(views)):
-            parts = vicreg_terms(views[i], views[j])
-            terms.append(sum(w * p for w, p in zip(weights, parts)))
-    return torch.stack(terms).mean()
+    return vicreg_from_terms(vicreg_pair_terms(views), weights)
 
 
 def dino_teacher_temperature(epoch):
