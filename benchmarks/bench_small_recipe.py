@@ -76,14 +76,14 @@ def run(cmd, log):
     return time.time() - start
 
 
-def corpus(args, logs):
-    """Render the corpus once, then the metadata file with the fixed split. Returns (audio
-    folder, metadata file)."""
+def render_corpus(args, works, variation, logs):
+    """Render ``works`` x ``args.versions`` synthetic versions (seed 0) into OUT/audio and index
+    them all in one split, once (reused after). Returns (audio folder, metadata file)."""
     audio = os.path.join(args.out, "audio")
     if not os.path.isfile(os.path.join(audio, ".complete")):
-        cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={args.works}"]
+        cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={works}"]
         cmd += [f"--versions={args.versions}", f"--seconds={args.seconds:g}", "--seed=0"]
-        cmd += ["--variation=arrangement", f"--njobs={args.njobs}"]
+        cmd += [f"--variation={variation}", f"--njobs={args.njobs}"]
         run(cmd, os.path.join(logs, "corpus.log"))
         open(os.path.join(audio, ".complete"), "w").close()
     every = os.path.join(args.out, "metadata-all.pt")
@@ -91,6 +91,13 @@ def corpus(args, logs):
         cmd = [sys.executable, "data_preproc.py", "--dataset=folder", f"--path_audio={audio}"]
         cmd += ["--ext_in=any", "--split=0,0,1", f"--njobs={args.njobs}", f"--fn_out={every}"]
         run(cmd, os.path.join(logs, "preproc.log"))
+    return audio, every
+
+
+def corpus(args, logs):
+    """Render the corpus once, then the metadata file with the fixed split. Returns (audio
+    folder, metadata file)."""
+    audio, every = render_corpus(args, args.works, "arrangement", logs)
     meta = os.path.join(
         args.out, f"metadata-{args.train_works}-{args.valid_works}-{args.test_works}.pt"
     )

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from benchmarks.bench_small_recipe import LEVELS, _mean_sd, run
+from benchmarks.bench_small_recipe import LEVELS, _mean_sd, render_corpus, run
 from lib.metadata import load_metadata, save_metadata
 
 CONFIG = "config/demo-clews.yaml"
@@ -80,18 +80,8 @@ def split_by_number(cliques, n_train, n_extra, n_valid, n_test):
 
 def corpus(args, logs):
     """Render the corpus once and write both metadata files; (audio, labelled, pre-training)."""
-    audio = os.path.join(args.out, "audio")
     works = args.train_works + args.extra_works + args.valid_works + args.test_works
-    if not os.path.isfile(os.path.join(audio, ".complete")):
-        cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={works}"]
-        cmd += [f"--versions={args.versions}", f"--seconds={args.seconds:g}", "--seed=0"]
-        run(cmd + [f"--njobs={args.njobs}"], os.path.join(logs, "corpus.log"))
-        open(os.path.join(audio, ".complete"), "w").close()
-    every = os.path.join(args.out, "metadata-all.pt")
-    if not os.path.isfile(every):
-        cmd = [sys.executable, "data_preproc.py", "--dataset=folder", f"--path_audio={audio}"]
-        cmd += ["--ext_in=any", "--split=0,0,1", f"--njobs={args.njobs}", f"--fn_out={every}"]
-        run(cmd, os.path.join(logs, "preproc.log"))
+    audio, every = render_corpus(args, works, "cover", logs)
     info, splits = load_metadata(every)
     sizes = (args.train_works, args.extra_works, args.valid_works, args.test_works)
     labelled, pretraining = split_by_number(splits["test"], *sizes)
