@@ -140,6 +140,20 @@ def test(args, name, checkpoint, audio, meta, logs):
     return out
 
 
+def labelled_run(args, arm, fraction, seed, epochs, encoder, audio, meta):
+    """Train run ``arm`` on ``fraction`` of the labelled cliques (drawn with ``seed``) for
+    ``epochs``, from ``encoder`` (None: random weights), and test its best checkpoint; its row."""
+    name = f"{arm}-f{fraction:g}-s{seed}"
+    extra = [f"data.label_fraction={fraction:g}", f"data.label_seed={seed}"]
+    extra += [f"seed={seed}", f"training.numepochs={epochs}"]
+    extra += [] if encoder is None else [f"checkpoint={encoder}"]
+    logs = os.path.join(args.out, "logs")
+    seconds = train(args, name, meta, audio, extra, logs)
+    best = os.path.join(args.out, "runs", name, "checkpoint_best.ckpt")
+    scores = test(args, name, best, audio, meta, logs)
+    return {"arm": arm, "fraction": fraction, "seed": seed, "seconds": seconds, **scores}
+
+
 def table(rows):
     """Rows {arm, fraction (None: zero-label), seed, track, 20s, seconds} -> the printed table:
     one line per arm and fraction, mean +- s.d. over seeds."""
@@ -183,32 +197,19 @@ def main(argv=None):
                 rows.append({**row, **scores})
     for fraction in args.fractions:
         for seed in args.seeds:
-            budget = [f"data.label_fraction={fraction:g}", f"data.label_seed={seed}"]
-            budget += [f"seed={seed}", f"training.numepochs={args.epochs}"]
             starts = {"scratch": None}
             for m in args.methods:
                 starts[f"{m}-ft"] = os.path.join(runs, f"pre-{m}-s{seed}", "encoder.pt")
             for arm, encoder in starts.items():
-                name = f"{arm}-f{fraction:g}-s{seed}"
-                extra = budget + ([] if encoder is None else [f"checkpoint={encoder}"])
-                seconds = train(args, name, labelled, audio, extra, logs)
-                best = os.path.join(runs, name, "checkpoint_best.ckpt")
-                scores = test(args, name, best, audio, labelled, logs)
-                row = {"arm": arm, "fraction": fraction, "seed": seed, "seconds": seconds}
-                rows.append({**row, **scores})
+                row = labelled_run(args, arm, fraction, seed, args.epochs, encoder, audio, labelled)
+                rows.append(row)
             print(table(rows), flush=True)
     if args.long_epochs:
         # The reference's fairness control: is a pre-trained arm's gain more than its extra steps?
-        fraction = min(args.fractions)
         for seed in args.seeds:
-            name = f"scratch-long-f{fraction:g}-s{seed}"
-            extra = [f"data.label_fraction={fraction:g}", f"data.label_seed={seed}"]
-            extra += [f"seed={seed}", f"training.numepochs={args.long_epochs}"]
-            seconds = train(args, name, labelled, audio, extra, logs)
-            best = os.path.join(runs, name, "checkpoint_best.ckpt")
-            scores = test(args, name, best, audio, labelled, logs)
-            row = {"arm": "scratch-long", "fraction": fraction, "seed": seed, "seconds": seconds}
-            rows.append({**row, **scores})
+            fraction, epochs = min(args.fractions), args.long_epochs
+            row = labelled_run(args, "scratch-long", fraction, seed, epochs, None, audio, labelled)
+            rows.append(row)
     text = table(rows) + f"\nwall time {(time.time() - start) / 60:.1f} min"
     print("\n" + text)
     with open(os.path.join(args.out, "table.txt"), "a") as handle:
