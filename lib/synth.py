@@ -14,6 +14,14 @@ melody, harmony and form. The default (``cover``) is the corpus of the demo, unc
 ``--variation same-form`` versions keep the piece's form (key, tempo, mix and lead instrument
 still change), so where a passage of one version plays in another is known (``passages``).
 
+With ``--variation partial`` the labels are weak, as in live recordings, medleys and compilations:
+each version is a re-arranged version (as ``arrangement``) of a contiguous part of its work, a
+drawn share of 20-50% of a 60-180 s track, and the rest of the track is other music (pieces
+composed for that track alone, played by the same instruments). Versions of one work play
+different, partly overlapping parts of it, so some pairs share little. ``--seconds`` is then the
+length of the whole work (about 90 s lets parts differ); ``make_corpus`` writes where each version
+plays its work to ``<out>/spans.json`` (``Layout``).
+
     python -m lib.synth --out data/demo/audio --works 40 --versions 4 --seconds 40
 
 writes the ``folder`` layout ``<out>/<work>/<version>.<ext>``, rotating the formats (wav, flac,
@@ -21,6 +29,7 @@ mp3, m4a, ogg) so every decoder path is used.
 """
 
 import argparse
+import json
 import math
 import os
 import time
@@ -49,7 +58,11 @@ TIMBRES = {
     "reed": [0.6, 1.0, 0.5, 0.45, 0.2, 0.15, 0.1],
 }
 ENVELOPES = ("pluck", "pad", "piano", "organ")
-VARIATIONS = ("cover", "arrangement", "same-form")
+VARIATIONS = ("cover", "arrangement", "same-form", "partial")
+TRACK_SECONDS = (60.0, 180.0)  # length of a partial version
+WORK_SHARE = (0.2, 0.5)  # share of a partial version's track that its work fills
+SPANS_FILE = "spans.json"  # where the versions of a partial corpus play their work
+FADE_S = 0.5  # cross-fade between a partial version's work and the other music
 # accompaniment: chords held, arpeggiated (eighths), on the off-beats, or short stabs
 CHORD_PATTERNS = ("sustain", "arpeggio", "offbeat", "stabs")
 # chord tones in scale steps from the chord's root (7 = the root an octave up)
@@ -102,8 +115,8 @@ def compose(rng, target_seconds=40.0):
         name: Section(chords=chords, melody=_melody(rng, chords, motif, beats_per_bar))
         for name, chords in zip("ABC", (verse, chorus, bridge))
     }
-    section_seconds = SECTION_BARS * beats_per_bar * 60 / bpm
-    nsections = max(3, round(target_seconds / section_seconds))
+    seconds_per_section = SECTION_BARS * beats_per_bar * 60 / bpm
+    nsections = max(3, round(target_seconds / seconds_per_section))
     form = ["A", "B"] + [str(rng.choice(list("ABC"))) for _ in range(nsections - 2)]
     tonic = int(rng.integers(55, 67))
     return Piece(scale, tonic, bpm, beats_per_bar, sections, form, _arrangement(rng))
@@ -161,6 +174,20 @@ def hz(midi):
 ###################################################################################################
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a partial version plays its work: sections ``first`` to ``last - 1`` of the piece's
+    form, from ``start`` to ``end`` seconds of a track of ``duration`` seconds; the rest of the
+    track is music of pieces drawn from ``filler_seed``."""
+
+    first: int
+    last: int
+    start: float
+    end: float
+    duration: float
+    filler_seed: int
+
+
 @dataclass
 class Version:
     transpose: int
@@ -183,6 +210,7 @@ class Version:
     voicing: str = "close"  # one of VOICINGS
     drum_pattern: str = "basic"  # one of DRUM_PATTERNS
     ornament: float = 0.0  # probability that a melody note of a beat or more gets an ornament
+    layout: Layout | None = None  # partial versions: where the work plays in the track
 
 
 def check_variation(variation):
@@ -197,8 +225,9 @@ def vary(piece, rng, variation="cover"):
     invariance in minutes, arrangement invariance takes far more data).
 
     ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``);
-    ``variation="same-form"`` keeps the piece's form. The draws of ``cover`` come first and are
-    the same in every mode, so a version's key, tempo and mix do not depend on it."""
+    ``variation="same-form"`` keeps the piece's form; ``variation="partial"`` re-arranges it and
+    plays a part of the piece inside other music (``partial_layout``). The draws of ``cover`` come
+    first and are the same in every mode, so a version's key, tempo and mix do not depend on it."""
     check_variation(variation)
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
@@ -225,7 +254,33 @@ def vary(piece, rng, variation="cover"):
     )
     if variation == "same-form":
         return dataclasses.replace(version, form=list(piece.form))
+    if variation == "partial":
+        version = rearrange(dataclasses.replace(version, form=list(piece.form)), rng)
+        layout = partial_layout(piece, version, rng)
+        return dataclasses.replace(
+            version, form=list(piece.form[layout.first : layout.last]), layout=layout
+        )
     return rearrange(version, rng) if variation == "arrangement" else version
+
+
+def section_seconds(piece, tempo=1.0):
+    """Length in seconds of one section of ``piece`` played at ``tempo`` times its own."""
+    return SECTION_BARS * piece.beats_per_bar * 60.0 / (piece.bpm * tempo)
+
+
+def partial_layout(piece, version, rng, track_seconds=TRACK_SECONDS, share=WORK_SHARE):
+    """A random ``Layout`` of a partial version: a track of ``track_seconds`` (min, max), of which
+    the work fills a ``share`` (min, max) as whole consecutive sections of its form (at least one,
+    at most all of them, so a short work fills less), placed anywhere in the track."""
+    duration = float(rng.uniform(*track_seconds))
+    wanted = float(rng.uniform(*share)) * duration
+    length = section_seconds(piece, version.tempo)
+    count = int(np.clip(round(wanted / length), 1, len(piece.form)))
+    first = int(rng.integers(0, len(piece.form) - count + 1))
+    duration = max(duration, count * length)
+    start = float(rng.uniform(0, duration - count * length))
+    seed = int(rng.integers(0, 2**31))
+    return Layout(first, first + count, start, start + count * length, duration, seed)
 
 
 def rearrange(version, rng):
@@ -313,8 +368,65 @@ def _drum_hits(beat, beats_per_bar, pattern):
 
 
 def render(piece, version, sr=16000, rng=None):
-    """Audio (T,) float32 of one version."""
+    """Audio (T,) float32 of one version (of ``version.layout.duration`` seconds for a partial
+    version)."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    if version.layout is None:
+        dry = _render_dry(piece, version, sr, rng)
+    else:
+        dry = _render_partial(piece, version, sr, rng)
+    return _mix(dry, version, sr, rng)
+
+
+def _render_partial(piece, version, sr, rng):
+    """The unmixed track of a partial version: its work's sections from ``layout.start``, the
+    end of another piece before them and the start of a third after them, all three played by
+    the version's instruments and cross-faded over ``FADE_S``."""
+    layout = version.layout
+    out = np.zeros(int(round(layout.duration * sr)))
+    start, end = int(round(layout.start * sr)), int(round(layout.end * sr))
+    fillers = np.random.default_rng(layout.filler_seed)
+    fade = int(FADE_S * sr)
+    if start > 0:
+        before = _filler(version, start + fade, sr, fillers)[-(start + fade) :]
+        out[: start + fade] += before * _fade(len(before), fade, out_at_end=True)
+    work = _render_dry(piece, version, sr, rng)[: len(out) - start]
+    out[start : start + len(work)] += work
+    if end < len(out):
+        after = _filler(version, len(out) - end, sr, fillers)
+        out[end:] += after * _fade(len(after), fade, out_at_end=False)
+    return out
+
+
+def _filler(version, n, sr, rng):
+    """``n`` samples of a piece composed for this track alone, played by ``version``'s
+    instruments in another key at the piece's own tempo, its form repeated as needed."""
+    piece = compose(rng, n / sr + 10.0)
+    repeats = 1 + int(n / sr // (len(piece.form) * section_seconds(piece)))
+    other = dataclasses.replace(
+        version,
+        transpose=int(rng.integers(-6, 7)),
+        tempo=1.0,
+        form=list(piece.form) * repeats,
+        layout=None,
+    )
+    x = _render_dry(piece, other, sr, rng)
+    return np.pad(x, (0, max(0, n - len(x))))[:n]
+
+
+def _fade(n, fade, out_at_end):
+    """(n,) gain: 1, with a linear fade of ``fade`` samples out at the end or in at the start."""
+    gain = np.ones(n)
+    ramp = np.linspace(0.0, 1.0, min(fade, n))
+    if out_at_end:
+        gain[n - len(ramp) :] = ramp[::-1]
+    else:
+        gain[: len(ramp)] = ramp
+    return gain
+
+
+def _render_dry(piece, version, sr, rng):
+    """The unmixed audio (T,) float64 of ``version.form`` played from the start."""
     beat_s = 60.0 / (piece.bpm * version.tempo)
     bar_beats = piece.beats_per_bar
     section_beats = SECTION_BARS * bar_beats
@@ -373,7 +485,7 @@ def render(piece, version, sr=16000, rng=None):
             )
     if version.drums:
         _add_drums(out, sr, beat_s, total_beats, bar_beats, rng, version.drum_pattern)
-    return _mix(out, version, sr, rng)
+    return out
 
 
 def _chord_notes(chord, version, bar_beats):
@@ -452,19 +564,24 @@ def rendered_versions(w, versions, seconds, seed, sr, variation="cover"):
 def render_work(out, w, versions, seconds, seed, sr, formats, variation="cover"):
     """Render and write the versions of work ``w`` (``rendered_versions``).
 
-    Returns (number of files, seconds of audio, seconds rendering, seconds encoding)."""
-    nfiles, audio_s, render_s, encode_s = 0, 0.0, 0.0, 0.0
+    Returns (number of files, seconds of audio, seconds rendering, seconds encoding, spans), with
+    spans {relative path: ``work_span``} of the partial versions."""
+    nfiles, audio_s, render_s, encode_s, spans = 0, 0.0, 0.0, 0.0, {}
     t0 = time.perf_counter()
-    for v, (_, _, x) in enumerate(rendered_versions(w, versions, seconds, seed, sr, variation)):
+    for v, (piece, version, x) in enumerate(
+        rendered_versions(w, versions, seconds, seed, sr, variation)
+    ):
         t1 = time.perf_counter()
-        ext = formats[(w + v) % len(formats)]
-        write_audio(os.path.join(out, f"work{w:03d}", f"v{v}.{ext}"), x, sr)
+        name = f"work{w:03d}/v{v}.{formats[(w + v) % len(formats)]}"
+        write_audio(os.path.join(out, name), x, sr)
+        if version.layout is not None:
+            spans[name] = work_span(piece, version)
         render_s += t1 - t0
         t0 = time.perf_counter()  # the next version renders from here
         encode_s += t0 - t1
         audio_s += len(x) / sr
         nfiles += 1
-    return nfiles, audio_s, render_s, encode_s
+    return nfiles, audio_s, render_s, encode_s, spans
 
 
 def unseen_rendering(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="cover"):
@@ -482,10 +599,33 @@ def unseen_version(work, seed=0, seconds=40.0, sr=16000, variant=0, variation="c
 
 
 def passages(piece, version):
-    """The sections ``version`` plays, in order, as ``render`` lays them out:
-    [(section name, start, end)] in seconds."""
-    length = SECTION_BARS * piece.beats_per_bar * 60.0 / (piece.bpm * version.tempo)
-    return [(name, i * length, (i + 1) * length) for i, name in enumerate(version.form)]
+    """The sections of the work that ``version`` plays, in order, as ``render`` lays them out:
+    [(section name, start, end)] in seconds of the track."""
+    length = section_seconds(piece, version.tempo)
+    offset = version.layout.start if version.layout is not None else 0.0
+    return [
+        (name, offset + i * length, offset + (i + 1) * length)
+        for i, name in enumerate(version.form)
+    ]
+
+
+def work_span(piece, version):
+    """Where ``version`` plays its work, as recorded in ``spans.json``: {"start", "end",
+    "duration"} in seconds of the track, and {"work_start", "work_end"} in seconds of the work
+    played at its own tempo from its first section (so the parts of two versions can be compared);
+    None for a version that is not partial."""
+    layout = version.layout
+    if layout is None:
+        return None
+    own = section_seconds(piece)
+    return {
+        "start": round(layout.start, 4),
+        "end": round(layout.end, 4),
+        "duration": round(layout.duration, 4),
+        "sections": [layout.first, layout.last],
+        "work_start": round(layout.first * own, 4),
+        "work_end": round(layout.last * own, 4),
+    }
 
 
 def make_corpus(
@@ -503,6 +643,7 @@ def make_corpus(
     in ``njobs`` processes (-1: one per core), varied by ``vary``'s ``variation``.
 
     Returns (number of files, seconds of audio, seconds spent rendering, seconds spent encoding).
+    A partial corpus also gets ``<out>/spans.json``: {"<work>/<version>.<ext>": ``work_span``}.
     """
     njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
     check_variation(variation)
@@ -514,7 +655,11 @@ def make_corpus(
     else:
         with ProcessPoolExecutor(min(njobs, works)) as pool:
             results = list(pool.map(render_work, *zip(*jobs)))
-    nfiles, audio_s, render_s, encode_s = (sum(column) for column in zip(*results))
+    spans = {name: span for *_, work_spans in results for name, span in work_spans.items()}
+    if spans:
+        with open(os.path.join(out, SPANS_FILE), "w") as handle:
+            json.dump(spans, handle, indent=1, sort_keys=True)
+    nfiles, audio_s, render_s, encode_s = (sum(column) for column in list(zip(*results))[:4])
     return nfiles, audio_s, render_s, encode_s
 
 
@@ -534,7 +679,9 @@ def main(argv=None):
         default="cover",
         help="cover: key, tempo, structure, mix and sometimes the lead instrument (the demo); "
         "arrangement: also new instruments, accompaniment, voicings, drums and ornaments; "
-        "same-form: as cover, but every version keeps the piece's form",
+        "same-form: as cover, but every version keeps the piece's form; "
+        "partial: arrangement's changes on a 20-50%% part of the work inside a 60-180 s track of "
+        "other music (weak labels; --seconds is then the work's length; spans.json says where)",
     )
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2 or args.seconds <= 0:

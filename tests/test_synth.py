@@ -1,7 +1,9 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import data_preproc
 from lib import preproc, synth
@@ -228,3 +230,94 @@ def test_unseen_rendering_is_the_audio_of_unseen_version():
     rendered = list(synth.rendered_versions(2, 2, 10, 5, 8000, "same-form"))
     assert all(p == piece and v.form == piece.form for p, v, _ in rendered)
     assert not np.array_equal(rendered[0][2][: len(x)], x[: len(rendered[0][2])])
+
+
+# --------------------------------------------------------------------------------------------------
+# --variation partial: a part of the work inside a longer track of other music (weak labels)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_piece():
+    return synth.compose(np.random.default_rng(7), target_seconds=90)
+
+
+def test_partial_layouts_hold_a_drawn_share_of_the_work_in_a_longer_track(long_piece):
+    versions = [synth.vary(long_piece, np.random.default_rng(s), "partial") for s in range(200)]
+    sections = len(long_piece.form)
+    for v in versions:
+        lay, length = v.layout, synth.section_seconds(long_piece, v.tempo)
+        assert 60.0 <= lay.duration <= 180.0
+        assert 0 <= lay.first < lay.last <= sections
+        assert v.form == long_piece.form[lay.first : lay.last]
+        assert lay.end - lay.start == pytest.approx((lay.last - lay.first) * length)
+        assert 0.0 <= lay.start and lay.end <= lay.duration + 1e-9
+        # the share drawn in 20-50%, rounded to whole sections (and at most the whole work)
+        share = (lay.end - lay.start) / lay.duration
+        assert 0.2 - length / 60.0 <= share <= 0.5 + length / 60.0
+    # parts differ: where they start in the work and in the track; some pairs do not overlap
+    assert len({v.layout.first for v in versions}) > sections // 2
+    assert max(v.layout.start for v in versions) > 60
+    parts = [(v.layout.first, v.layout.last) for v in versions[:40]]
+    disjoint = sum(a[1] <= b[0] or b[1] <= a[0] for i, a in enumerate(parts) for b in parts[:i])
+    overlapping = len(parts) * (len(parts) - 1) // 2 - disjoint
+    assert disjoint > 0 and overlapping > 0
+    # the arrangement is redrawn for each version, as in the arrangement mode
+    assert len({(v.chord_timbre, v.voicing, v.drum_pattern) for v in versions}) > 50
+    # key, tempo and mix are the cover mode's draws
+    cover = synth.vary(long_piece, np.random.default_rng(3))
+    assert (versions[3].transpose, versions[3].tempo, versions[3].gain) == (
+        cover.transpose, cover.tempo, cover.gain)
+
+
+def test_partial_version_plays_its_work_where_the_layout_says(long_piece):
+    # a clean mix (no noise, reverb, EQ), so the track between the cross-fades is the work's
+    # sections rendered alone, scaled; the rest of the track is other music
+    for s in (0, 1, 2):
+        version = clean(synth.vary(long_piece, np.random.default_rng(s), "partial"))
+        x = synth.render(long_piece, version, SR, np.random.default_rng(9))
+        alone = synth.render(
+            long_piece, dataclasses.replace(version, layout=None), SR, np.random.default_rng(9)
+        )
+        lay = version.layout
+        assert len(x) == round(lay.duration * SR)
+        start, end, fade = round(lay.start * SR), round(lay.end * SR), int(synth.FADE_S * SR)
+        inside, own = x[start + fade : end], alone[fade : end - start]
+        assert np.corrcoef(inside, own)[0, 1] > 0.999
+        spans = synth.passages(long_piece, version)
+        assert spans[0][1] == pytest.approx(lay.start) and spans[-1][2] == pytest.approx(lay.end)
+        for part in (x[: max(0, start - fade)], x[end + fade :]):
+            if len(part) > SR:  # other music, not silence, and not the work's opening
+                assert np.sqrt(np.mean(part**2)) > 0.02
+                n = min(len(part), len(alone))
+                assert abs(np.corrcoef(part[:n], alone[:n])[0, 1]) < 0.2
+
+
+def test_partial_corpus_records_each_span_in_spans_json(tmp_path):
+    out = tmp_path / "audio"
+    args = ["--out", str(out), "--works", "2", "--versions", "2", "--seconds", "30",
+            "--samplerate", "8000", "--formats", "wav,flac", "--variation", "partial"]
+    assert synth.main(args) == 0
+    with open(out / synth.SPANS_FILE) as handle:
+        spans = json.load(handle)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("v*.*"))
+    assert sorted(spans) == files and len(files) == 4
+    for w in range(2):
+        rng, piece = synth.work_piece(w, seed=0, seconds=30)
+        for v in range(2):
+            version = synth.vary(piece, rng, "partial")
+            synth.render(piece, version, 8000, rng)  # the stream goes on through the rendering
+            name = [f for f in files if f.startswith(f"work{w:03d}/v{v}.")][0]
+            assert spans[name] == synth.work_span(piece, version)
+            info = sf.info(str(out / name))
+            assert info.duration == pytest.approx(spans[name]["duration"], abs=1e-3)
+            assert spans[name]["end"] <= spans[name]["duration"]
+    # the metadata of data_preproc.py lists the audio files, not spans.json
+    fn_out = tmp_path / "meta.pt"
+    pre = ["--dataset=folder", f"--path_audio={out}", "--ext_in=any", f"--fn_out={fn_out}"]
+    assert data_preproc.main(pre + ["--split=test", "--njobs=1"]) == 0
+    info, _ = preproc.load_metadata(fn_out)
+    assert sorted(song["filename"] for song in info.values()) == files
+    # the cover corpus writes no spans
+    synth.make_corpus(tmp_path / "cover", works=1, versions=2, seconds=4, formats=("wav",))
+    assert not (tmp_path / "cover" / synth.SPANS_FILE).exists()
