@@ -3,23 +3,39 @@
 # Running it again is harmless: pip only installs what is missing or at another version.
 set -euo pipefail
 cd "$(dirname "$0")"
-# --browser: Debian's Chromium and ChromeDriver, for the web page's browser test (only then)
-if [ "${1:-}" = "--browser" ]; then
-    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
-        echo "Chromium and ChromeDriver already installed"
+# --browser: Debian's Chromium and ChromeDriver, for the web page's browser test;
+# --scores: Debian's FluidSynth and its General MIDI soundfont, for the corpus of real
+# compositions (python -m lib.score_corpus). Only these system packages are installed then.
+if [ "$#" -gt 0 ]; then
+    packages=()
+    for option in "$@"; do
+        case "$option" in
+            --browser)
+                [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] \
+                    || packages+=(chromium chromium-driver) ;;
+            --scores)
+                command -v fluidsynth > /dev/null \
+                    && [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] \
+                    || packages+=(fluidsynth fluid-soundfont-gm) ;;
+            *)
+                echo "error: unknown option $option (valid: --browser, --scores)" >&2
+                exit 2 ;;
+        esac
+    done
+    if [ "${#packages[@]}" = 0 ]; then
+        echo "System packages already installed"
         exit 0
     fi
     if ! command -v apt-get > /dev/null; then
-        echo "error: the browser test needs Chromium and ChromeDriver in /usr/bin (Debian's" \
-            "chromium and chromium-driver); no apt-get here to install them" >&2
+        echo "error: need Debian's ${packages[*]}; no apt-get here to install them" >&2
         exit 1
     fi
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq chromium chromium-driver > /dev/null
-    echo "Installed Chromium and ChromeDriver"
+    $sudo apt-get install -y -qq "${packages[@]}" > /dev/null
+    echo "Installed ${packages[*]}"
     exit 0
 fi
 PYTHON="${PYTHON:-python3}"

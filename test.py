@@ -6,6 +6,7 @@
     python test.py checkpoint=... qslen=20 qshop=5 cslen=20 cshop=5     # 20 s windows
     python test.py checkpoint=... qslen=[10,20,30] qshop=1000          # one window of 10, 20,
                                                                        # 30 s per query
+    python test.py checkpoint=... qslen=[10,20] qshop=[10,20]          # windows back to back
     python test.py checkpoint=... qfilter="release_genres:Rock" cfilter="dvi:True"
 
 Arguments are ``key=value`` (``python test.py --help`` lists them; ``lib.schema.TestArgs``). Window
@@ -107,6 +108,20 @@ def as_list(value):
     return values
 
 
+def query_settings(qslen, qshop):
+    """[(window length, hop)] of the query evaluations: one hop for every length, or a list of
+    hops paired with the list of lengths."""
+    lengths, hops = as_list(qslen), as_list(qshop)
+    if len(hops) == 1:
+        hops = hops * len(lengths)
+    elif len(hops) != len(lengths):
+        raise ConfigError(
+            f"qshop: a list of hops needs one per query length ({len(hops)} hops for "
+            f"{len(lengths)} lengths)"
+        )
+    return list(zip(lengths, hops))
+
+
 def select_tracks(domains, name, expression):
     """The tracks an expression selects (None without one); errors name the argument."""
     if not expression:
@@ -177,7 +192,9 @@ def main(argv):
     maxlen = args.maxlen
     try:
         candidate_windows = settings_for(model, args.cslen, args.cshop, maxlen)
-        query_windows = [settings_for(model, s, args.qshop, maxlen) for s in as_list(args.qslen)]
+        query_windows = [
+            settings_for(model, s, h, maxlen) for s, h in query_settings(args.qslen, args.qshop)
+        ]
     except ValueError as err:
         raise ConfigError(str(err)) from None
     folder_name = run_name(redux, query_windows, candidate_windows)

@@ -31,6 +31,7 @@ from lib.model_base import build_model
 
 PATCH = 75  # frames, about 7 s
 SHIFTS = 12
+DEFAULT_CONF = "config/demo-move.yaml"
 
 
 def parse_args(argv=None):
@@ -38,16 +39,18 @@ def parse_args(argv=None):
     parser.add_argument("--meta", required=True, help="metadata file of data_preproc.py")
     parser.add_argument("--audio", required=True, help="its audio folder")
     parser.add_argument("--partition", default="test")
-    parser.add_argument("--conf", default="config/demo-move.yaml", help="a MOVE config (audio)")
+    parser.add_argument("--conf", default=DEFAULT_CONF, help="a MOVE config (audio)")
     return parser.parse_args(argv)
 
 
-def track_pitch_classes(model, splits, audio_dir, partition, samplerate):
-    """(clique names, [(12, frames) pitch classes]) of every version of ``partition``."""
+def track_pitch_classes(model, info, splits, audio_dir, partition, samplerate):
+    """(clique names, [(12, frames) pitch classes]) of every version of ``partition``, read from
+    each version's ``filename`` under ``audio_dir``."""
     cliques, classes = [], []
     items = [(c, k) for c, keys in splits[partition].items() for k in keys]
     for clique, key in tqdm(items, desc="pitch classes", unit="track"):
-        audio = load_audio(os.path.join(audio_dir, key), samplerate=samplerate)
+        path = os.path.join(audio_dir, info[key]["filename"])
+        audio = load_audio(path, samplerate=samplerate)
         x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
         with torch.no_grad():
             classes.append(model.prepare(x)[0, 0])
@@ -78,26 +81,35 @@ def fft2d_distances(classes):
     return 1 - z @ z.T
 
 
-def report(name, distances, cliques):
+def evaluate(distances, cliques):
+    """``lib.metrics.aggregate`` of every track querying all the others with ``distances``."""
     names = np.array(cliques)
     ismatch = torch.as_tensor(names[:, None] == names[None, :])
     exclude = torch.eye(len(names), dtype=torch.bool)
-    agg = metrics.aggregate(metrics.query_metrics(distances, ismatch, exclude))
-    cells = "  ".join(f"{k} {agg[k][0]:.3f} +-{agg[k][1]:.3f}" for k in ("MAP", "MR1", "P@1"))
-    print(f"{name:<12} {cells}  ({agg['n_queries']} queries)")
+    return metrics.aggregate(metrics.query_metrics(distances, ismatch, exclude))
+
+
+def scores(meta, audio_dir, partition="test", conf_path=DEFAULT_CONF):
+    """{"mean chroma" | "2D-FFT": ``evaluate``} of the tracks of ``partition`` of the metadata
+    file ``meta``, on the pitch classes of the MOVE config ``conf_path``."""
+    conf = load_run_config(conf_path)
+    model = build_model(conf.model, sr=conf.data.samplerate).eval()
+    info, splits = load_metadata(meta)
+    cliques, classes = track_pitch_classes(
+        model, info, splits, audio_dir, partition, conf.data.samplerate
+    )
+    print(f"{len(classes)} tracks of {len(set(cliques))} works ({partition}), {conf_path}")
+    return {
+        "mean chroma": evaluate(mean_chroma_distances(classes), cliques),
+        "2D-FFT": evaluate(fft2d_distances(classes), cliques),
+    }
 
 
 def main(argv=None):
     args = parse_args(argv)
-    conf = load_run_config(args.conf)
-    model = build_model(conf.model, sr=conf.data.samplerate).eval()
-    _, splits = load_metadata(args.meta)
-    cliques, classes = track_pitch_classes(
-        model, splits, args.audio, args.partition, conf.data.samplerate
-    )
-    print(f"{len(classes)} tracks of {len(set(cliques))} works ({args.partition}), {args.conf}")
-    report("mean chroma", mean_chroma_distances(classes), cliques)
-    report("2D-FFT", fft2d_distances(classes), cliques)
+    for name, agg in scores(args.meta, args.audio, args.partition, args.conf).items():
+        cells = "  ".join(f"{k} {agg[k][0]:.3f} +-{agg[k][1]:.3f}" for k in ("MAP", "MR1", "P@1"))
+        print(f"{name:<12} {cells}  ({agg['n_queries']} queries)")
 
 
 if __name__ == "__main__":

@@ -76,20 +76,21 @@ def run(cmd, log):
     return time.time() - start
 
 
-def render_corpus(args, works, variation, logs):
-    """Render ``works`` x ``args.versions`` synthetic versions (seed 0) into OUT/audio and index
-    them all in one split, once (reused after). Returns (audio folder, metadata file)."""
-    audio = os.path.join(args.out, "audio")
+def render_corpus(out, logs, works, versions, seconds, variation, njobs, samplerate=16000):
+    """Render ``works`` x ``versions`` synthetic versions (seed 0, ``python -m lib.synth``) into
+    OUT/audio and index them all in one split, once (reused after). Returns (audio folder,
+    metadata file)."""
+    audio = os.path.join(out, "audio")
     if not os.path.isfile(os.path.join(audio, ".complete")):
         cmd = [sys.executable, "-m", "lib.synth", f"--out={audio}", f"--works={works}"]
-        cmd += [f"--versions={args.versions}", f"--seconds={args.seconds:g}", "--seed=0"]
-        cmd += [f"--variation={variation}", f"--njobs={args.njobs}"]
+        cmd += [f"--versions={versions}", f"--seconds={seconds:g}", "--seed=0"]
+        cmd += [f"--variation={variation}", f"--njobs={njobs}", f"--samplerate={samplerate}"]
         run(cmd, os.path.join(logs, "corpus.log"))
         open(os.path.join(audio, ".complete"), "w").close()
-    every = os.path.join(args.out, "metadata-all.pt")
+    every = os.path.join(out, "metadata-all.pt")
     if not os.path.isfile(every):
         cmd = [sys.executable, "data_preproc.py", "--dataset=folder", f"--path_audio={audio}"]
-        cmd += ["--ext_in=any", "--split=0,0,1", f"--njobs={args.njobs}", f"--fn_out={every}"]
+        cmd += ["--ext_in=any", "--split=0,0,1", f"--njobs={njobs}", f"--fn_out={every}"]
         run(cmd, os.path.join(logs, "preproc.log"))
     return audio, every
 
@@ -97,7 +98,9 @@ def render_corpus(args, works, variation, logs):
 def corpus(args, logs):
     """Render the corpus once, then the metadata file with the fixed split. Returns (audio
     folder, metadata file)."""
-    audio, every = render_corpus(args, args.works, "arrangement", logs)
+    audio, every = render_corpus(
+        args.out, logs, args.works, args.versions, args.seconds, "arrangement", args.njobs
+    )
     meta = os.path.join(
         args.out, f"metadata-{args.train_works}-{args.valid_works}-{args.test_works}.pt"
     )

@@ -97,7 +97,9 @@ def split_by_number(cliques, n_train, n_extra, n_valid, n_test):
 def corpus(args, logs):
     """Render the corpus once and write both metadata files; (audio, labelled, pre-training)."""
     works = args.train_works + args.extra_works + args.valid_works + args.test_works
-    audio, every = render_corpus(args, works, "cover", logs)
+    audio, every = render_corpus(
+        args.out, logs, works, args.versions, args.seconds, "cover", args.njobs
+    )
     info, splits = load_metadata(every)
     sizes = (args.train_works, args.extra_works, args.valid_works, args.test_works)
     labelled, pretraining = split_by_number(splits["test"], *sizes)

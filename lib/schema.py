@@ -291,7 +291,8 @@ class TestArgs:
     qslen: Union[Seconds, List[float]] = key(None, "query window length (s) or a list of "
                                                    "lengths; null: training shingle; <= 0: "
                                                    "whole track")
-    qshop: Seconds = key(5.0, "query window hop (s); null: training hop")
+    qshop: Union[Seconds, List[float]] = key(5.0, "query window hop (s), or one per qslen; "
+                                                  "null: training hop")
     cslen: Seconds = key(None, "candidate window length (s); null: training shingle; <= 0: "
                                "whole track")
     cshop: Seconds = key(5.0, "candidate window hop (s); null: training hop")

@@ -269,18 +269,24 @@ def section_seconds(piece, tempo=1.0):
 
 
 def partial_layout(piece, version, rng, track_seconds=TRACK_SECONDS, share=WORK_SHARE):
-    """A random ``Layout`` of a partial version: a track of ``track_seconds`` (min, max), of which
-    the work fills a ``share`` (min, max) as whole consecutive sections of its form (at least one,
-    at most all of them, so a short work fills less), placed anywhere in the track."""
+    """A random ``Layout`` of a partial version of ``piece``, its sections at ``version``'s
+    tempo (``draw_layout``)."""
+    length = section_seconds(piece, version.tempo)
+    return draw_layout(length, len(piece.form), rng, track_seconds, share)
+
+
+def draw_layout(unit_seconds, units, rng, track_seconds=TRACK_SECONDS, share=WORK_SHARE):
+    """A random ``Layout``: a track of ``track_seconds`` (min, max), of which the work fills a
+    ``share`` (min, max) as consecutive units (sections, bars) of ``unit_seconds`` each, at least
+    one and at most all ``units`` of them (so a short work fills less), placed anywhere."""
     duration = float(rng.uniform(*track_seconds))
     wanted = float(rng.uniform(*share)) * duration
-    length = section_seconds(piece, version.tempo)
-    count = int(np.clip(round(wanted / length), 1, len(piece.form)))
-    first = int(rng.integers(0, len(piece.form) - count + 1))
-    duration = max(duration, count * length)
-    start = float(rng.uniform(0, duration - count * length))
+    count = int(np.clip(round(wanted / unit_seconds), 1, units))
+    first = int(rng.integers(0, units - count + 1))
+    duration = max(duration, count * unit_seconds)
+    start = float(rng.uniform(0, duration - count * unit_seconds))
     seed = int(rng.integers(0, 2**31))
-    return Layout(first, first + count, start, start + count * length, duration, seed)
+    return Layout(first, first + count, start, start + count * unit_seconds, duration, seed)
 
 
 def rearrange(version, rng):
@@ -375,7 +381,7 @@ def render(piece, version, sr=16000, rng=None):
         dry = _render_dry(piece, version, sr, rng)
     else:
         dry = _render_partial(piece, version, sr, rng)
-    return _mix(dry, version, sr, rng)
+    return mix(dry, version, sr, rng)
 
 
 def _render_partial(piece, version, sr, rng):
@@ -389,12 +395,12 @@ def _render_partial(piece, version, sr, rng):
     fade = int(FADE_S * sr)
     if start > 0:
         before = _filler(version, start + fade, sr, fillers)[-(start + fade) :]
-        out[: start + fade] += before * _fade(len(before), fade, out_at_end=True)
+        out[: start + fade] += before * fade_gain(len(before), fade, out_at_end=True)
     work = _render_dry(piece, version, sr, rng)[: len(out) - start]
     out[start : start + len(work)] += work
     if end < len(out):
         after = _filler(version, len(out) - end, sr, fillers)
-        out[end:] += after * _fade(len(after), fade, out_at_end=False)
+        out[end:] += after * fade_gain(len(after), fade, out_at_end=False)
     return out
 
 
@@ -414,7 +420,7 @@ def _filler(version, n, sr, rng):
     return np.pad(x, (0, max(0, n - len(x))))[:n]
 
 
-def _fade(n, fade, out_at_end):
+def fade_gain(n, fade, out_at_end):
     """(n,) gain: 1, with a linear fade of ``fade`` samples out at the end or in at the start."""
     gain = np.ones(n)
     ramp = np.linspace(0.0, 1.0, min(fade, n))
@@ -525,7 +531,9 @@ def _ornamented(melody, probability, rng):
     return notes
 
 
-def _mix(x, version, sr, rng):
+def mix(x, version, sr, rng):
+    """The recording of the unmixed ``x`` (T,): EQ tilt, reverb, noise and peak level from
+    ``version``'s fields ``tilt``, ``reverb``, ``reverb_s``, ``noise_db`` and ``gain``; float32."""
     # EQ: one-pole split into low and high bands, re-weighted by the tilt
     low = lfilter([0.1], [1, -0.9], x)
     x = low * (1 - 0.5 * version.tilt) + (x - low) * (1 + 0.5 * version.tilt)

@@ -14,12 +14,12 @@ from lib.losses import check_class_ids
 from lib.model_base import SegmentModel
 from lib.schema import MISSING, ModelConfig, PooledCqt, key
 
-WIDTH = 32  # channels of the first convolution
 
 
 @dataclass
 class CqtNetConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    width: int = key(32, "channels of the first convolution (the original's 32)")
     zdim: int = key(MISSING, "embedding width")
     maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
 
@@ -31,9 +31,10 @@ class Model(SegmentModel):
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(WIDTH)
+        width = self.conf.width
+        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
         self.embedding_dim = self.conf.zdim
-        self.fc0 = nn.Linear(16 * WIDTH, self.embedding_dim)
+        self.fc0 = nn.Linear(16 * width, self.embedding_dim)
         self.maxcliques = self.conf.maxcliques
         self.fc1 = nn.Linear(self.embedding_dim, self.maxcliques)  # the clique classifier
 

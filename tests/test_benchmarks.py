@@ -1,5 +1,8 @@
 """The plumbing of the benchmarks that train (their measurements are not CI's business)."""
 
+import json
+import sys
+
 import pytest
 
 from benchmarks.bench_small_recipe import fixed_split, run_name, table
@@ -107,3 +110,135 @@ def test_ssl_labels_split_keeps_held_out_works_and_adds_unlabelled_ones():
     lines = ssl_table(rows).splitlines()
     assert lines[1].split()[:4] == ["clews", "(no", "labels)", "none"]
     assert "0.500 +-0.141" in lines[2] and "10%" in lines[2] and lines[2].endswith("2.0")
+
+
+def test_pitch_class_baselines_read_each_track_at_its_filename(tmp_path):
+    # a DVI2 metadata file keys versions by id, not by path: the baseline reads ``filename``
+    from benchmarks.bench_pitch_class_baseline import scores
+    from lib.metadata import load_metadata, save_metadata
+    from tests.corpus import folder_corpus
+
+    root = folder_corpus(tmp_path, works=3, versions=2, seconds=8, seed=0, split="0,0,1")
+    info, splits = load_metadata(root / "meta.pt")
+    ids = {key: f"V-{i:07d}" for i, key in enumerate(sorted(info))}
+    save_metadata(
+        root / "by-id.pt",
+        {ids[k]: song for k, song in info.items()},
+        {s: {c: [ids[k] for k in keys] for c, keys in p.items()} for s, p in splits.items()},
+    )
+    result = scores(root / "by-id.pt", root / "audio", "test")
+    assert set(result) == {"mean chroma", "2D-FFT"}
+    for agg in result.values():
+        assert agg["n_queries"] == 6 and 0 < agg["MAP"][0] <= 1
+
+
+def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
+    # a smoke run: 4 training, 2 validation and 3 test works of the weak-label corpus, CLEWS for
+    # one epoch; then the same command again reuses the run
+    from benchmarks import bench_paper
+    from tests.corpus import run_script
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "benchmarks.bench_paper", f"--out={out}", f"--results={results}",
+        "--corpora", "partial", "--models", "clews", "--seeds", "0", "--ablations", "none",
+        "--query_lengths", "10", "30", "--train_works=4", "--valid_works=2", "--test_works=3",
+        "--versions=2", "--njobs=2", "--epochs=1",
+    ]
+    first = run_script(cmd)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = sorted(p.name for p in results.glob("*.json"))
+    assert rows == ["partial-clews-s0.json", "partial-pitch-classes.json"]
+    row = json.loads((results / "partial-clews-s0.json").read_text())
+    assert row["overrides"] == ["data.audiolen=60"] and row["epochs"] == 1
+    assert row["steps_per_epoch"] is None and row["train_seconds"] > 0
+    for which in ("untrained", "trained"):
+        assert set(row[which]) == {"track", "q10", "q30"}
+        for level in row[which].values():
+            assert 0 < level["MAP"][0] <= 1 and level["MAP"][1] > 0 and level["MR1"][0] >= 1
+    floor = json.loads((results / "partial-pitch-classes.json").read_text())
+    assert set(floor) == {"mean chroma", "2D-FFT"}
+    spans = json.loads((out / "partial" / "audio" / "spans.json").read_text())
+    assert len(spans) == 9 * 2
+    text = (results / "tables.txt").read_text()
+    assert "partial corpus: track level" in text and "untrained CLEWS" in text and "2D-FFT" in text
+    assert (results / "map_vs_query_length.png").stat().st_size > 0
+    # reused: nothing is trained or tested again (no new log), the same tables
+    logs = sorted((out / "partial" / "logs").iterdir())
+    again = run_script(cmd)
+    assert again.returncode == 0 and sorted((out / "partial" / "logs").iterdir()) == logs
+    assert (results / "tables.txt").read_text() == text
+    # other settings under the same results are refused, not mixed in
+    other = run_script([c if c != "--epochs=1" else "--epochs=2" for c in cmd])
+    assert other.returncode != 0 and "partial-clews-s0.json ran 1 epochs" in other.stderr
+    assert bench_paper.main(["--table", f"--results={results}"]) == 0
+
+
+def paper_row(model, seed, maps, variant=None, corpus="partial"):
+    """A bench_paper row whose trained MAP is ``maps`` = {level: MAP} (untrained: half)."""
+    from benchmarks.bench_paper import run_name
+
+    def levels(scale):
+        return {k: {"MAP": [v * scale, 0.05], "MR1": [3.0, 0.5], "ARP": [10.0, 1.0]}
+                for k, v in maps.items()}
+
+    return {"run": run_name(corpus, model, variant, seed), "corpus": corpus, "model": model,
+            "variant": variant, "seed": seed, "epochs": 1, "overrides": [], "train_seconds": 60,
+            "trained": levels(1.0), "untrained": levels(0.5)}
+
+
+def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
+    from benchmarks.bench_paper import plan, parse_args, tables
+
+    rows = [
+        paper_row("clews", 0, {"track": 0.5, "q10": 0.3, "q20": 0.4}),
+        paper_row("clews", 1, {"track": 0.7, "q10": 0.5, "q20": 0.6}),
+        paper_row("dvinetp", 0, {"track": 0.4, "q10": 0.1, "q20": 0.2}),
+        paper_row("dvinetp", 1, {"track": 0.4, "q10": 0.2, "q20": 0.2}),
+        paper_row("clews", 0, {"track": 0.2, "q10": 0.1, "q20": 0.1}, variant="pos-max"),
+    ]
+    floors = {"partial": {"2D-FFT": {"track": {"MAP": [0.11, 0.02], "MR1": [9.0, 1.0],
+                                               "ARP": [30.0, 2.0]}}}}
+    text = tables(rows, floors)
+    lines = text.splitlines()
+    clews = next(line for line in lines if line.startswith("CLEWS  "))
+    assert "0.600 +-0.141" in clews and "+-0.050" in clews  # MAP over seeds, mean run c.i.
+    assert any(line.strip().startswith("untrained CLEWS") and "0.300 +-0.071" in line
+               for line in lines)
+    assert any("2D-FFT" in line and "0.110 +-n/a" in line for line in lines)
+    # segment level: a column per query length; CLEWS - DVINet+ paired by seed
+    seg = lines[lines.index(next(x for x in lines if "segment level" in x)) + 1]
+    assert seg.split() == ["model", "seeds", "track", "10", "s", "20", "s"]
+    paired = next(line for line in lines if "CLEWS - DVINet+" in line)
+    assert "track 0.200 +-0.141" in paired and "q10 0.250 +-0.071" in paired
+    assert "q20 0.300 +-0.141" in paired
+    assert any(line.startswith("CLEWS (pos-max)") for line in lines)  # the ablation table
+    # the plan: seed by seed, every model, then the ablations of the weak-label corpus
+    args = parse_args(["--corpora", "partial", "--models", "clews", "move", "--seeds", "0", "1",
+                       "--ablations", "gamma-2"])
+    order = [(m, v, s) for _, m, v, _, s in plan(args)]
+    assert order == [("clews", None, 0), ("move", None, 0), ("clews", None, 1), ("move", None, 1),
+                     ("clews", "gamma-2", 0), ("clews", "gamma-2", 1)]
+    with pytest.raises(SystemExit):
+        parse_args(["--ablations", "pos-median"])
+
+
+def test_excerpt_overlap_counts_excerpts_that_hold_the_same_passage():
+    from benchmarks.bench_paper import excerpt_overlap
+
+    # work000: both versions are the work for their first 30 s (the same 30 s of it) in 60 s
+    # tracks: a whole-track excerpt always holds it, a 10 s one when it starts before 30 s
+    half = {"start": 0.0, "end": 30.0, "duration": 60.0, "work_start": 0.0, "work_end": 30.0}
+    spans = {"work000/v0.wav": half, "work000/v1.wav": dict(half)}
+    keys = list(spans)
+    whole = excerpt_overlap(spans, keys, excerpt_s=60.0)
+    assert whole == {"one": 1.0, "both": 1.0, "same": 1.0}
+    short = excerpt_overlap(spans, keys, excerpt_s=10.0, draws=4000)
+    assert short["one"] == pytest.approx(0.6, abs=0.03)  # a start in [0, 30) of [0, 50)
+    assert short["both"] == pytest.approx(0.36, abs=0.03)
+    assert short["same"] < short["both"]
+    # other parts of the work: music of the work in both excerpts, never the same passage
+    other = dict(half, work_start=30.0, work_end=60.0)
+    spans["work000/v1.wav"] = other
+    apart = excerpt_overlap(spans, keys, excerpt_s=60.0)
+    assert apart == {"one": 1.0, "both": 1.0, "same": 0.0}

@@ -81,8 +81,10 @@ def test_train_and_test_help_list_every_key_with_type_and_default():
     row = next(r for r in train.splitlines() if r.split()[:1] == ["training.optim.lr"])
     assert row.split()[1:3] == ["float", "required"]
     test = script("test.py", "--help").stdout
-    row = next(r for r in test.splitlines() if r.split()[:1] == ["qshop"])
+    row = next(r for r in test.splitlines() if r.split()[:1] == ["cshop"])
     assert row.split()[1:5] == ["float", "or", "null", "5.0"]
+    row = next(r for r in test.splitlines() if r.split()[:1] == ["qshop"])
+    assert row.split()[1:8] == ["float", "or", "list", "of", "float", "or", "null"]
 
 
 @pytest.mark.parametrize(
@@ -130,8 +132,11 @@ def test_test_py_arguments_take_their_types():
     )
     assert args.qfilter == "release_genres: Rock" and args.jobname == "2024-01-01"
     assert args.qslen == -1.0
-    with pytest.raises(ConfigError, match="^qshop=fast: expected float or null$"):
+    with pytest.raises(ConfigError, match="^cshop=fast: expected float or null$"):
+        test_script.parse_args(["checkpoint=x.ckpt", "cshop=fast"])
+    with pytest.raises(ConfigError, match="^qshop=fast: expected float or list of float or null$"):
         test_script.parse_args(["checkpoint=x.ckpt", "qshop=fast"])
+    assert test_script.parse_args(["checkpoint=x.ckpt", "qshop=[10,20]"]).qshop == [10.0, 20.0]
     with pytest.raises(ConfigError, match="unknown config key 'qslne'; did you mean 'qslen'"):
         test_script.parse_args(["checkpoint=x.ckpt", "qslne=3"])
 

@@ -71,19 +71,26 @@ def test_fork_configs_differ_from_dvi_only_in_paths_and_workers():
         assert fork == dvi
 
 
+# the small-collection configs of every model, in benchmarks/bench_paper.py's order
+SMALL_CONFIGS = [
+    f"config/small-{name}.yaml"
+    for name in ("clews", "dvinetp", "cqtnet", "bytecover2x", "bytecover3x", "coverhunterc", "move")
+]
+
+
 @pytest.mark.parametrize(
     "path",
     [
         "config/demo-clews.yaml",
         "config/demo-dvinetp.yaml",
         "config/demo-move.yaml",
-        "config/small-clews.yaml",
-        "config/small-dvinetp.yaml",
+        *SMALL_CONFIGS,
     ],
 )
 def test_cpu_configs_take_a_training_step_on_their_excerpt_length(path):
     """The CQT and network settings fit together: a batch of ``data.audiolen`` seconds goes
-    through the model and its loss (too few frames for a kernel fails here, not in train.py)."""
+    through the model and its loss (too few frames for a kernel fails here, not in train.py),
+    and one optimiser step moves the weights."""
     import torch
 
     from lib.config import load_run_config
@@ -95,7 +102,29 @@ def test_cpu_configs_take_a_training_step_on_their_excerpt_length(path):
     per_class = conf.data.n_per_class
     x = 0.1 * torch.randn(2 * per_class, int(conf.data.audiolen * conf.data.samplerate))
     labels = torch.arange(2).repeat_interleave(per_class)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    optim = torch.optim.Adam(model.parameters(), lr=conf.training.optim.lr)
     z, extra = model.embed(model.prepare(x))
     loss, _ = model.loss(labels, torch.arange(len(x)), z, extra)
     loss.backward()
+    optim.step()
     assert torch.isfinite(loss)
+    after = model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("path", SMALL_CONFIGS)
+def test_small_configs_embed_the_shortest_query_of_the_paper_benchmark(path):
+    """benchmarks/bench_paper.py queries with 10 s windows: every small model embeds one."""
+    import torch
+
+    from benchmarks.bench_paper import MODELS
+    from lib.config import load_run_config
+    from lib.extract import window_embeddings
+    from lib.model_base import build_model
+
+    assert path == f"config/small-{MODELS[SMALL_CONFIGS.index(path)]}.yaml"
+    conf = load_run_config(path)
+    model = build_model(conf.model, sr=conf.data.samplerate).eval()
+    z = window_embeddings(model, 0.1 * torch.randn(25 * conf.data.samplerate), 10, 5, "cpu")
+    assert z.shape[0] == 4 and torch.isfinite(z).all()

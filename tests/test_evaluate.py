@@ -166,6 +166,12 @@ def test_several_query_lengths_and_filters(trained, tmp_path):
     even = sum(1 for i in ids if i % 2 == 0)
     assert len(rows) == 2 * even and all(int(r["song_id"]) % 2 == 0 for r in rows)
     assert results["runs"][0]["n_candidates"] == 12
+    # a hop per length: windows back to back
+    paired = evaluate(ckpt, tmp_path, "qslen=[3,6]", "qshop=[3,6]", out="paired")
+    assert paired.returncode == 0, paired.stderr[-3000:]
+    runs = json.loads((tmp_path / "paired" / "results.json").read_text())["runs"]
+    assert [(r["query"]["slen"], r["query"]["shop"]) for r in runs] == [(3.0, 3.0), (6.0, 6.0)]
+    assert [r["query"]["nwin"] for r in runs] == [200, 100]
     # quoted label, candidate filter
     quoted = evaluate(ckpt, tmp_path, "cfilter=release_genres:~'Hip Hop'", out="q")
     assert quoted.returncode == 0, quoted.stderr[-3000:]
@@ -182,6 +188,7 @@ def test_several_query_lengths_and_filters(trained, tmp_path):
         (["qfilter=release_genres:(Rock"], 2, "missing ')'"),
         (["redux=bpwx-2"], 2, "unknown segment-distance reduction"),
         (["qslen=5", "qshop=0"], 2, "hop must be > 0"),
+        (["qslen=[3,6]", "qshop=[3,6,9]"], 2, "one per query length (3 hops for 2 lengths)"),
         (["qslem=5"], 2, "did you mean 'qslen'"),
         (["partition=tset"], 2, "partition='tset' is not one of"),
         (["precision=64"], 2, "precision=64 is not one of 32, bf16, 16"),

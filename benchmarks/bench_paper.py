@@ -1,0 +1,547 @@
+"""The paper's experiments at laptop scale (issue 34): every model of the paper, trained with the
+same CPU budget on a weak-label corpus and on an arrangement corpus, 3 seeds, evaluated with the
+paper's protocol at track level and at segment level; then CLEWS's ablations.
+
+Corpora (``python -m lib.synth``, 8 kHz, split once by work number, ``fixed_split``):
+
+    partial      --variation partial: each version is a 20-50% part of its 90 s work inside a
+                 60-180 s track of other music (weak labels: most segments match nothing)
+    arrangement  --variation arrangement: 30 s versions re-arranged throughout (every 20 s window
+                 of a version has a counterpart in the others)
+
+Models: ``config/small-<model>.yaml`` (CLEWS, DVINet+, CQTNet, ByteCover2x, ByteCover3x,
+CoverHunter-C, MOVE on the pitch classes of the audio), each trained by ``train.py`` for as many
+steps as fill the corpus's budget (``CORPORA``, ``STEP_SECONDS``: the same minutes of 2 cores for
+every model) on the corpus's excerpts, and tested by ``test.py`` on the held-out works: whole
+tracks (MAP, MR1 and the paper's NAR = ``ARP``) and query windows of 10, 20, 30 and 60 s (back to
+back over the query track) against candidate windows of 20 s every 5 s, reduced with each model's
+reduction (the original's segment-level evaluation). The floor: each model's untrained weights
+(``checkpoint_epoch0.ckpt`` of seed 0) and two training-free pitch-class baselines.
+
+    .venv/bin/python -m benchmarks.bench_paper                    # everything (hours on 2 cores)
+    .venv/bin/python -m benchmarks.bench_paper --corpora partial --models clews dvinetp \\
+        --seeds 0 --ablations none                                # a part of it
+    .venv/bin/python -m benchmarks.bench_paper --table            # the tables of what ran
+
+Each finished run is one small JSON file in ``--results`` (kept in the repository), so a run
+that was interrupted, or that ran in another session, is reused and not trained again; the audio,
+checkpoints and logs stay under ``--out``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+
+import numpy as np
+
+from benchmarks.bench_small_recipe import fixed_split, render_corpus, run
+from lib.metadata import load_metadata, save_metadata
+
+# excerpts: the partial corpus trains on 60 s excerpts of its 60-180 s tracks (the paper: 150 s of
+# tracks of about 4 min), so that two excerpts of versions of a work hold the same passage of it
+# often enough (``excerpt_overlap``: 46% of pairs at 60 s, 7% at 20 s); the models that embed a
+# whole excerpt at once (the paper's 150 s shingles) get 60 s shingles there
+WHOLE_EXCERPT = ("dvinetp", "cqtnet", "bytecover2x", "move")
+CORPORA = {
+    "partial": {"variation": "partial", "seconds": 90.0, "excerpt": 60, "budget_min": 10},
+    "arrangement": {"variation": "arrangement", "seconds": 30.0, "excerpt": 20, "budget_min": 8},
+}
+MODELS = ("clews", "dvinetp", "cqtnet", "bytecover2x", "bytecover3x", "coverhunterc", "move")
+NAMES = {
+    "clews": "CLEWS",
+    "dvinetp": "DVINet+",
+    "cqtnet": "CQTNet",
+    "bytecover2x": "ByteCover2x",
+    "bytecover3x": "ByteCover3x",
+    "coverhunterc": "CoverHunter-C",
+    "move": "MOVE",
+}
+# seconds of one training step (8 anchors x 4 versions) on 2 cores by excerpt length, measured
+# with --measure_steps (forward, backward and Adam on random audio); a run gets the steps that
+# fill its corpus's budget, with STEP_OVERHEAD for loading and validation
+STEP_SECONDS = {
+    20: {"clews": 1.08, "dvinetp": 1.34, "cqtnet": 1.41, "bytecover2x": 0.94,
+         "bytecover3x": 1.08, "coverhunterc": 1.26, "move": 0.46},
+    60: {"clews": 3.34, "dvinetp": 5.48, "cqtnet": 5.64, "bytecover2x": 3.13,
+         "bytecover3x": 3.47, "coverhunterc": 7.63, "move": 6.00},
+}
+STEP_OVERHEAD = 1.15
+STEPS_PER_EPOCH = 50  # training.numepochs x limit_batches = the budget's steps
+# CLEWS's ablations (the paper's section 5.3), on the weak-label corpus: train.py overrides
+ABLATIONS = {
+    "pos-mean": ["model.loss.redux.pos=mean"],
+    "pos-min": ["model.loss.redux.pos=min"],
+    "pos-best-1": ["model.loss.redux.pos=best-1"],
+    "pos-max": ["model.loss.redux.pos=max"],
+    "neg-mean": ["model.loss.redux.neg=mean"],
+    "gamma-2": ["model.loss.gamma=2"],
+    "gamma-10": ["model.loss.gamma=10"],
+}
+ABLATION_CORPUS = "partial"
+CANDIDATE_LENGTH, CANDIDATE_HOP = 20, 5  # seconds (the original's default hop)
+METRICS = ("MAP", "MR1", "ARP")
+# the trained model is the last epoch's: the validation excerpts start at 0 s, where a partial
+# version mostly plays other music, so validation MAP cannot pick a checkpoint there
+CHECKPOINTS = {"untrained": "checkpoint_epoch0.ckpt", "trained": "checkpoint_last.ckpt"}
+UNTRAINED_SEED = 0  # the untrained floor: the first seed's initial weights of each model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/out/paper", help="audio, runs and logs")
+    parser.add_argument(
+        "--results", default="benchmarks/results/paper", help="one JSON file per finished run"
+    )
+    parser.add_argument("--corpora", nargs="+", choices=list(CORPORA), default=list(CORPORA))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--ablations",
+        nargs="+",
+        default=list(ABLATIONS),
+        help=f"CLEWS variants on the {ABLATION_CORPUS} corpus ({', '.join(ABLATIONS)}) or none",
+    )
+    parser.add_argument("--query_lengths", type=int, nargs="+", default=[10, 20, 30, 60])
+    parser.add_argument("--train_works", type=int, default=220)
+    parser.add_argument("--valid_works", type=int, default=10)
+    parser.add_argument("--test_works", type=int, default=40)
+    parser.add_argument("--versions", type=int, default=4)
+    parser.add_argument("--njobs", type=int, default=-1)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="whole epochs for every model (a smoke run; "
+        "default: the steps of the corpus's budget, STEP_SECONDS)"
+    )
+    parser.add_argument("--table", action="store_true", help="only print the tables of --results")
+    args = parser.parse_args(argv)
+    args.ablations = [] if args.ablations == ["none"] else args.ablations
+    unknown = sorted(set(args.ablations) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"unknown ablation(s) {', '.join(unknown)}; valid: {', '.join(ABLATIONS)}")
+    if min(args.train_works, args.valid_works, args.test_works) < 2:
+        parser.error("need at least 2 training, validation and test works")
+    return args
+
+
+###################################################################################################
+# Corpora
+###################################################################################################
+
+
+def corpus(args, name):
+    """Render corpus ``name`` once and write its metadata with the fixed split (reused after).
+    Returns (audio folder, metadata file)."""
+    out = os.path.join(args.out, name)
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    works = args.train_works + args.valid_works + args.test_works
+    spec = CORPORA[name]
+    audio, every = render_corpus(
+        out, logs, works, args.versions, spec["seconds"], spec["variation"], args.njobs, 8000
+    )
+    sizes = (args.train_works, args.valid_works, args.test_works)
+    meta = os.path.join(out, "metadata-{}-{}-{}.pt".format(*sizes))
+    if not os.path.isfile(meta):
+        info, splits = load_metadata(every)
+        fixed = fixed_split(splits["test"], *sizes)
+        save_metadata(meta, info, fixed, about={"from": every, "split": "by work number"})
+    return audio, meta
+
+
+def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
+    """How often random training excerpts of ``excerpt_s`` s of two versions of one work hold
+    music of that work, from ``spans.json`` (``spans``) of the files ``keys`` (work/version.ext):
+    {"one": an excerpt holds some of its work, "both": both excerpts of a version pair do, "same":
+    they hold the same passage of the work (at least ``passage_s`` s of its own time in common)},
+    over ``draws`` uniform starts per ordered pair of versions, as the training loader draws them.
+    Sections that come back in a work's form make "same" a lower bound of what matches."""
+    rng = np.random.default_rng(seed)
+    works = {}
+    for key in keys:
+        works.setdefault(key.split("/")[0], []).append(spans[key])
+
+    def work_time(span, start):
+        low, high = max(start, span["start"]), min(start + excerpt_s, span["end"])
+        if high <= low:
+            return None
+        rate = (span["work_end"] - span["work_start"]) / (span["end"] - span["start"])
+        return (span["work_start"] + (low - span["start"]) * rate,
+                span["work_start"] + (high - span["start"]) * rate)
+
+    counts = {"one": 0, "both": 0, "same": 0}
+    total = 0
+    for versions in works.values():
+        for a in versions:
+            for b in versions:
+                if a is b:
+                    continue
+                for _ in range(draws):
+                    x = work_time(a, rng.uniform(0, max(0.0, a["duration"] - excerpt_s)))
+                    y = work_time(b, rng.uniform(0, max(0.0, b["duration"] - excerpt_s)))
+                    total += 1
+                    counts["one"] += x is not None
+                    if x is not None and y is not None:
+                        counts["both"] += 1
+                        counts["same"] += min(x[1], y[1]) - max(x[0], y[0]) >= passage_s
+    return {k: v / max(total, 1) for k, v in counts.items()}
+
+
+###################################################################################################
+# Runs
+###################################################################################################
+
+
+def run_name(corpus_name, model, variant, seed):
+    return f"{corpus_name}-{model}" + (f"-{variant}" if variant else "") + f"-s{seed}"
+
+
+def excerpt_overrides(corpus_name, model):
+    """train.py overrides that set the corpus's training excerpts for ``model``."""
+    excerpt = CORPORA[corpus_name]["excerpt"]
+    out = [f"data.audiolen={excerpt}"]
+    if model in WHOLE_EXCERPT:
+        out += [f"model.shingling.len={excerpt}", f"model.shingling.hop={excerpt}"]
+    return out
+
+
+def budget(corpus_name, model):
+    """(epochs, steps per epoch) that fill the corpus's training budget for ``model``."""
+    spec = CORPORA[corpus_name]
+    step = STEP_SECONDS[spec["excerpt"]][model] * STEP_OVERHEAD
+    steps = max(1, round(spec["budget_min"] * 60 / step))
+    epochs = max(1, round(steps / STEPS_PER_EPOCH))
+    return epochs, round(steps / epochs)
+
+
+def evaluation_levels(query_lengths):
+    """{level: test.py window arguments}: whole tracks, then query windows of each length back to
+    back against ``CANDIDATE_LENGTH`` s candidate windows every ``CANDIDATE_HOP`` s (one call)."""
+    lengths = ",".join(str(q) for q in query_lengths)
+    return {
+        "track": ["qslen=-1", "cslen=-1"],
+        "segments": [
+            f"qslen=[{lengths}]",
+            f"qshop=[{lengths}]",
+            f"cslen={CANDIDATE_LENGTH}",
+            f"cshop={CANDIDATE_HOP}",
+        ],
+    }
+
+
+def read_results(path):
+    """{level name: {metric: [mean, c.i.]}} of a test.py results.json: "track" for whole-track
+    queries, "q<seconds>" for query windows."""
+    with open(path) as handle:
+        results = json.load(handle)
+    out = {}
+    for entry in results["runs"]:
+        slen = entry["query"]["slen"]
+        level = "track" if slen <= 0 else f"q{slen:g}"
+        out[level] = {m: [entry[m]["mean"], entry[m]["ci95"]] for m in METRICS}
+    return out
+
+
+def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, audio, meta):
+    """One run: train.py for the corpus's budget, then test.py of its last checkpoint (and, for
+    ``UNTRAINED_SEED`` of a main run, its untrained one) at every level. Returns its row (reused
+    from ``--results`` when it exists with the same settings)."""
+    name = run_name(corpus_name, model, variant, seed)
+    if args.epochs:  # a smoke run: whole epochs
+        epochs, per_epoch = args.epochs, None
+    else:
+        epochs, per_epoch = budget(corpus_name, model)
+    overrides = excerpt_overrides(corpus_name, model) + list(variant_overrides)
+    settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
+    row_file = os.path.join(args.results, f"{name}.json")
+    if os.path.isfile(row_file):
+        with open(row_file) as handle:
+            row = json.load(handle)
+        if {k: row.get(k) for k in settings} != settings:
+            sys.exit(
+                f"error: {row_file} ran {row['epochs']} epochs with {row['overrides']}, not "
+                f"{epochs} with {overrides}: give another --results for other settings"
+            )
+        return row
+    out = os.path.join(args.out, corpus_name)
+    runs, logs = os.path.join(out, "runs"), os.path.join(out, "logs")
+    conf = os.path.join("config", f"small-{model}.yaml")
+    cmd = [sys.executable, "train.py", f"jobname={name}", f"conf={conf}", f"seed={seed}"]
+    cmd += [f"path.audio={audio}", f"path.meta={meta}", f"path.logs={runs}"]
+    cmd += [f"path.cache={os.path.join(out, 'cache')}"]  # decoded audio, shared by the runs
+    cmd += [f"training.numepochs={epochs}", f"training.save_freq={epochs}", *overrides]
+    if per_epoch is not None:
+        cmd.append(f"limit_batches={per_epoch}")
+    seconds = run(cmd, os.path.join(logs, f"{name}-train.log"))
+    row = {"run": name, "corpus": corpus_name, "model": model, "variant": variant, "seed": seed}
+    row.update(settings, train_seconds=round(seconds, 1))
+    for which, checkpoint in CHECKPOINTS.items():
+        if which == "untrained" and (seed != UNTRAINED_SEED or variant is not None):
+            continue
+        row[which] = {}
+        for level, windows in evaluation_levels(args.query_lengths).items():
+            results = os.path.join(out, "results", name, f"{which}-{level}")
+            cmd = [sys.executable, "test.py", f"checkpoint={os.path.join(runs, name, checkpoint)}"]
+            cmd += windows + [f"cache_dir={os.path.join(out, 'cache', 'embeddings')}"]
+            cmd += [f"out={results}"]
+            run(cmd, os.path.join(logs, f"{name}-test-{which}-{level}.log"))
+            row[which].update(read_results(os.path.join(results, "results.json")))
+    os.makedirs(args.results, exist_ok=True)
+    with open(row_file, "w") as handle:
+        json.dump(row, handle, indent=1)
+    return row
+
+
+def pitch_class_floor(args, corpus_name, audio, meta):
+    """The training-free pitch-class baselines on the test works (``bench_pitch_class_baseline``),
+    whole tracks: {"mean chroma" | "2D-FFT": {metric: [mean, c.i.]}}; reused when done."""
+    row_file = os.path.join(args.results, f"{corpus_name}-pitch-classes.json")
+    if os.path.isfile(row_file):
+        with open(row_file) as handle:
+            return json.load(handle)
+    from benchmarks import bench_pitch_class_baseline as pcb
+
+    scores = pcb.scores(meta, audio, "test", pcb.DEFAULT_CONF)
+    row = {name: {"track": {m: list(agg[m]) for m in METRICS}} for name, agg in scores.items()}
+    os.makedirs(args.results, exist_ok=True)
+    with open(row_file, "w") as handle:
+        json.dump(row, handle, indent=1)
+    return row
+
+
+###################################################################################################
+# Tables
+###################################################################################################
+
+
+def load_rows(results):
+    """(run rows, {corpus: pitch-class floor}) of every JSON file in ``results``."""
+    rows, floors = [], {}
+    if not os.path.isdir(results):
+        return rows, floors
+    for name in sorted(os.listdir(results)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(results, name)) as handle:
+            data = json.load(handle)
+        if name.endswith("-pitch-classes.json"):
+            floors[name[: -len("-pitch-classes.json")]] = data
+        else:
+            rows.append(data)
+    return rows, floors
+
+
+def mean_sd(values, digits=3):
+    """'mean +-s.d.' over seeds; one value has no s.d."""
+    sd = f"{statistics.stdev(values):.{digits}f}" if len(values) > 1 else "n/a"
+    return f"{statistics.mean(values):.{digits}f} +-{sd}"
+
+
+def group(rows):
+    """{(corpus, model, variant): [rows by seed]} in the order of CORPORA, MODELS, ABLATIONS."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["corpus"], row["model"], row["variant"]), []).append(row)
+    order = {name: i for i, name in enumerate([None, *ABLATIONS])}
+
+    def rank(key):
+        corpus_name, model, variant = key
+        return (list(CORPORA).index(corpus_name), MODELS.index(model), order.get(variant, 99))
+
+    return {key: sorted(groups[key], key=lambda r: r["seed"]) for key in sorted(groups, key=rank)}
+
+
+def label(model, variant):
+    return NAMES[model] + (f" ({variant})" if variant else "")
+
+
+def levels_of(rows):
+    """The query-window levels that every row has, shortest first."""
+    common = set.intersection(*(set(r["trained"]) for r in rows)) - {"track"}
+    return sorted(common, key=lambda level: float(level[1:]))
+
+
+def track_table(groups, floors, corpus_name):
+    """The paper's track-level table for one corpus: MAP (+ the mean 95% c.i. of the runs), MR1,
+    NAR, mean +- s.d. over seeds; the untrained models and pitch-class baselines below."""
+    lines = [
+        f"{'model':<28}{'seeds':>6}{'MAP':>16}{'run c.i.':>10}{'MR1':>16}{'NAR (%)':>16}",
+    ]
+
+    def cells(entries):
+        values = {m: [e[m][0] for e in entries] for m in METRICS}
+        ci = statistics.mean(e["MAP"][1] for e in entries)
+        return (
+            f"{mean_sd(values['MAP']):>16}{'+-' + format(ci, '.3f'):>10}"
+            f"{mean_sd(values['MR1'], 1):>16}{mean_sd(values['ARP'], 2):>16}"
+        )
+
+    for (name, model, variant), runs in groups.items():
+        if name == corpus_name and variant is None:
+            entries = [r["trained"]["track"] for r in runs]
+            lines.append(f"{label(model, variant):<28}{len(runs):>6}{cells(entries)}")
+    lines.append("floors (no training):")
+    for (name, model, variant), runs in groups.items():
+        untrained = [r["untrained"]["track"] for r in runs if "untrained" in r]
+        if name == corpus_name and variant is None and untrained:
+            lines.append(f"{'  untrained ' + NAMES[model]:<28}{len(untrained):>6}{cells(untrained)}")
+    for baseline, levels in floors.get(corpus_name, {}).items():
+        lines.append(f"{'  ' + baseline:<28}{'-':>6}{cells([levels['track']])}")
+    return "\n".join(lines)
+
+
+def segment_table(groups, corpus_name, variants=(None,)):
+    """The paper's segment-level table: MAP for each query length, mean +- s.d. over seeds,
+    trained (and untrained below for the main models)."""
+    chosen = {k: v for k, v in groups.items() if k[0] == corpus_name and k[2] in variants}
+    if not chosen:
+        return ""
+    levels = levels_of([r for runs in chosen.values() for r in runs])
+    head = f"{'model':<28}{'seeds':>6}{'track':>16}" + "".join(
+        f"{level[1:] + ' s':>16}" for level in levels
+    )
+    lines = [head]
+    for which in ("trained", "untrained") if variants == (None,) else ("trained",):
+        if which == "untrained":
+            lines.append("untrained:")
+        for (_, model, variant), runs in chosen.items():
+            runs = [r for r in runs if which in r]
+            if not runs:
+                continue
+            cells = "".join(
+                f"{mean_sd([r[which][level]['MAP'][0] for r in runs]):>16}"
+                for level in ["track", *levels]
+            )
+            lines.append(f"{label(model, variant):<28}{len(runs):>6}{cells}")
+    return "\n".join(lines)
+
+
+def paired_lines(groups, corpus_name, reference=("clews", None)):
+    """CLEWS - every other model (or variant), paired by seed, MAP at each level."""
+    first = {r["seed"]: r for r in groups.get((corpus_name, *reference), [])}
+    lines = []
+    for (name, model, variant), runs in groups.items():
+        if name != corpus_name or (model, variant) == reference:
+            continue
+        second = {r["seed"]: r for r in runs}
+        seeds = sorted(set(first) & set(second))
+        if not seeds:
+            continue
+        levels = ["track", *levels_of([first[s] for s in seeds] + [second[s] for s in seeds])]
+        parts = [
+            f"{level} "
+            + mean_sd(
+                [first[s]["trained"][level]["MAP"][0] - second[s]["trained"][level]["MAP"][0] for s in seeds]
+            )
+            for level in levels
+        ]
+        lines.append(f"  CLEWS - {label(model, variant)} ({len(seeds)} seeds): " + ", ".join(parts))
+    return lines
+
+
+def tables(rows, floors):
+    groups = group(rows)
+    out = []
+    for corpus_name in CORPORA:
+        if not any(k[0] == corpus_name for k in groups):
+            continue
+        out += [
+            f"== {corpus_name} corpus: track level (trained = best validation checkpoint) ==",
+            track_table(groups, floors, corpus_name),
+            "",
+            f"== {corpus_name} corpus: segment level, MAP (query windows back to back against "
+            f"{CANDIDATE_LENGTH} s candidate windows every {CANDIDATE_HOP} s) ==",
+            segment_table(groups, corpus_name),
+            "",
+            "differences in MAP, paired by seed:",
+            *paired_lines(groups, corpus_name),
+            "",
+        ]
+    ablation = segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS))
+    if any(k[2] is not None for k in groups):
+        out += [f"== CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP ==", ablation, ""]
+    return "\n".join(out)
+
+
+def plot(rows, path):
+    """MAP against query length per model, one panel per corpus (mean +- s.d. over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups = {k: v for k, v in group(rows).items() if k[2] is None}
+    names = [c for c in CORPORA if any(k[0] == c for k in groups)]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), dpi=120, squeeze=False)
+    for ax, corpus_name in zip(axes[0], names):
+        for (name, model, _), runs in groups.items():
+            if name != corpus_name:
+                continue
+            levels = levels_of(runs)
+            x = [float(level[1:]) for level in levels]
+            values = np.array([[r["trained"][level]["MAP"][0] for level in levels] for r in runs])
+            sd = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(levels))
+            ax.errorbar(x, values.mean(0), yerr=sd, marker="o", capsize=3, label=NAMES[model])
+        ax.set_title(f"{corpus_name} corpus")
+        ax.set_xlabel("query length (s)")
+        ax.set_ylabel("MAP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+###################################################################################################
+
+
+def plan(args):
+    """[(corpus, model, variant, overrides, seed)] in the order they run: seed by seed, so every
+    model has a first seed early; the ablations after the main runs of their corpus."""
+    jobs = []
+    for corpus_name in args.corpora:
+        for seed in args.seeds:
+            jobs += [(corpus_name, m, None, [], seed) for m in args.models]
+        if corpus_name == ABLATION_CORPUS:
+            for seed in args.seeds:
+                jobs += [("partial", "clews", v, ABLATIONS[v], seed) for v in args.ablations]
+    return jobs
+
+
+def report(args):
+    rows, floors = load_rows(args.results)
+    text = tables(rows, floors)
+    print(text)
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "tables.txt"), "w") as handle:
+        handle.write(text)
+    plot(rows, os.path.join(args.results, "map_vs_query_length.png"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.table:
+        report(args)
+        return 0
+    for corpus_name in args.corpora:
+        audio, meta = corpus(args, corpus_name)
+        _, splits = load_metadata(meta)
+        sizes = ", ".join(f"{s} {len(c)}" for s, c in splits.items())
+        print(f"{corpus_name} corpus: works {sizes}", flush=True)
+        pitch_class_floor(args, corpus_name, audio, meta)
+    done = 0
+    for corpus_name, model, variant, overrides, seed in plan(args):
+        audio, meta = corpus(args, corpus_name)
+        train_and_test(args, corpus_name, model, variant, overrides, seed, audio, meta)
+        done += 1
+        print(f"[{done}/{len(plan(args))}] {run_name(corpus_name, model, variant, seed)}", flush=True)
+    shutil.rmtree(os.path.join(args.out, "tmp"), ignore_errors=True)
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
