@@ -1,13 +1,17 @@
 """The paper's experiments at laptop scale (issue 34): every model of the paper, trained with the
-same CPU budget on a weak-label corpus and on an arrangement corpus, 3 seeds, evaluated with the
+same CPU budget on weak-label corpora and on an arrangement corpus, 3 seeds, evaluated with the
 paper's protocol at track level and at segment level; then CLEWS's ablations.
 
-Corpora (``python -m lib.synth``, 8 kHz, split once by work number, ``fixed_split``):
+Corpora (8 kHz, 4 versions per work, split once by work number, ``fixed_split``):
 
-    partial      --variation partial: each version is a 20-50% part of its 90 s work inside a
-                 60-180 s track of other music (weak labels: most segments match nothing)
-    arrangement  --variation arrangement: 30 s versions re-arranged throughout (every 20 s window
-                 of a version has a counterpart in the others)
+    partial      python -m lib.synth --variation partial: each version is a 20-50% part of its
+                 90 s work inside a 60-180 s track of other music (weak labels: most segments
+                 match nothing); 220 / 10 / 40 training / validation / test works
+    scores       python -m lib.score_corpus: the same on real compositions (music21's scores
+                 through FluidSynth); 120 / 10 / 40 works
+    arrangement  python -m lib.synth --variation arrangement: 30 s versions re-arranged
+                 throughout (every 20 s window of a version has a counterpart in the others);
+                 220 / 10 / 40 works
 
 Models: ``config/small-<model>.yaml`` (CLEWS, DVINet+, CQTNet, ByteCover2x, ByteCover3x,
 CoverHunter-C, MOVE on the pitch classes of the audio), each trained by ``train.py`` for as many
@@ -46,8 +50,12 @@ from lib.metadata import load_metadata, save_metadata
 # whole excerpt at once (the paper's 150 s shingles) get 60 s shingles there
 WHOLE_EXCERPT = ("dvinetp", "cqtnet", "bytecover2x", "move")
 CORPORA = {
-    "partial": {"variation": "partial", "seconds": 90.0, "excerpt": 60, "budget_min": 10},
-    "arrangement": {"variation": "arrangement", "seconds": 30.0, "excerpt": 20, "budget_min": 8},
+    "partial": {"source": "synth", "variation": "partial", "seconds": 90.0,
+                "works": (220, 10, 40), "excerpt": 60, "budget_min": 10},
+    "scores": {"source": "scores", "variation": "partial", "seconds": None,
+               "works": (120, 10, 40), "excerpt": 60, "budget_min": 10},
+    "arrangement": {"source": "synth", "variation": "arrangement", "seconds": 30.0,
+                    "works": (220, 10, 40), "excerpt": 20, "budget_min": 8},
 }
 MODELS = ("clews", "dvinetp", "cqtnet", "bytecover2x", "bytecover3x", "coverhunterc", "move")
 NAMES = {
@@ -60,8 +68,9 @@ NAMES = {
     "move": "MOVE",
 }
 # seconds of one training step (8 anchors x 4 versions) on 2 cores by excerpt length, measured
-# with --measure_steps (forward, backward and Adam on random audio); a run gets the steps that
-# fill its corpus's budget, with STEP_OVERHEAD for loading and validation
+# with --measure_steps on an otherwise idle machine (forward, backward and Adam on random audio);
+# a run gets the steps that fill its corpus's budget, with STEP_OVERHEAD for loading and
+# validation
 STEP_SECONDS = {
     20: {"clews": 1.08, "dvinetp": 1.34, "cqtnet": 1.41, "bytecover2x": 0.94,
          "bytecover3x": 1.08, "coverhunterc": 1.26, "move": 0.46},
@@ -105,9 +114,9 @@ def parse_args(argv=None):
         help=f"CLEWS variants on the {ABLATION_CORPUS} corpus ({', '.join(ABLATIONS)}) or none",
     )
     parser.add_argument("--query_lengths", type=int, nargs="+", default=[10, 20, 30, 60])
-    parser.add_argument("--train_works", type=int, default=220)
-    parser.add_argument("--valid_works", type=int, default=10)
-    parser.add_argument("--test_works", type=int, default=40)
+    parser.add_argument("--train_works", type=int, default=None, help="(default: the corpus's)")
+    parser.add_argument("--valid_works", type=int, default=None)
+    parser.add_argument("--test_works", type=int, default=None)
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--njobs", type=int, default=-1)
     parser.add_argument(
@@ -115,12 +124,18 @@ def parse_args(argv=None):
         "default: the steps of the corpus's budget, STEP_SECONDS)"
     )
     parser.add_argument("--table", action="store_true", help="only print the tables of --results")
+    parser.add_argument(
+        "--measure_steps",
+        action="store_true",
+        help="only time one training step of every model at each excerpt length (STEP_SECONDS)",
+    )
     args = parser.parse_args(argv)
     args.ablations = [] if args.ablations == ["none"] else args.ablations
     unknown = sorted(set(args.ablations) - set(ABLATIONS))
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; valid: {', '.join(ABLATIONS)}")
-    if min(args.train_works, args.valid_works, args.test_works) < 2:
+    given = [n for n in (args.train_works, args.valid_works, args.test_works) if n is not None]
+    if given and min(given) < 2:
         parser.error("need at least 2 training, validation and test works")
     return args
 
@@ -130,18 +145,31 @@ def parse_args(argv=None):
 ###################################################################################################
 
 
+def corpus_sizes(args, name):
+    """(training, validation, test) works of corpus ``name``: its own, or the command line's."""
+    own = CORPORA[name]["works"]
+    given = (args.train_works, args.valid_works, args.test_works)
+    return tuple(g if g is not None else o for g, o in zip(given, own))
+
+
 def corpus(args, name):
     """Render corpus ``name`` once and write its metadata with the fixed split (reused after).
     Returns (audio folder, metadata file)."""
     out = os.path.join(args.out, name)
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)
-    works = args.train_works + args.valid_works + args.test_works
+    sizes = corpus_sizes(args, name)
     spec = CORPORA[name]
+    audio = os.path.join(out, "audio")
+    if spec["source"] == "scores" and not os.path.isfile(os.path.join(audio, ".complete")):
+        cmd = [sys.executable, "-m", "lib.score_corpus", f"--out={audio}", f"--works={sum(sizes)}"]
+        cmd += [f"--versions={args.versions}", "--seed=0", "--samplerate=8000"]
+        cmd += [f"--variation={spec['variation']}", f"--njobs={args.njobs}"]
+        run(cmd, os.path.join(logs, "corpus.log"))
+        open(os.path.join(audio, ".complete"), "w").close()
     audio, every = render_corpus(
-        out, logs, works, args.versions, spec["seconds"], spec["variation"], args.njobs, 8000
+        out, logs, sum(sizes), args.versions, spec["seconds"], spec["variation"], args.njobs, 8000
     )
-    sizes = (args.train_works, args.valid_works, args.test_works)
     meta = os.path.join(out, "metadata-{}-{}-{}.pt".format(*sizes))
     if not os.path.isfile(meta):
         info, splits = load_metadata(every)
@@ -186,6 +214,45 @@ def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
                         counts["both"] += 1
                         counts["same"] += min(x[1], y[1]) - max(x[0], y[0]) >= passage_s
     return {k: v / max(total, 1) for k, v in counts.items()}
+
+
+def step_seconds(model, excerpt, repeats=3):
+    """Seconds of one training step of ``config/small-<model>.yaml`` with the partial corpus's
+    excerpt settings for ``excerpt`` s (``excerpt_overrides``): forward, loss, backward and an
+    Adam step on a batch of random audio, the fastest of ``repeats`` after a first one."""
+    import time
+
+    import torch
+
+    from lib.config import load_run_config
+    from lib.model_base import build_model
+
+    conf = load_run_config(os.path.join("config", f"small-{model}.yaml"))
+    if model in WHOLE_EXCERPT:
+        conf.model.shingling.len = conf.model.shingling.hop = float(excerpt)
+    torch.manual_seed(0)
+    net = build_model(conf.model, sr=conf.data.samplerate)
+    optim = torch.optim.Adam(net.parameters(), lr=conf.training.optim.lr)
+    per_class, anchors = conf.data.n_per_class, conf.training.batchsize
+    x = 0.1 * torch.randn(anchors * per_class, int(excerpt * conf.data.samplerate))
+    labels = torch.arange(anchors).repeat_interleave(per_class)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        z, extra = net.embed(net.prepare(x))
+        loss, _ = net.loss(labels, torch.arange(len(x)), z, extra)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def measure_steps(models):
+    """Print STEP_SECONDS as measured on this machine."""
+    for excerpt in sorted({spec["excerpt"] for spec in CORPORA.values()}):
+        cells = {m: round(step_seconds(m, excerpt), 2) for m in models}
+        print(f"{excerpt}: {cells}", flush=True)
 
 
 ###################################################################################################
@@ -293,6 +360,31 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
     return row
 
 
+EXCERPTS_CHECKED = (10, 20, 30, 60, 90)  # seconds, for ``excerpt_facts``
+
+
+def excerpt_facts(args, corpus_name, audio, meta):
+    """``excerpt_overlap`` of the training works of a partial corpus for excerpts of
+    ``EXCERPTS_CHECKED`` seconds, saved as ``<corpus>-excerpts.json`` (None for a corpus without
+    spans.json); reused when done."""
+    row_file = os.path.join(args.results, f"{corpus_name}-excerpts.json")
+    if os.path.isfile(row_file):
+        with open(row_file) as handle:
+            return json.load(handle)
+    spans_file = os.path.join(audio, "spans.json")
+    if not os.path.isfile(spans_file):
+        return None
+    with open(spans_file) as handle:
+        spans = json.load(handle)
+    info, splits = load_metadata(meta)
+    keys = [info[k]["filename"] for versions in splits["train"].values() for k in versions]
+    row = {str(s): excerpt_overlap(spans, keys, s) for s in EXCERPTS_CHECKED}
+    os.makedirs(args.results, exist_ok=True)
+    with open(row_file, "w") as handle:
+        json.dump(row, handle, indent=1)
+    return row
+
+
 def pitch_class_floor(args, corpus_name, audio, meta):
     """The training-free pitch-class baselines on the test works (``bench_pitch_class_baseline``),
     whole tracks: {"mean chroma" | "2D-FFT": {metric: [mean, c.i.]}}; reused when done."""
@@ -316,10 +408,11 @@ def pitch_class_floor(args, corpus_name, audio, meta):
 
 
 def load_rows(results):
-    """(run rows, {corpus: pitch-class floor}) of every JSON file in ``results``."""
-    rows, floors = [], {}
+    """(run rows, {corpus: pitch-class floor}, {corpus: excerpt facts}) of the JSON files in
+    ``results``."""
+    rows, floors, facts = [], {}, {}
     if not os.path.isdir(results):
-        return rows, floors
+        return rows, floors, facts
     for name in sorted(os.listdir(results)):
         if not name.endswith(".json"):
             continue
@@ -327,9 +420,11 @@ def load_rows(results):
             data = json.load(handle)
         if name.endswith("-pitch-classes.json"):
             floors[name[: -len("-pitch-classes.json")]] = data
+        elif name.endswith("-excerpts.json"):
+            facts[name[: -len("-excerpts.json")]] = data
         else:
             rows.append(data)
-    return rows, floors
+    return rows, floors, facts
 
 
 def mean_sd(values, digits=3):
@@ -440,12 +535,25 @@ def paired_lines(groups, corpus_name, reference=("clews", None)):
     return lines
 
 
-def tables(rows, floors):
+def excerpt_lines(facts):
+    """What training excerpts of each length hold, on the training works of a partial corpus."""
+    lines = ["training excerpts (uniform starts) of versions of one work:"]
+    for seconds, share in facts.items():
+        lines.append(
+            f"  {seconds:>3} s: one holds music of its work {share['one']:.0%}, both of a pair "
+            f"{share['both']:.0%}, the same passage of it (>= 5 s) {share['same']:.0%}"
+        )
+    return lines
+
+
+def tables(rows, floors, facts=None):
     groups = group(rows)
     out = []
     for corpus_name in CORPORA:
         if not any(k[0] == corpus_name for k in groups):
             continue
+        if facts and corpus_name in facts:
+            out += excerpt_lines(facts[corpus_name]) + [""]
         out += [
             f"== {corpus_name} corpus: track level (trained = best validation checkpoint) ==",
             track_table(groups, floors, corpus_name),
@@ -512,8 +620,8 @@ def plan(args):
 
 
 def report(args):
-    rows, floors = load_rows(args.results)
-    text = tables(rows, floors)
+    rows, floors, facts = load_rows(args.results)
+    text = tables(rows, floors, facts)
     print(text)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "tables.txt"), "w") as handle:
@@ -526,12 +634,16 @@ def main(argv=None):
     if args.table:
         report(args)
         return 0
+    if args.measure_steps:
+        measure_steps(args.models)
+        return 0
     for corpus_name in args.corpora:
         audio, meta = corpus(args, corpus_name)
         _, splits = load_metadata(meta)
         sizes = ", ".join(f"{s} {len(c)}" for s, c in splits.items())
         print(f"{corpus_name} corpus: works {sizes}", flush=True)
         pitch_class_floor(args, corpus_name, audio, meta)
+        excerpt_facts(args, corpus_name, audio, meta)
     done = 0
     for corpus_name, model, variant, overrides, seed in plan(args):
         audio, meta = corpus(args, corpus_name)

@@ -1,6 +1,8 @@
 """The plumbing of the benchmarks that train (their measurements are not CI's business)."""
 
 import json
+import os
+import shutil
 import sys
 
 import pytest
@@ -148,7 +150,12 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     first = run_script(cmd)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = sorted(p.name for p in results.glob("*.json"))
-    assert rows == ["partial-clews-s0.json", "partial-pitch-classes.json"]
+    assert rows == [
+        "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json"
+    ]
+    facts = json.loads((results / "partial-excerpts.json").read_text())
+    assert list(facts) == ["10", "20", "30", "60", "90"]
+    assert facts["10"]["same"] <= facts["60"]["same"] and facts["90"]["one"] > 0.5
     row = json.loads((results / "partial-clews-s0.json").read_text())
     assert row["overrides"] == ["data.audiolen=60"] and row["epochs"] == 1
     assert row["steps_per_epoch"] is None and row["train_seconds"] > 0
@@ -162,6 +169,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert len(spans) == 9 * 2
     text = (results / "tables.txt").read_text()
     assert "partial corpus: track level" in text and "untrained CLEWS" in text and "2D-FFT" in text
+    assert "60 s: one holds music of its work" in text
     assert (results / "map_vs_query_length.png").stat().st_size > 0
     # reused: nothing is trained or tested again (no new log), the same tables
     logs = sorted((out / "partial" / "logs").iterdir())
@@ -242,3 +250,22 @@ def test_excerpt_overlap_counts_excerpts_that_hold_the_same_passage():
     spans["work000/v1.wav"] = other
     apart = excerpt_overlap(spans, keys, excerpt_s=60.0)
     assert apart == {"one": 1.0, "both": 1.0, "same": 0.0}
+
+
+@pytest.mark.skipif(
+    not (os.path.isfile("/usr/share/sounds/sf2/FluidR3_GM.sf2") and shutil.which("fluidsynth")),
+    reason="needs fluidsynth and the FluidR3 soundfont (install_requirements.sh --scores)",
+)
+def test_paper_scores_corpus_is_rendered_from_real_compositions_and_split(tmp_path):
+    from benchmarks.bench_paper import corpus, parse_args
+    from lib.metadata import load_metadata
+
+    args = parse_args([f"--out={tmp_path}", "--train_works=2", "--valid_works=2",
+                       "--test_works=2", "--versions=2", "--njobs=2"])
+    audio, meta = corpus(args, "scores")
+    info, splits = load_metadata(meta)
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [2, 2, 2]
+    spans = json.loads((tmp_path / "scores" / "audio" / "spans.json").read_text())
+    assert sorted(spans) == sorted(song["filename"] for song in info.values())
+    assert all(span["score"].endswith((".krn", ".mxl", ".xml")) for span in spans.values())
+    assert corpus(args, "scores") == (audio, meta)  # reused
