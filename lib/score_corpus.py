@@ -21,7 +21,6 @@ needs music21 (``requirements.txt``), FluidSynth and the FluidR3 General MIDI so
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,11 +182,7 @@ def vary(score, rng, variation="partial", base_qpm=None):
         transpose=int(rng.integers(-6, 7)),
         qpm=base_qpm * float(rng.uniform(0.8, 1.25)),
         programs=tuple(int(p) for p in rng.choice(PROGRAMS, size=max(score.voices, 1))),
-        noise_db=float(rng.uniform(15, 45)),
-        reverb=float(rng.uniform(0.0, 0.4)),
-        reverb_s=float(rng.uniform(0.2, 1.5)),
-        tilt=float(rng.uniform(-1, 1)),
-        gain=float(rng.uniform(0.4, 0.9)),
+        **synth.draw_mix(rng),
     )
     if variation == "partial":
         bar_seconds = score.bar * 60.0 / version.qpm
@@ -263,22 +257,12 @@ def render_version(score, version, sr, fillers=(), max_seconds=180.0):
     return synth.mix(out, version, sr, rng)
 
 
-def work_span(score, version):
-    """Where a partial version plays its work, as in ``spans.json``: {"start", "end", "duration"}
-    in seconds of the track, {"bars": [first, last]} and {"work_start", "work_end"} in seconds of
-    the work at its own tempo; None for a whole-work version."""
-    layout = version.layout
-    if layout is None:
+def work_span(score, version, qpm):
+    """Where a partial version plays its work, as in ``spans.json`` (``lib.synth.layout_span``
+    in bars of the work played at its own ``qpm``); None for a whole-work version."""
+    if version.layout is None:
         return None
-    bar_s = score.bar * 60.0 / (score.qpm or version.qpm)
-    return {
-        "start": round(layout.start, 4),
-        "end": round(layout.end, 4),
-        "duration": round(layout.duration, 4),
-        "bars": [layout.first, layout.last],
-        "work_start": round(layout.first * bar_s, 4),
-        "work_end": round(layout.last * bar_s, 4),
-    }
+    return synth.layout_span(version.layout, score.bar * 60.0 / qpm, "bars")
 
 
 ###################################################################################################
@@ -365,7 +349,7 @@ def render_work(out, w, path, fillers, versions, seed, sr, formats, variation, m
         name = f"work{w:03d}/v{v}.{formats[(w + v) % len(formats)]}"
         write_audio(os.path.join(out, name), x, sr)
         if version.layout is not None:
-            spans[name] = {**work_span(score, version), "score": score.name}
+            spans[name] = {**work_span(score, version, base_qpm), "score": score.name}
         nfiles, audio_s = nfiles + 1, audio_s + len(x) / sr
     return nfiles, audio_s, spans
 
@@ -386,21 +370,12 @@ def make_corpus(
     Returns (number of files, seconds of audio)."""
     check_tools()
     paths, fillers = corpus_plan(works, versions, seed)
-    njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
     jobs = [
         (out, w, path, fillers[w * versions : (w + 1) * versions], versions, seed, sr,
          tuple(formats), variation, max_seconds)
         for w, path in enumerate(paths)
     ]
-    if njobs == 1 or works == 1:
-        results = [render_work(*job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(min(njobs, works)) as pool:
-            results = list(pool.map(render_work, *zip(*jobs)))
-    spans = {name: span for *_, work_spans in results for name, span in work_spans.items()}
-    if spans:
-        with open(os.path.join(out, synth.SPANS_FILE), "w") as handle:
-            json.dump(spans, handle, indent=1, sort_keys=True)
+    results = synth.render_works(render_work, jobs, njobs, out)
     return sum(r[0] for r in results), sum(r[1] for r in results)
 
 

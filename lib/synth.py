@@ -245,11 +245,7 @@ def vary(piece, rng, variation="cover"):
         transpose=int(rng.integers(-6, 7)),
         tempo=float(rng.uniform(0.8, 1.25)),
         form=form,
-        noise_db=float(rng.uniform(15, 45)),
-        reverb=float(rng.uniform(0.0, 0.4)),
-        reverb_s=float(rng.uniform(0.2, 1.5)),
-        tilt=float(rng.uniform(-1, 1)),
-        gain=float(rng.uniform(0.4, 0.9)),
+        **draw_mix(rng),
         **arrangement,
     )
     if variation == "same-form":
@@ -261,6 +257,18 @@ def vary(piece, rng, variation="cover"):
             version, form=list(piece.form[layout.first : layout.last]), layout=layout
         )
     return rearrange(version, rng) if variation == "arrangement" else version
+
+
+def draw_mix(rng):
+    """A recording's random mix, the fields ``mix`` reads: signal-to-noise ratio, reverb level
+    and decay, EQ tilt and peak level."""
+    return dict(
+        noise_db=float(rng.uniform(15, 45)),
+        reverb=float(rng.uniform(0.0, 0.4)),
+        reverb_s=float(rng.uniform(0.2, 1.5)),
+        tilt=float(rng.uniform(-1, 1)),
+        gain=float(rng.uniform(0.4, 0.9)),
+    )
 
 
 def section_seconds(piece, tempo=1.0):
@@ -618,21 +626,25 @@ def passages(piece, version):
 
 
 def work_span(piece, version):
-    """Where ``version`` plays its work, as recorded in ``spans.json``: {"start", "end",
-    "duration"} in seconds of the track, and {"work_start", "work_end"} in seconds of the work
-    played at its own tempo from its first section (so the parts of two versions can be compared);
-    None for a version that is not partial."""
-    layout = version.layout
-    if layout is None:
+    """Where ``version`` plays its work, as recorded in ``spans.json`` (``layout_span`` with the
+    work's sections); None for a version that is not partial."""
+    if version.layout is None:
         return None
-    own = section_seconds(piece)
+    return layout_span(version.layout, section_seconds(piece), "sections")
+
+
+def layout_span(layout, unit_seconds, unit):
+    """A ``Layout`` as recorded in ``spans.json``: {"start", "end", "duration"} in seconds of the
+    track, {unit: [first, last]} (sections, bars) and {"work_start", "work_end"} in seconds of
+    the work played at its own tempo (units of ``unit_seconds``) from its start, so that the
+    parts of two versions can be compared."""
     return {
         "start": round(layout.start, 4),
         "end": round(layout.end, 4),
         "duration": round(layout.duration, 4),
-        "sections": [layout.first, layout.last],
-        "work_start": round(layout.first * own, 4),
-        "work_end": round(layout.last * own, 4),
+        unit: [layout.first, layout.last],
+        "work_start": round(layout.first * unit_seconds, 4),
+        "work_end": round(layout.last * unit_seconds, 4),
     }
 
 
@@ -653,22 +665,30 @@ def make_corpus(
     Returns (number of files, seconds of audio, seconds spent rendering, seconds spent encoding).
     A partial corpus also gets ``<out>/spans.json``: {"<work>/<version>.<ext>": ``work_span``}.
     """
-    njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
     check_variation(variation)
     jobs = [
         (out, w, versions, seconds, seed, sr, tuple(formats), variation) for w in range(works)
     ]
-    if njobs == 1 or works == 1:
-        results = [render_work(*job) for job in jobs]
+    results = render_works(render_work, jobs, njobs, out)
+    nfiles, audio_s, render_s, encode_s = (sum(column) for column in list(zip(*results))[:4])
+    return nfiles, audio_s, render_s, encode_s
+
+
+def render_works(render, jobs, njobs, out):
+    """``render(*job)`` for every job, in ``njobs`` processes (-1: one per core); each result
+    ends with the {file: span} of its partial versions, all written to ``<out>/spans.json``
+    when there are any. Returns the results in job order."""
+    njobs = (os.cpu_count() or 1) if njobs == -1 else max(1, int(njobs))
+    if njobs == 1 or len(jobs) == 1:
+        results = [render(*job) for job in jobs]
     else:
-        with ProcessPoolExecutor(min(njobs, works)) as pool:
-            results = list(pool.map(render_work, *zip(*jobs)))
+        with ProcessPoolExecutor(min(njobs, len(jobs))) as pool:
+            results = list(pool.map(render, *zip(*jobs)))
     spans = {name: span for *_, work_spans in results for name, span in work_spans.items()}
     if spans:
         with open(os.path.join(out, SPANS_FILE), "w") as handle:
             json.dump(spans, handle, indent=1, sort_keys=True)
-    nfiles, audio_s, render_s, encode_s = (sum(column) for column in list(zip(*results))[:4])
-    return nfiles, audio_s, render_s, encode_s
+    return results
 
 
 def main(argv=None):

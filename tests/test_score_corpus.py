@@ -142,6 +142,12 @@ def test_cli_writes_a_partial_corpus_with_spans_that_preprocessing_reads(tmp_pat
         assert info.duration == pytest.approx(span["duration"], abs=0.06)  # mp3 frames
         assert 0 <= span["start"] < span["end"] <= span["duration"] + 1e-3
         assert span["bars"][0] < span["bars"][1] and span["score"]
+    for w in ("work000", "work001"):  # the work's own time: one bar length for all its versions
+        bars = [
+            (s["work_end"] - s["work_start"]) / (s["bars"][1] - s["bars"][0])
+            for name, s in spans.items() if name.startswith(w)
+        ]
+        assert bars[0] == pytest.approx(bars[1], rel=1e-3)
     fn_out = tmp_path / "meta.pt"
     pre = ["--dataset=folder", f"--path_audio={out}", "--ext_in=any", f"--fn_out={fn_out}"]
     assert data_preproc.main(pre + ["--split=test", "--njobs=1"]) == 0
