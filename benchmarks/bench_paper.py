@@ -615,7 +615,7 @@ def plan(args):
             jobs += [(corpus_name, m, None, [], seed) for m in args.models]
         if corpus_name == ABLATION_CORPUS:
             for seed in args.seeds:
-                jobs += [("partial", "clews", v, ABLATIONS[v], seed) for v in args.ablations]
+                jobs += [(corpus_name, "clews", v, ABLATIONS[v], seed) for v in args.ablations]
     return jobs
 
 

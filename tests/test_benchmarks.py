@@ -269,3 +269,21 @@ def test_paper_scores_corpus_is_rendered_from_real_compositions_and_split(tmp_pa
     assert sorted(spans) == sorted(song["filename"] for song in info.values())
     assert all(span["score"].endswith((".krn", ".mxl", ".xml")) for span in spans.values())
     assert corpus(args, "scores") == (audio, meta)  # reused
+
+
+def test_paper_budget_fills_the_same_minutes_for_every_model():
+    from benchmarks.bench_paper import (CORPORA, MODELS, STEP_OVERHEAD, STEP_SECONDS, budget,
+                                        excerpt_overrides, step_seconds)
+
+    for name, spec in CORPORA.items():
+        for model in MODELS:
+            epochs, per_epoch = budget(name, model)
+            seconds = epochs * per_epoch * STEP_SECONDS[spec["excerpt"]][model] * STEP_OVERHEAD
+            assert seconds == pytest.approx(spec["budget_min"] * 60, rel=0.05), (name, model)
+            assert per_epoch <= 100
+    # whole-excerpt models embed the 60 s excerpt at once; CLEWS keeps its 10 s shingles
+    assert excerpt_overrides("partial", "dvinetp") == [
+        "data.audiolen=60", "model.shingling.len=60", "model.shingling.hop=60"]
+    assert excerpt_overrides("partial", "clews") == ["data.audiolen=60"]
+    assert excerpt_overrides("arrangement", "move")[0] == "data.audiolen=20"
+    assert 0 < step_seconds("move", 20, repeats=1) < 60  # --measure_steps times a real step
