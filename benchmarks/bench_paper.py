@@ -152,6 +152,15 @@ def corpus_sizes(args, name):
     return tuple(g if g is not None else o for g, o in zip(given, own))
 
 
+def scores_command(audio, works, versions, njobs):
+    """The command that renders the real-composition corpus (``lib.score_corpus``, partial
+    versions at 8 kHz, seed 0) into ``audio``; ``lib.synth``'s corpora are rendered by
+    ``bench_small_recipe.render_corpus``, which then indexes either."""
+    cmd = [sys.executable, "-m", "lib.score_corpus", f"--out={audio}", f"--works={works}"]
+    cmd += [f"--versions={versions}", "--seed=0", "--samplerate=8000", "--variation=partial"]
+    return cmd + [f"--njobs={njobs}"]
+
+
 def corpus(args, name):
     """Render corpus ``name`` once and write its metadata with the fixed split (reused after).
     Returns (audio folder, metadata file)."""
@@ -162,10 +171,7 @@ def corpus(args, name):
     spec = CORPORA[name]
     audio = os.path.join(out, "audio")
     if spec["source"] == "scores" and not os.path.isfile(os.path.join(audio, ".complete")):
-        cmd = [sys.executable, "-m", "lib.score_corpus", f"--out={audio}", f"--works={sum(sizes)}"]
-        cmd += [f"--versions={args.versions}", "--seed=0", "--samplerate=8000"]
-        cmd += [f"--variation={spec['variation']}", f"--njobs={args.njobs}"]
-        run(cmd, os.path.join(logs, "corpus.log"))
+        run(scores_command(audio, sum(sizes), args.versions, args.njobs), os.path.join(logs, "corpus.log"))
         open(os.path.join(audio, ".complete"), "w").close()
     audio, every = render_corpus(
         out, logs, sum(sizes), args.versions, spec["seconds"], spec["variation"], args.njobs, 8000

@@ -177,8 +177,9 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert again.returncode == 0 and sorted((out / "partial" / "logs").iterdir()) == logs
     assert (results / "tables.txt").read_text() == text
     # other settings under the same results are refused, not mixed in
-    other = run_script([c if c != "--epochs=1" else "--epochs=2" for c in cmd])
-    assert other.returncode != 0 and "partial-clews-s0.json ran 1 epochs" in other.stderr
+    args = bench_paper.parse_args([c for c in cmd[3:] if c != "--epochs=1"] + ["--epochs=2"])
+    with pytest.raises(SystemExit, match="partial-clews-s0.json ran 1 epochs"):
+        bench_paper.train_and_test(args, "partial", "clews", None, [], 0, "audio", "meta.pt")
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
 
 
@@ -252,23 +253,23 @@ def test_excerpt_overlap_counts_excerpts_that_hold_the_same_passage():
     assert apart == {"one": 1.0, "both": 1.0, "same": 0.0}
 
 
-@pytest.mark.skipif(
-    not (os.path.isfile("/usr/share/sounds/sf2/FluidR3_GM.sf2") and shutil.which("fluidsynth")),
-    reason="needs fluidsynth and the FluidR3 soundfont (install_requirements.sh --scores)",
-)
-def test_paper_scores_corpus_is_rendered_from_real_compositions_and_split(tmp_path):
-    from benchmarks.bench_paper import corpus, parse_args
-    from lib.metadata import load_metadata
+def test_paper_scores_corpus_command_renders_partial_versions_of_real_compositions():
+    # rendering itself: tests/test_score_corpus.py (the same command line)
+    import subprocess
 
-    args = parse_args([f"--out={tmp_path}", "--train_works=2", "--valid_works=2",
-                       "--test_works=2", "--versions=2", "--njobs=2"])
-    audio, meta = corpus(args, "scores")
-    info, splits = load_metadata(meta)
-    assert [len(splits[s]) for s in ("train", "valid", "test")] == [2, 2, 2]
-    spans = json.loads((tmp_path / "scores" / "audio" / "spans.json").read_text())
-    assert sorted(spans) == sorted(song["filename"] for song in info.values())
-    assert all(span["score"].endswith((".krn", ".mxl", ".xml")) for span in spans.values())
-    assert corpus(args, "scores") == (audio, meta)  # reused
+    from benchmarks.bench_paper import scores_command
+
+    cmd = scores_command("out/scores/audio", 170, 4, 2)
+    assert cmd[1:3] == ["-m", "lib.score_corpus"]
+    args = cmd[3:]
+    assert args == ["--out=out/scores/audio", "--works=170", "--versions=4", "--seed=0",
+                    "--samplerate=8000", "--variation=partial", "--njobs=2"]
+    help_text = subprocess.run(  # every option is one of the module's
+        [sys.executable, "-m", "lib.score_corpus", "--help"], capture_output=True, text=True
+    ).stdout
+    for option in ("--out", "--works", "--versions", "--seed", "--samplerate", "--variation",
+                   "--njobs"):
+        assert option in help_text
 
 
 def test_paper_budget_fills_the_same_minutes_for_every_model():
