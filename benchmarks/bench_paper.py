@@ -492,10 +492,14 @@ def track_table(groups, floors, corpus_name):
     return "\n".join(lines)
 
 
-def segment_table(groups, corpus_name, variants=(None,)):
+def segment_table(groups, corpus_name, variants=(None,), models=MODELS):
     """The paper's segment-level table: MAP for each query length, mean +- s.d. over seeds,
     trained (and untrained below for the main models)."""
-    chosen = {k: v for k, v in groups.items() if k[0] == corpus_name and k[2] in variants}
+    chosen = {
+        k: v
+        for k, v in groups.items()
+        if k[0] == corpus_name and k[2] in variants and k[1] in models
+    }
     if not chosen:
         return ""
     levels = levels_of([r for runs in chosen.values() for r in runs])
@@ -518,12 +522,16 @@ def segment_table(groups, corpus_name, variants=(None,)):
     return "\n".join(lines)
 
 
-def paired_lines(groups, corpus_name, reference=("clews", None)):
-    """CLEWS - every other model (or variant), paired by seed, MAP at each level."""
+def paired_lines(groups, corpus_name, ablations=False):
+    """CLEWS - every other model (or, with ``ablations``, every CLEWS variant), paired by seed,
+    MAP at each level."""
+    reference = ("clews", None)
     first = {r["seed"]: r for r in groups.get((corpus_name, *reference), [])}
     lines = []
     for (name, model, variant), runs in groups.items():
         if name != corpus_name or (model, variant) == reference:
+            continue
+        if (variant is not None) != ablations:
             continue
         second = {r["seed"]: r for r in runs}
         seeds = sorted(set(first) & set(second))
@@ -561,7 +569,7 @@ def tables(rows, floors, facts=None):
         if facts and corpus_name in facts:
             out += excerpt_lines(facts[corpus_name]) + [""]
         out += [
-            f"== {corpus_name} corpus: track level (trained = best validation checkpoint) ==",
+            f"== {corpus_name} corpus: track level (trained = the last epoch's model) ==",
             track_table(groups, floors, corpus_name),
             "",
             f"== {corpus_name} corpus: segment level, MAP (query windows back to back against "
@@ -572,9 +580,15 @@ def tables(rows, floors, facts=None):
             *paired_lines(groups, corpus_name),
             "",
         ]
-    ablation = segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS))
     if any(k[2] is not None for k in groups):
-        out += [f"== CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP ==", ablation, ""]
+        out += [
+            f"== CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP ==",
+            segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS), ("clews",)),
+            "",
+            "differences in MAP, paired by seed:",
+            *paired_lines(groups, ABLATION_CORPUS, ablations=True),
+            "",
+        ]
     return "\n".join(out)
 
 

@@ -222,6 +222,10 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     assert "track 0.200 +-0.141" in paired and "q10 0.250 +-0.071" in paired
     assert "q20 0.300 +-0.141" in paired
     assert any(line.startswith("CLEWS (pos-max)") for line in lines)  # the ablation table
+    ablation = lines[lines.index(next(x for x in lines if "ablations" in x)):]
+    assert not any(line.startswith("DVINet+") for line in ablation)
+    assert any("CLEWS - CLEWS (pos-max) (1 seeds): track 0.300" in line for line in ablation)
+    assert not any("CLEWS (pos-max)" in line for line in lines[: len(lines) - len(ablation)])
     # the plan: seed by seed, every model, then the ablations of the weak-label corpus
     args = parse_args(["--corpora", "partial", "--models", "clews", "move", "--seeds", "0", "1",
                        "--ablations", "gamma-2"])
