@@ -14,13 +14,14 @@ melody, harmony and form. The default (``cover``) is the corpus of the demo, unc
 ``--variation same-form`` versions keep the piece's form (key, tempo, mix and lead instrument
 still change), so where a passage of one version plays in another is known (``passages``).
 
-With ``--variation partial`` the labels are weak, as in live recordings, medleys and compilations:
-each version is a re-arranged version (as ``arrangement``) of a contiguous part of its work, a
-drawn share of 20-50% of a 60-180 s track, and the rest of the track is other music (pieces
-composed for that track alone, played by the same instruments). Versions of one work play
-different, partly overlapping parts of it, so some pairs share little. ``--seconds`` is then the
-length of the whole work (about 90 s lets parts differ); ``make_corpus`` writes where each version
-plays its work to ``<out>/spans.json`` (``Layout``).
+With ``--variation partial`` the labels are weak, as in medleys, compilations and live recordings:
+each version (varied as ``cover``) plays a contiguous part of its work, a drawn share of 20-50%
+of a 60-180 s track, and the rest of the track is other music (pieces composed for that track
+alone, each with its own instruments). Versions of one work play different, partly overlapping
+parts of it, so some pairs share little. ``--variation partial-arrangement`` also re-arranges each
+version (as ``arrangement``). ``--seconds`` is then the length of the whole work (about 90 s lets
+parts differ); ``make_corpus`` writes where each version plays its work to ``<out>/spans.json``
+(``Layout``).
 
     python -m lib.synth --out data/demo/audio --works 40 --versions 4 --seconds 40
 
@@ -58,7 +59,8 @@ TIMBRES = {
     "reed": [0.6, 1.0, 0.5, 0.45, 0.2, 0.15, 0.1],
 }
 ENVELOPES = ("pluck", "pad", "piano", "organ")
-VARIATIONS = ("cover", "arrangement", "same-form", "partial")
+VARIATIONS = ("cover", "arrangement", "same-form", "partial", "partial-arrangement")
+PARTIAL = ("partial", "partial-arrangement")  # the weak-label modes
 TRACK_SECONDS = (60.0, 180.0)  # length of a partial version
 WORK_SHARE = (0.2, 0.5)  # share of a partial version's track that its work fills
 SPANS_FILE = "spans.json"  # where the versions of a partial corpus play their work
@@ -225,9 +227,10 @@ def vary(piece, rng, variation="cover"):
     invariance in minutes, arrangement invariance takes far more data).
 
     ``variation="arrangement"`` re-arranges every version on top of that (``rearrange``);
-    ``variation="same-form"`` keeps the piece's form; ``variation="partial"`` re-arranges it and
-    plays a part of the piece inside other music (``partial_layout``). The draws of ``cover`` come
-    first and are the same in every mode, so a version's key, tempo and mix do not depend on it."""
+    ``variation="same-form"`` keeps the piece's form; ``variation="partial"`` plays a part of the
+    piece inside other music (``partial_layout``), ``"partial-arrangement"`` also re-arranges it.
+    The draws of ``cover`` come first and are the same in every mode, so a version's key, tempo
+    and mix do not depend on it."""
     check_variation(variation)
     form = list(piece.form)
     if rng.random() < 0.5:  # start later
@@ -250,8 +253,10 @@ def vary(piece, rng, variation="cover"):
     )
     if variation == "same-form":
         return dataclasses.replace(version, form=list(piece.form))
-    if variation == "partial":
-        version = rearrange(dataclasses.replace(version, form=list(piece.form)), rng)
+    if variation in PARTIAL:
+        version = dataclasses.replace(version, form=list(piece.form))
+        if variation == "partial-arrangement":
+            version = rearrange(version, rng)
         layout = partial_layout(piece, version, rng)
         return dataclasses.replace(
             version, form=list(piece.form[layout.first : layout.last]), layout=layout
@@ -393,9 +398,8 @@ def render(piece, version, sr=16000, rng=None):
 
 
 def _render_partial(piece, version, sr, rng):
-    """The unmixed track of a partial version: its work's sections from ``layout.start``, the
-    end of another piece before them and the start of a third after them, all three played by
-    the version's instruments and cross-faded over ``FADE_S``."""
+    """The unmixed track of a partial version: its work's sections from ``layout.start``, another
+    piece before them and a third after them (``_filler``), cross-faded over ``FADE_S``."""
     layout = version.layout
     out = np.zeros(int(round(layout.duration * sr)))
     start, end = int(round(layout.start * sr)), int(round(layout.end * sr))
@@ -413,19 +417,30 @@ def _render_partial(piece, version, sr, rng):
 
 
 def _filler(version, n, sr, rng):
-    """``n`` samples of a piece composed for this track alone, played by ``version``'s
-    instruments in another key at the piece's own tempo, its form repeated as needed."""
+    """``n`` samples of a piece composed for this track alone, with its own instruments (as in a
+    compilation or a medley: the other music says nothing of the work, not even by its sound),
+    in another key at its own tempo, its form repeated as needed."""
     piece = compose(rng, n / sr + 10.0)
     repeats = 1 + int(n / sr // (len(piece.form) * section_seconds(piece)))
-    other = dataclasses.replace(
+    other = filler_version(version, piece, repeats, int(rng.integers(-6, 7)))
+    x = _render_dry(piece, other, sr, rng)
+    return np.pad(x, (0, max(0, n - len(x))))[:n]
+
+
+def filler_version(version, piece, repeats, transpose):
+    """How a filler ``piece`` plays in ``version``'s track: its own arrangement, ``transpose``
+    semitones away, at its own tempo, its form ``repeats`` times (the mix is the track's)."""
+    return dataclasses.replace(
         version,
-        transpose=int(rng.integers(-6, 7)),
+        **piece.arrangement,
+        voicing="close",
+        drum_pattern="basic",
+        ornament=0.0,
+        transpose=transpose,
         tempo=1.0,
         form=list(piece.form) * repeats,
         layout=None,
     )
-    x = _render_dry(piece, other, sr, rng)
-    return np.pad(x, (0, max(0, n - len(x))))[:n]
 
 
 def fade_gain(n, fade, out_at_end):
@@ -708,8 +723,9 @@ def main(argv=None):
         help="cover: key, tempo, structure, mix and sometimes the lead instrument (the demo); "
         "arrangement: also new instruments, accompaniment, voicings, drums and ornaments; "
         "same-form: as cover, but every version keeps the piece's form; "
-        "partial: arrangement's changes on a 20-50%% part of the work inside a 60-180 s track of "
-        "other music (weak labels; --seconds is then the work's length; spans.json says where)",
+        "partial: cover's changes on a 20-50%% part of the work inside a 60-180 s track of "
+        "other music (weak labels; --seconds is then the work's length; spans.json says where); "
+        "partial-arrangement: the same, re-arranged",
     )
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2 or args.seconds <= 0:

@@ -262,12 +262,18 @@ def test_partial_layouts_hold_a_drawn_share_of_the_work_in_a_longer_track(long_p
     disjoint = sum(a[1] <= b[0] or b[1] <= a[0] for i, a in enumerate(parts) for b in parts[:i])
     overlapping = len(parts) * (len(parts) - 1) // 2 - disjoint
     assert disjoint > 0 and overlapping > 0
-    # the arrangement is redrawn for each version, as in the arrangement mode
-    assert len({(v.chord_timbre, v.voicing, v.drum_pattern) for v in versions}) > 50
-    # key, tempo and mix are the cover mode's draws
+    # the arrangement is the piece's own, as in the cover mode, and redrawn for each version in
+    # partial-arrangement; key, tempo and mix are the cover mode's draws in both
+    assert len({(v.chord_timbre, v.voicing, v.drum_pattern) for v in versions}) == 1
+    rearranged = [
+        synth.vary(long_piece, np.random.default_rng(s), "partial-arrangement") for s in range(200)
+    ]
+    assert len({(v.chord_timbre, v.voicing, v.drum_pattern) for v in rearranged}) > 50
+    assert all(v.layout.duration >= 60 and v.layout.end > v.layout.start for v in rearranged)
     cover = synth.vary(long_piece, np.random.default_rng(3))
-    assert (versions[3].transpose, versions[3].tempo, versions[3].gain) == (
-        cover.transpose, cover.tempo, cover.gain)
+    for partial in (versions[3], rearranged[3]):
+        assert (partial.transpose, partial.tempo, partial.gain) == (
+            cover.transpose, cover.tempo, cover.gain)
 
 
 def test_partial_version_plays_its_work_where_the_layout_says(long_piece):
@@ -291,6 +297,22 @@ def test_partial_version_plays_its_work_where_the_layout_says(long_piece):
                 assert np.sqrt(np.mean(part**2)) > 0.02
                 n = min(len(part), len(alone))
                 assert abs(np.corrcoef(part[:n], alone[:n])[0, 1]) < 0.2
+
+
+def test_partial_fillers_have_instruments_of_their_own(long_piece):
+    # the other music must not tell the work by its sound: in the partial mode every version of
+    # a work has the piece's instruments, its fillers those of their own pieces
+    version = synth.vary(long_piece, np.random.default_rng(0), "partial")
+    fields = ("melody_timbre", "chord_timbre", "bass_timbre", "chord_pattern", "drums")
+    differ = 0
+    for seed in range(20):
+        filler = synth.compose(np.random.default_rng(seed), 30)
+        other = synth.filler_version(version, filler, repeats=2, transpose=3)
+        assert {f: getattr(other, f) for f in fields} == {f: filler.arrangement[f] for f in fields}
+        assert other.form == filler.form * 2 and other.tempo == 1.0 and other.layout is None
+        assert (other.transpose, other.noise_db) == (3, version.noise_db)
+        differ += any(getattr(other, f) != getattr(version, f) for f in fields)
+    assert differ >= 18
 
 
 def test_partial_corpus_records_each_span_in_spans_json(tmp_path):
