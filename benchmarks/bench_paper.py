@@ -476,7 +476,8 @@ def track_table(groups, floors, corpus_name):
     """The paper's track-level table for one corpus: MAP (+ the mean 95% c.i. of the runs), MR1,
     NAR, mean +- s.d. over seeds; the untrained models and pitch-class baselines below."""
     lines = [
-        f"{'model':<28}{'seeds':>6}{'MAP':>16}{'run c.i.':>10}{'MR1':>16}{'NAR (%)':>16}",
+        f"{'model':<28}{'seeds':>6}{'MAP':>16}{'run c.i.':>10}{'MR1':>16}{'NAR (%)':>16}"
+        f"{'steps':>7}{'train min':>10}",
     ]
 
     def cells(entries):
@@ -490,7 +491,12 @@ def track_table(groups, floors, corpus_name):
     for (name, model, variant), runs in groups.items():
         if name == corpus_name and variant is None:
             entries = [r["trained"]["track"] for r in runs]
-            lines.append(f"{label(model, variant):<28}{len(runs):>6}{cells(entries)}")
+            steps = runs[0]["epochs"] * (runs[0]["steps_per_epoch"] or 0)
+            minutes = statistics.mean(r["train_seconds"] for r in runs) / 60
+            lines.append(
+                f"{label(model, variant):<28}{len(runs):>6}{cells(entries)}"
+                f"{steps or '-':>7}{minutes:>10.1f}"
+            )
     lines.append("floors (no training):")
     for (name, model, variant), runs in groups.items():
         untrained = [r["untrained"]["track"] for r in runs if "untrained" in r]

@@ -192,7 +192,8 @@ def paper_row(model, seed, maps, variant=None, corpus="partial"):
                 for k, v in maps.items()}
 
     return {"run": run_name(corpus, model, variant, seed), "corpus": corpus, "model": model,
-            "variant": variant, "seed": seed, "epochs": 1, "overrides": [], "train_seconds": 60,
+            "variant": variant, "seed": seed, "epochs": 2, "steps_per_epoch": 50, "overrides": [],
+            "train_seconds": 60 + seed * 60,
             "trained": levels(1.0), "untrained": levels(0.5)}
 
 
@@ -212,6 +213,7 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     lines = text.splitlines()
     clews = next(line for line in lines if line.startswith("CLEWS  "))
     assert "0.600 +-0.141" in clews and "+-0.050" in clews  # MAP over seeds, mean run c.i.
+    assert clews.split()[-2:] == ["100", "1.5"]  # steps, mean training minutes
     assert any(line.strip().startswith("untrained CLEWS") and "0.300 +-0.071" in line
                for line in lines)
     assert any("2D-FFT" in line and "0.110 +-n/a" in line for line in lines)
