@@ -181,6 +181,19 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     with pytest.raises(SystemExit, match="partial-clews-s0.json ran 1 epochs"):
         bench_paper.train_and_test(args, "partial", "clews", None, [], 0, "audio", "meta.pt")
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
+    # the analysis re-computes test.py's MAP from the cached embeddings, and the table ignores it
+    from benchmarks import paper_analysis
+
+    assert paper_analysis.main([f"--out={out}", f"--results={results}", "--corpora", "partial"]) == 0
+    analysed = json.loads((results / "analysis.json").read_text())["partial-clews-s0"]
+    assert sorted(analysed) == ["10", "30"]
+    for length, result in analysed.items():
+        assert result["all windows"] == pytest.approx(row["trained"][f"q{length}"]["MAP"][0])
+        assert 0 < result["clip in work"] <= 1 and 0 < result["clip outside"] <= 1
+        assert len(result["pairs"]["shared"]) + len(result["pairs"]["none"]) == 3 * 2
+    assert "relevant test pairs" in (results / "analysis.txt").read_text()
+    assert bench_paper.main(["--table", f"--results={results}"]) == 0
+    assert (results / "tables.txt").read_text() == text
 
 
 def paper_row(model, seed, maps, variant=None, corpus="partial"):
@@ -294,3 +307,31 @@ def test_paper_budget_fills_the_same_minutes_for_every_model():
     assert excerpt_overrides("partial", "clews") == ["data.audiolen=60"]
     assert excerpt_overrides("arrangement", "move")[0] == "data.audiolen=20"
     assert 0 < step_seconds("move", 20, repeats=1) < 60  # --measure_steps times a real step
+
+
+def test_paper_analysis_places_windows_and_shared_passages():
+    from benchmarks.paper_analysis import shared_work_seconds, window_overlaps
+
+    span = {"start": 25.0, "end": 47.0, "work_start": 10.0, "work_end": 40.0}
+    assert window_overlaps(span, 10, 6).tolist() == [0, 0, 5, 10, 7, 0]
+    assert window_overlaps(span, 60, 2).tolist() == [22, 0]
+    assert shared_work_seconds(span, {"work_start": 35.0, "work_end": 80.0}) == 5.0
+    assert shared_work_seconds(span, {"work_start": 45.0, "work_end": 80.0}) == 0.0
+
+
+def test_paper_analysis_ranks_relevant_pairs_against_irrelevant_candidates():
+    import torch
+
+    from benchmarks.paper_analysis import one_window, pair_ranks
+    from lib.retrieval import Embeddings
+
+    # tracks 0, 1 (work 0) share 20 s of it, track 2 (work 0) none; tracks 3, 4 are work 1
+    spans = {i: {"work_start": a, "work_end": b} for i, (a, b) in
+             enumerate([(0, 30), (10, 40), (60, 90), (0, 30), (0, 30)])}
+    emb = Embeddings(torch.tensor([0, 0, 0, 1, 1]), torch.arange(5), torch.zeros(5, 1, 2), None)
+    dist = torch.tensor([[0.0, 1, 5, 2, 9]]).repeat(5, 1)
+    ranks = pair_ranks(dist, emb.subset(slice(0, 1)), emb, spans)
+    assert ranks == {"shared": [1.0], "none": [0.5]}  # 1 is nearer than 2 and 9; 5 than 9 only
+    picked = one_window(Embeddings(emb.cliques, emb.ids, torch.arange(30.0).view(5, 3, 2), None),
+                        [2, 0, 1, 1, 0])
+    assert picked.z.shape == (5, 1, 2) and picked.z[0, 0].tolist() == [4.0, 5.0]

@@ -1,0 +1,299 @@
+"""Where the matches of ``bench_paper``'s segment level come from (issue 34, item 5).
+
+``bench_paper`` reports the original's segment-level protocol: every back-to-back query window of
+a query track against every 20 s candidate window, reduced to one distance per track pair. In a
+weak-label corpus most of those query windows hold other music, so that protocol mixes two
+questions. This analysis separates them, from the embeddings ``test.py`` already cached for each
+run (no model is run again) and the corpus's ``spans.json`` (where each version plays its work):
+
+    all windows       the protocol as reported (re-computed here: it must equal ``test.py``'s MAP)
+    clip in work      one query window per track: the one that overlaps the track's part of the
+                      work most ("which tracks are versions of this clip?")
+    clip outside      the window that overlaps it least (no shared music: MAP at chance level)
+
+and, for the whole-window protocol, the rank of each relevant candidate split by whether the
+pair shares a passage of the work (>= ``SHARED_SECONDS`` of the same bars) or none: the share of
+irrelevant candidates ranked after it (0.5 = chance). A pair that shares nothing can only be
+found by chance (or by what a version keeps of its work's sound): that part of MAP is out of
+every model's reach.
+
+    .venv/bin/python -m benchmarks.paper_analysis --out /work/bench_paper_out
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+import torch
+
+from benchmarks.bench_paper import (
+    ABLATIONS,
+    ANALYSIS_FILE,
+    CANDIDATE_HOP,
+    CANDIDATE_LENGTH,
+    CHECKPOINTS,
+    MODELS,
+    label,
+    load_rows,
+)
+from lib import metrics, store, tensor_ops
+from lib.checkpoint import load_trained_model
+from lib.extract import file_digest
+from lib.metadata import load_metadata
+from lib.retrieval import Embeddings, query_block_distances
+from lib.synth import SPANS_FILE
+
+SHARED_SECONDS = 5.0  # a relevant pair "shares a passage" from this many seconds of the work
+QUERIES = ("all windows", "clip in work", "clip outside")
+PAIRS = ("shared", "none")
+LENGTHS = (10, 20, 30, 60)  # query windows, seconds (bench_paper's)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/out/paper", help="bench_paper's --out")
+    parser.add_argument("--results", default="benchmarks/results/paper", help="its rows")
+    parser.add_argument("--corpora", nargs="+", default=["partial", "scores"])
+    return parser.parse_args(argv)
+
+
+###################################################################################################
+# What the corpus says
+###################################################################################################
+
+
+def spans_by_id(corpus_dir):
+    """{track id: span record} of the corpus's test tracks (``lib.synth.render_works``)."""
+    with open(os.path.join(corpus_dir, "audio", SPANS_FILE)) as handle:
+        spans = json.load(handle)
+    meta = [n for n in os.listdir(corpus_dir) if n.startswith("metadata-") and "all" not in n]
+    if len(meta) != 1:
+        raise SystemExit(f"error: {corpus_dir}: expected one split metadata file, found {meta}")
+    info = load_metadata(os.path.join(corpus_dir, meta[0]))[0]
+    return {entry["id"]: spans[key] for key, entry in info.items() if key in spans}
+
+
+def shared_work_seconds(a, b):
+    """Seconds of the work (in the work's own time) that the spans ``a`` and ``b`` both play."""
+    return max(0.0, min(a["work_end"], b["work_end"]) - max(a["work_start"], b["work_start"]))
+
+
+def window_overlaps(span, length, nwin):
+    """(nwin,) seconds of the track's part of the work inside each back-to-back window of
+    ``length`` seconds (window i covers [i * length, (i + 1) * length))."""
+    starts = np.arange(nwin) * length
+    inside = np.minimum(starts + length, span["end"]) - np.maximum(starts, span["start"])
+    return np.clip(inside, 0, None)
+
+
+###################################################################################################
+# The cached embeddings of a checkpoint
+###################################################################################################
+
+
+def cached_entries(cache_dir):
+    """{(checkpoint digest, window length, hop): folder} of every complete cache entry."""
+    out = {}
+    for name in sorted(os.listdir(cache_dir)):
+        folder = os.path.join(cache_dir, name)
+        manifest = store.read_manifest(folder)
+        if manifest is None:
+            continue
+        settings = manifest["settings"]
+        out[(manifest["parts"]["checkpoint"], settings["slen"], settings["shop"])] = folder
+    return out
+
+
+def embeddings(folder):
+    cached = store.read(folder, mmap=False)
+    return Embeddings(
+        torch.from_numpy(cached.arrays["cliques"]),
+        torch.from_numpy(cached.arrays["ids"]),
+        torch.from_numpy(cached.z).float(),
+        torch.from_numpy(cached.mask),
+    )
+
+
+def one_window(queries, pick):
+    """The queries with only window ``pick[i]`` of track i."""
+    rows = torch.arange(len(queries))
+    pick = torch.as_tensor(pick)
+    z, mask = queries.z[rows, pick][:, None], queries.mask[rows, pick][:, None]
+    return Embeddings(queries.cliques, queries.ids, z, mask)
+
+
+###################################################################################################
+# Measures
+###################################################################################################
+
+
+def distance_matrix(model, queries, candidates):
+    redux = tensor_ops.parse_redux(model.default_redux)
+    return query_block_distances(model, queries, candidates, redux, "cpu", len(candidates))
+
+
+def relevance(queries, candidates):
+    ismatch = queries.cliques[:, None] == candidates.cliques[None, :]
+    exclude = queries.ids[:, None] == candidates.ids[None, :]
+    return ismatch & ~exclude, exclude
+
+
+def mean_ap(dist, queries, candidates):
+    relevant, exclude = relevance(queries, candidates)
+    ap = metrics.query_metrics(dist, relevant, exclude)["AP"]
+    return float(ap[~torch.isnan(ap)].mean())
+
+
+def pair_ranks(dist, queries, candidates, spans):
+    """{"shared": [...], "none": [...]}: for each relevant pair, the share of the query's
+    irrelevant candidates farther from the query than the relevant one (ties count half)."""
+    relevant, exclude = relevance(queries, candidates)
+    irrelevant = ~relevant & ~exclude
+    out = {"shared": [], "none": []}
+    for i, j in relevant.nonzero().tolist():
+        others = dist[i][irrelevant[i]]
+        farther = (others > dist[i, j]).sum() + 0.5 * (others == dist[i, j]).sum()
+        score = float(farther / len(others))
+        qid, cid = int(queries.ids[i]), int(candidates.ids[j])
+        shared = shared_work_seconds(spans[qid], spans[cid]) >= SHARED_SECONDS
+        out["shared" if shared else "none"].append(score)
+    return out
+
+
+def picked_windows(queries, spans, length):
+    """(window of each query track overlapping its part of the work most, window overlapping it
+    least, seconds of the work in each window (list of (S,) arrays)) for back-to-back windows of
+    ``length`` seconds; padding windows are never picked."""
+    valid = [np.flatnonzero(~m) for m in queries.mask.numpy()]
+    nwin = queries.z.size(1)
+    overlaps = [window_overlaps(spans[i], length, nwin) for i in queries.ids.tolist()]
+    inside = [int(v[np.argmax(o[v])]) for v, o in zip(valid, overlaps)]
+    outside = [int(v[np.argmin(o[v])]) for v, o in zip(valid, overlaps)]
+    return inside, outside, overlaps
+
+
+def analyse_length(model, queries, candidates, spans, length):
+    """MAP of the three query kinds, the pair rank scores of the whole-window protocol, the
+    share of its part of the work (up to ``length``) the clip in the work holds, and the mean
+    seconds of the work in the clip outside."""
+    inside, outside, overlaps = picked_windows(queries, spans, length)
+    kinds = {
+        "all windows": queries,
+        "clip in work": one_window(queries, inside),
+        "clip outside": one_window(queries, outside),
+    }
+    result = {}
+    for kind, picked in kinds.items():
+        dist = distance_matrix(model, picked, candidates)
+        result[kind] = mean_ap(dist, picked, candidates)
+        if kind == "all windows":
+            result["pairs"] = pair_ranks(dist, picked, candidates, spans)
+    most = [min(length, spans[i]["end"] - spans[i]["start"]) for i in queries.ids.tolist()]
+    held = [o[k] / m for o, k, m in zip(overlaps, inside, most)]
+    result["coverage"] = float(np.mean(held))
+    result["outside overlap"] = float(np.mean([o[k] for o, k in zip(overlaps, outside)]))
+    return result
+
+
+def analyse_checkpoint(checkpoint, entries, spans, lengths):
+    """{length: ``analyse_length``} of one checkpoint, for the query lengths ``test.py`` cached."""
+    digest = file_digest(checkpoint)
+    model = load_trained_model(checkpoint)[0]
+    candidates = embeddings(entries[(digest, float(CANDIDATE_LENGTH), float(CANDIDATE_HOP))])
+    out = {}
+    for length in lengths:
+        folder = entries.get((digest, float(length), float(length)))
+        if folder is not None:
+            out[length] = analyse_length(model, embeddings(folder), candidates, spans, length)
+    return out
+
+
+###################################################################################################
+# Report
+###################################################################################################
+
+
+def mean_sd(values):
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f}+-{sd:.3f}"
+
+
+def table(corpus_name, analysed, lengths):
+    """Text: per model (trained runs, mean +- s.d. over seeds) and query length, MAP of the three
+    query kinds and the rank score of relevant pairs with and without a shared passage.
+    ``analysed``: {(model, variant): [one ``analyse_checkpoint`` result per seed]}."""
+    lines = [
+        f"== {corpus_name}: where the segment-level matches come from (MAP; pair rank score) ==",
+        f"{'model':<28}{'query':>6}{'n':>3}" + "".join(f"{k:>15}" for k in QUERIES)
+        + f"{'pair shared':>15}{'pair none':>15}{'coverage':>10}",
+    ]
+    order = {name: i for i, name in enumerate([None, *ABLATIONS])}
+    for model, variant in sorted(analysed, key=lambda k: (MODELS.index(k[0]), order[k[1]])):
+        for length in lengths:
+            runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
+            if not runs:
+                continue
+            cells = [mean_sd([r[k] for r in runs]) for k in QUERIES]
+            cells += [mean_sd([float(np.mean(r["pairs"][k])) for r in runs]) for k in PAIRS]
+            coverage = statistics.mean(r["coverage"] for r in runs)
+            lines.append(
+                f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
+                + "".join(f"{c:>15}" for c in cells)
+                + f"{coverage:>10.2f}"
+            )
+    return "\n".join(lines)
+
+
+def pair_counts(analysed):
+    """(shared, none) relevant pairs of the test set (the same in every run)."""
+    for runs in analysed.values():
+        for length, result in runs[0].items():
+            return tuple(len(result["pairs"][k]) for k in PAIRS)
+    return (0, 0)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = load_rows(args.results)[0]
+    text, dump = [], {}
+    for corpus_name in args.corpora:
+        corpus_dir = os.path.join(args.out, corpus_name)
+        if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
+            print(f"{corpus_name}: no {SPANS_FILE} under {corpus_dir}, skipped", file=sys.stderr)
+            continue
+        spans = spans_by_id(corpus_dir)
+        entries = cached_entries(os.path.join(corpus_dir, "cache", "embeddings"))
+        analysed = {}
+        for row in rows:
+            if row["corpus"] != corpus_name:
+                continue
+            checkpoint = os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"])
+            result = analyse_checkpoint(checkpoint, entries, spans, LENGTHS)
+            analysed.setdefault((row["model"], row["variant"]), []).append(result)
+            dump[row["run"]] = result
+            print(f"{row['run']}: " + ", ".join(
+                f"{n}s {r['all windows']:.3f}/{r['clip in work']:.3f}/{r['clip outside']:.3f}"
+                for n, r in result.items()), flush=True)
+        shared, none = pair_counts(analysed)
+        text.append(
+            table(corpus_name, analysed, LENGTHS)
+            + f"\nrelevant test pairs: {shared} share >= {SHARED_SECONDS:g} s of their work, "
+            f"{none} share less"
+        )
+    report = "\n\n".join(text)
+    print(report)
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "analysis.txt"), "w") as handle:
+        handle.write(report + "\n")
+    with open(os.path.join(args.results, ANALYSIS_FILE), "w") as handle:
+        json.dump(dump, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
