@@ -139,6 +139,10 @@ def parse_args(argv=None):
         "--epochs", type=int, default=None, help="whole epochs for every model (a smoke run; "
         "default: the steps of the corpus's budget, STEP_SECONDS)"
     )
+    parser.add_argument(
+        "--budget_min", type=float, default=None, help="minutes of training per run instead of "
+        "the corpus's (its runs are the variant '<N>min', in a table of their own)"
+    )
     parser.add_argument("--table", action="store_true", help="only print the tables of --results")
     parser.add_argument(
         "--measure_steps",
@@ -150,6 +154,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.ablations) - set(ABLATIONS))
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; valid: {', '.join(ABLATIONS)}")
+    if args.budget_min is not None and args.budget_min <= 0:
+        parser.error(f"--budget_min must be > 0, got {args.budget_min:g}")
     given = [n for n in (args.train_works, args.valid_works, args.test_works) if n is not None]
     if given and min(given) < 2:
         parser.error("need at least 2 training, validation and test works")
@@ -295,11 +301,13 @@ def excerpt_overrides(corpus_name, model):
     return out
 
 
-def budget(corpus_name, model):
-    """(epochs, steps per epoch) that fill the corpus's training budget for ``model``."""
+def budget(corpus_name, model, minutes=None):
+    """(epochs, steps per epoch) that fill ``minutes`` (default: the corpus's training budget)
+    for ``model``."""
     spec = CORPORA[corpus_name]
+    minutes = spec["budget_min"] if minutes is None else minutes
     step = STEP_SECONDS[spec["excerpt"]][model] * STEP_OVERHEAD
-    steps = max(1, round(spec["budget_min"] * 60 / step))
+    steps = max(1, round(minutes * 60 / step))
     epochs = max(1, round(steps / STEPS_PER_EPOCH))
     return epochs, round(steps / epochs)
 
@@ -340,7 +348,7 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
     if args.epochs:  # a smoke run: whole epochs
         epochs, per_epoch = args.epochs, None
     else:
-        epochs, per_epoch = budget(corpus_name, model)
+        epochs, per_epoch = budget(corpus_name, model, args.budget_min)
     overrides = excerpt_overrides(corpus_name, model) + list(variant_overrides)
     settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
     row_file = os.path.join(args.results, f"{name}.json")
@@ -553,7 +561,7 @@ def paired_lines(groups, corpus_name, ablations=False):
     for (name, model, variant), runs in groups.items():
         if name != corpus_name or (model, variant) == reference:
             continue
-        if (variant is not None) != ablations:
+        if not (variant in ABLATIONS if ablations else variant is None):
             continue
         second = {r["seed"]: r for r in runs}
         seeds = sorted(set(first) & set(second))
@@ -602,7 +610,17 @@ def tables(rows, floors, facts=None):
             *paired_lines(groups, corpus_name),
             "",
         ]
-    if any(k[2] is not None for k in groups):
+    for corpus_name in CORPORA:
+        longer = sorted({k[2] for k in groups if k[0] == corpus_name and is_budget_variant(k[2])})
+        if longer:
+            models = tuple(m for m in MODELS if any((corpus_name, m, v) in groups for v in longer))
+            out += [
+                f"== {corpus_name} corpus: other training budgets, MAP (no variant: the "
+                f"corpus's {CORPORA[corpus_name]['budget_min']:g} min) ==",
+                segment_table(groups, corpus_name, (None, *longer), models),
+                "",
+            ]
+    if any(k[2] in ABLATIONS for k in groups):
         out += [
             f"== CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP ==",
             segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS), ("clews",)),
@@ -660,16 +678,33 @@ def prepare(args, corpus_name):
     return audio, meta
 
 
+def budget_variant(minutes):
+    """The variant name of runs trained for ``minutes`` instead of their corpus's budget."""
+    return f"{minutes:g}min"
+
+
+def is_budget_variant(variant):
+    return variant is not None and variant.endswith("min") and variant not in ABLATIONS
+
+
 def plan(args):
     """[(corpus, model, variant, overrides, seed)] in the order they run: seed by seed, so every
-    model has a first seed early; the ablations after the main runs of their corpus."""
+    model has a first seed early; the ablations after the main runs of their corpus. With
+    ``--budget_min`` every variant is suffixed by ``budget_variant``."""
+    tag = None if args.budget_min is None else budget_variant(args.budget_min)
+
+    def named(variant):
+        return tag if variant is None else variant if tag is None else f"{variant}-{tag}"
+
     jobs = []
     for corpus_name in args.corpora:
         for seed in args.seeds:
-            jobs += [(corpus_name, m, None, [], seed) for m in args.models]
+            jobs += [(corpus_name, m, named(None), [], seed) for m in args.models]
         if corpus_name == ABLATION_CORPUS:
             for seed in args.seeds:
-                jobs += [(corpus_name, "clews", v, ABLATIONS[v], seed) for v in args.ablations]
+                jobs += [
+                    (corpus_name, "clews", named(v), ABLATIONS[v], seed) for v in args.ablations
+                ]
     return jobs
 
 

@@ -251,6 +251,31 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
         parse_args(["--ablations", "pos-median"])
 
 
+def test_paper_other_budgets_are_variants_with_a_table_of_their_own():
+    from benchmarks.bench_paper import budget, parse_args, plan, tables
+
+    args = parse_args(["--corpora", "partial", "--models", "clews", "--seeds", "0",
+                       "--ablations", "gamma-2", "--budget_min", "30"])
+    assert [(m, v) for _, m, v, _, _ in plan(args)] == [("clews", "30min"),
+                                                        ("clews", "gamma-2-30min")]
+    (e10, s10), (e30, s30) = budget("partial", "clews"), budget("partial", "clews", 30)
+    assert 2.9 < (e30 * s30) / (e10 * s10) < 3.1
+    rows = [
+        paper_row("clews", 0, {"track": 0.5, "q10": 0.3}),
+        paper_row("dvinetp", 0, {"track": 0.4, "q10": 0.1}),
+        paper_row("clews", 0, {"track": 0.6, "q10": 0.45}, variant="30min"),
+    ]
+    lines = tables(rows, {}).splitlines()
+    start = lines.index(next(x for x in lines if "other training budgets" in x))
+    longer = lines[start:]
+    assert any(x.startswith("CLEWS (30min)") and "0.450" in x for x in longer)
+    assert any(x.startswith("CLEWS  ") for x in longer)  # next to the corpus's budget
+    assert not any(x.startswith("DVINet+") for x in longer)  # no longer run of its own
+    assert not any("30min" in x for x in lines[:start])  # not among the main rows or pairs
+    with pytest.raises(SystemExit):
+        parse_args(["--budget_min", "0"])
+
+
 def test_excerpt_overlap_counts_excerpts_that_hold_the_same_passage():
     from benchmarks.bench_paper import excerpt_overlap
 
