@@ -103,12 +103,19 @@ ABLATIONS = {
     "shingles-20": ["model.shingling.len=20", "model.shingling.hop=20"],
 }
 ABLATION_CORPUS = "partial"
+# learning-rate tuning, the same for every model: its config's rate times each factor, seed 0, the
+# tuning corpus's budget, judged by the mean MAP of every level on the validation works only; the
+# chosen rate then trains every seed of every corpus
+TUNING_CORPUS = "partial"
+LR_FACTORS = (0.25, 1.0, 4.0)
+TUNING_FILE = "tuning.json"
 CANDIDATE_LENGTH, CANDIDATE_HOP = 20, 5  # seconds (the original's default hop)
 METRICS = ("MAP", "MR1", "ARP")
 # the trained model is the last epoch's: the validation excerpts start at 0 s, where a partial
 # version mostly plays other music, so validation MAP cannot pick a checkpoint there
 CHECKPOINTS = {"untrained": "checkpoint_epoch0.ckpt", "trained": "checkpoint_last.ckpt"}
 ANALYSIS_FILE = "analysis.json"  # benchmarks/paper_analysis.py's, beside the rows
+UNTUNED = "untuned"  # the subfolder of --results for rows trained at a rate tuning did not choose
 UNTRAINED_SEED = 0  # the untrained floor: the first seed's initial weights of each model
 
 
@@ -130,6 +137,11 @@ def parse_args(argv=None):
         help=f"CLEWS variants on the {ABLATION_CORPUS} corpus ({', '.join(ABLATIONS)}) or none",
     )
     parser.add_argument("--query_lengths", type=int, nargs="+", default=[10, 20, 30, 60])
+    parser.add_argument(
+        "--lr_factors", type=float, nargs="+", default=list(LR_FACTORS), help="learning rates "
+        f"tried per model on {TUNING_CORPUS}'s validation works, as multiples of its config's "
+        "(1 alone: no tuning)"
+    )
     parser.add_argument("--train_works", type=int, default=None, help="(default: the corpus's)")
     parser.add_argument("--valid_works", type=int, default=None)
     parser.add_argument("--test_works", type=int, default=None)
@@ -154,6 +166,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.ablations) - set(ABLATIONS))
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; valid: {', '.join(ABLATIONS)}")
+    if 1.0 not in args.lr_factors or min(args.lr_factors) <= 0:
+        parser.error("--lr_factors must be > 0 and include 1 (the config's rate)")
     if args.budget_min is not None and args.budget_min <= 0:
         parser.error(f"--budget_min must be > 0, got {args.budget_min:g}")
     given = [n for n in (args.train_works, args.valid_works, args.test_works) if n is not None]
@@ -193,7 +207,8 @@ def corpus(args, name):
     spec = CORPORA[name]
     audio = os.path.join(out, "audio")
     if spec["source"] == "scores" and not os.path.isfile(os.path.join(audio, ".complete")):
-        run(scores_command(audio, sum(sizes), args.versions, args.njobs), os.path.join(logs, "corpus.log"))
+        command = scores_command(audio, sum(sizes), args.versions, args.njobs)
+        run(command, os.path.join(logs, "corpus.log"))
         open(os.path.join(audio, ".complete"), "w").close()
     audio, every = render_corpus(
         out, logs, sum(sizes), args.versions, spec["seconds"], spec["variation"], args.njobs, 8000
@@ -340,6 +355,39 @@ def read_results(path):
     return out
 
 
+def train(args, corpus_name, name, model, seed, settings, audio, meta):
+    """train.py of run ``name`` with ``settings`` (``train_and_test``); seconds it took."""
+    out = os.path.join(args.out, corpus_name)
+    runs, logs = os.path.join(out, "runs"), os.path.join(out, "logs")
+    conf = os.path.join("config", f"small-{model}.yaml")
+    epochs, per_epoch = settings["epochs"], settings["steps_per_epoch"]
+    cmd = [sys.executable, "train.py", f"jobname={name}", f"conf={conf}", f"seed={seed}"]
+    cmd += [f"path.audio={audio}", f"path.meta={meta}", f"path.logs={runs}"]
+    cmd += [f"path.cache={os.path.join(out, 'cache')}"]  # decoded audio, shared by the runs
+    cmd += [f"training.numepochs={epochs}", f"training.save_freq={epochs}"]
+    cmd += settings["overrides"]
+    if per_epoch is not None:
+        cmd.append(f"limit_batches={per_epoch}")
+    return run(cmd, os.path.join(logs, f"{name}-train.log"))
+
+
+def evaluate(args, corpus_name, name, which, checkpoint, partition="test"):
+    """{level: {metric: [mean, c.i.]}} of test.py on ``checkpoint`` of run ``name`` at every
+    level, on the test (or validation) works."""
+    out = os.path.join(args.out, corpus_name)
+    prefix = which if partition == "test" else f"{partition}-{which}"
+    found = {}
+    for level, windows in evaluation_levels(args.query_lengths).items():
+        results = os.path.join(out, "results", name, f"{prefix}-{level}")
+        path = os.path.join(out, "runs", name, checkpoint)
+        cmd = [sys.executable, "test.py", f"checkpoint={path}", f"partition={partition}"]
+        cmd += windows + [f"cache_dir={os.path.join(out, 'cache', 'embeddings')}"]
+        cmd += [f"out={results}"]
+        run(cmd, os.path.join(out, "logs", f"{name}-test-{prefix}-{level}.log"))
+        found.update(read_results(os.path.join(results, "results.json")))
+    return found
+
+
 def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, audio, meta):
     """One run: train.py for the corpus's budget, then test.py of its last checkpoint (and, for
     ``UNTRAINED_SEED`` of a main run, its untrained one) at every level. Returns its row (reused
@@ -350,6 +398,7 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
     else:
         epochs, per_epoch = budget(corpus_name, model, args.budget_min)
     overrides = excerpt_overrides(corpus_name, model) + list(variant_overrides)
+    overrides += lr_overrides(model, chosen_factor(args, model))
     settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
     row_file = os.path.join(args.results, f"{name}.json")
     if os.path.isfile(row_file):
@@ -361,29 +410,13 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
                 f"{epochs} with {overrides}: give another --results for other settings"
             )
         return row
-    out = os.path.join(args.out, corpus_name)
-    runs, logs = os.path.join(out, "runs"), os.path.join(out, "logs")
-    conf = os.path.join("config", f"small-{model}.yaml")
-    cmd = [sys.executable, "train.py", f"jobname={name}", f"conf={conf}", f"seed={seed}"]
-    cmd += [f"path.audio={audio}", f"path.meta={meta}", f"path.logs={runs}"]
-    cmd += [f"path.cache={os.path.join(out, 'cache')}"]  # decoded audio, shared by the runs
-    cmd += [f"training.numepochs={epochs}", f"training.save_freq={epochs}", *overrides]
-    if per_epoch is not None:
-        cmd.append(f"limit_batches={per_epoch}")
-    seconds = run(cmd, os.path.join(logs, f"{name}-train.log"))
+    seconds = train(args, corpus_name, name, model, seed, settings, audio, meta)
     row = {"run": name, "corpus": corpus_name, "model": model, "variant": variant, "seed": seed}
     row.update(settings, train_seconds=round(seconds, 1))
     for which, checkpoint in CHECKPOINTS.items():
         if which == "untrained" and (seed != UNTRAINED_SEED or variant is not None):
             continue
-        row[which] = {}
-        for level, windows in evaluation_levels(args.query_lengths).items():
-            results = os.path.join(out, "results", name, f"{which}-{level}")
-            cmd = [sys.executable, "test.py", f"checkpoint={os.path.join(runs, name, checkpoint)}"]
-            cmd += windows + [f"cache_dir={os.path.join(out, 'cache', 'embeddings')}"]
-            cmd += [f"out={results}"]
-            run(cmd, os.path.join(logs, f"{name}-test-{which}-{level}.log"))
-            row[which].update(read_results(os.path.join(results, "results.json")))
+        row[which] = evaluate(args, corpus_name, name, which, checkpoint)
     os.makedirs(args.results, exist_ok=True)
     with open(row_file, "w") as handle:
         json.dump(row, handle, indent=1)
@@ -452,7 +485,7 @@ def load_rows(results):
             floors[name[: -len("-pitch-classes.json")]] = data
         elif name.endswith("-excerpts.json"):
             facts[name[: -len("-excerpts.json")]] = data
-        elif name != ANALYSIS_FILE:
+        elif name not in (ANALYSIS_FILE, TUNING_FILE):
             rows.append(data)
     return rows, floors, facts
 
@@ -516,7 +549,8 @@ def track_table(groups, floors, corpus_name):
     for (name, model, variant), runs in groups.items():
         untrained = [r["untrained"]["track"] for r in runs if "untrained" in r]
         if name == corpus_name and variant is None and untrained:
-            lines.append(f"{'  untrained ' + NAMES[model]:<28}{len(untrained):>6}{cells(untrained)}")
+            name = "  untrained " + NAMES[model]
+            lines.append(f"{name:<28}{len(untrained):>6}{cells(untrained)}")
     for baseline, levels in floors.get(corpus_name, {}).items():
         lines.append(f"{'  ' + baseline:<28}{'-':>6}{cells([levels['track']])}")
     return "\n".join(lines)
@@ -571,7 +605,10 @@ def paired_lines(groups, corpus_name, ablations=False):
         parts = [
             f"{level} "
             + mean_sd(
-                [first[s]["trained"][level]["MAP"][0] - second[s]["trained"][level]["MAP"][0] for s in seeds]
+                [
+                    first[s]["trained"][level]["MAP"][0] - second[s]["trained"][level]["MAP"][0]
+                    for s in seeds
+                ]
             )
             for level in levels
         ]
@@ -590,9 +627,34 @@ def excerpt_lines(facts):
     return lines
 
 
-def tables(rows, floors, facts=None):
+def tuning_lines(tuning, factors=LR_FACTORS):
+    """Validation MAP (mean over levels) of each model at each learning-rate factor tried."""
+    if not tuning:
+        return []
+    names = [f"{f:g}" for f in factors]
+    lines = [
+        f"== learning rates tried on the {TUNING_CORPUS} corpus's validation works (seed 0, "
+        "mean MAP over levels; * = chosen) ==",
+        f"{'model':<16}{'config lr':>10}" + "".join(f"{n + 'x':>10}" for n in names),
+    ]
+    for model in MODELS:
+        tried = tuning.get(model)
+        if not tried:
+            continue
+        complete = set(names) <= set(tried)
+        best = max(tried, key=lambda f: validation_score(tried[f])) if complete else None
+        cells = "".join(
+            f"{format(validation_score(tried[n]), '.3f') + ('*' if n == best else ' '):>10}"
+            if n in tried else f"{'-':>10}"
+            for n in names
+        )
+        lines.append(f"{NAMES[model]:<16}{config_lr(model):>10.0e}{cells}")
+    return lines + [""]
+
+
+def tables(rows, floors, facts=None, tuning=None):
     groups = group(rows)
-    out = []
+    out = tuning_lines(tuning)
     for corpus_name in CORPORA:
         if not any(k[0] == corpus_name for k in groups):
             continue
@@ -678,6 +740,99 @@ def prepare(args, corpus_name):
     return audio, meta
 
 
+###################################################################################################
+# Learning-rate tuning
+###################################################################################################
+
+
+def config_lr(model):
+    from lib.config import load_run_config
+
+    return load_run_config(os.path.join("config", f"small-{model}.yaml")).training.optim.lr
+
+
+def lr_overrides(model, factor):
+    """train.py overrides for ``factor`` times the config's learning rate (none for 1)."""
+    return [] if factor == 1 else [f"training.optim.lr={config_lr(model) * factor:.6g}"]
+
+
+def tuning_variant(factor):
+    return f"lr{factor:g}x"
+
+
+def read_tuning(args):
+    path = os.path.join(args.results, TUNING_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def validation_score(levels):
+    """The tuning criterion: mean MAP over the levels of a validation evaluation."""
+    return statistics.mean(v["MAP"][0] for v in levels.values())
+
+
+def chosen_factor(args, model):
+    """The factor of the best validation score once every one of ``--lr_factors`` was tried
+    (1 before that, or without tuning)."""
+    tried = read_tuning(args).get(model, {})
+    wanted = [f"{f:g}" for f in args.lr_factors]
+    if len(wanted) == 1 or any(f not in tried for f in wanted):
+        return 1.0
+    return float(max(wanted, key=lambda f: validation_score(tried[f])))
+
+
+def record_tuning(args, model, factor, levels):
+    tuning = read_tuning(args)
+    tuning.setdefault(model, {})[f"{factor:g}"] = levels
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, TUNING_FILE), "w") as handle:
+        json.dump(tuning, handle, indent=1)
+
+
+def tune(args, model, factor, audio, meta):
+    """Train ``model`` at ``factor`` times its rate (seed 0, the tuning corpus's budget; the
+    main run of seed 0 for factor 1) and record its validation MAP in ``TUNING_FILE``."""
+    if f"{factor:g}" in read_tuning(args).get(model, {}):
+        return
+    seed = UNTRAINED_SEED
+    if factor == 1:  # the main run of seed 0, tested as well
+        train_and_test(args, TUNING_CORPUS, model, None, [], seed, audio, meta)
+        name = run_name(TUNING_CORPUS, model, None, seed)
+    else:
+        name = run_name(TUNING_CORPUS, model, tuning_variant(factor), seed)
+        epochs, per_epoch = (args.epochs, None) if args.epochs else budget(TUNING_CORPUS, model)
+        overrides = excerpt_overrides(TUNING_CORPUS, model) + lr_overrides(model, factor)
+        settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
+        train(args, TUNING_CORPUS, name, model, seed, settings, audio, meta)
+    levels = evaluate(args, TUNING_CORPUS, name, "trained", CHECKPOINTS["trained"], "valid")
+    record_tuning(args, model, factor, levels)
+
+
+def set_aside_untuned(args, model):
+    """Move the rows of ``model`` trained at another rate than the chosen one into
+    ``--results/untuned`` (kept: what the untuned model did), and their run folders under
+    ``--out`` into ``untuned`` folders (train.py would resume them)."""
+    wanted = lr_overrides(model, chosen_factor(args, model))
+    rows = [r for r in load_rows(args.results)[0] if r["model"] == model]
+    stale = [r for r in rows if [o for o in r["overrides"] if o.startswith("training.optim.lr=")]
+             != wanted]
+    if not stale:
+        return
+    os.makedirs(os.path.join(args.results, UNTUNED), exist_ok=True)
+    for row in stale:
+        name = f"{row['run']}.json"
+        os.replace(os.path.join(args.results, name), os.path.join(args.results, UNTUNED, name))
+        for kind in ("runs", "results"):
+            folder = os.path.join(args.out, row["corpus"], kind)
+            if os.path.isdir(os.path.join(folder, row["run"])):
+                os.makedirs(os.path.join(folder, UNTUNED), exist_ok=True)
+                target = os.path.join(folder, UNTUNED, row["run"])
+                os.replace(os.path.join(folder, row["run"]), target)
+        print(f"{name}: not at the tuned rate, moved to {UNTUNED}/", flush=True)
+
+
 def budget_variant(minutes):
     """The variant name of runs trained for ``minutes`` instead of their corpus's budget."""
     return f"{minutes:g}min"
@@ -697,6 +852,9 @@ def plan(args):
         return tag if variant is None else variant if tag is None else f"{variant}-{tag}"
 
     jobs = []
+    if len(args.lr_factors) > 1:
+        for model in args.models:
+            jobs += [("tune", model, factor, None, None) for factor in args.lr_factors]
     for corpus_name in args.corpora:
         for seed in args.seeds:
             jobs += [(corpus_name, m, named(None), [], seed) for m in args.models]
@@ -710,7 +868,7 @@ def plan(args):
 
 def report(args):
     rows, floors, facts = load_rows(args.results)
-    text = tables(rows, floors, facts)
+    text = tables(rows, floors, facts, read_tuning(args))
     print(text)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "tables.txt"), "w") as handle:
@@ -728,10 +886,19 @@ def main(argv=None):
         return 0
     prepared = {}  # each corpus when its first run comes: renders, floors
     jobs = plan(args)
+    tuned = set()
     for done, (corpus_name, model, variant, overrides, seed) in enumerate(jobs, 1):
-        if corpus_name not in prepared:
-            prepared[corpus_name] = prepare(args, corpus_name)
-        audio, meta = prepared[corpus_name]
+        source = TUNING_CORPUS if corpus_name == "tune" else corpus_name
+        if source not in prepared:
+            prepared[source] = prepare(args, source)
+        audio, meta = prepared[source]
+        if corpus_name == "tune":
+            tune(args, model, variant, audio, meta)
+            print(f"[{done}/{len(jobs)}] {model} at {variant:g}x its rate", flush=True)
+            continue
+        if model not in tuned:
+            set_aside_untuned(args, model)
+            tuned.add(model)
         train_and_test(args, corpus_name, model, variant, overrides, seed, audio, meta)
         print(f"[{done}/{len(jobs)}] {run_name(corpus_name, model, variant, seed)}", flush=True)
     report(args)

@@ -145,19 +145,26 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         sys.executable, "-m", "benchmarks.bench_paper", f"--out={out}", f"--results={results}",
         "--corpora", "partial", "--models", "clews", "--seeds", "0", "--ablations", "none",
         "--query_lengths", "10", "30", "--train_works=4", "--valid_works=2", "--test_works=3",
-        "--versions=2", "--njobs=2", "--epochs=1",
+        "--versions=2", "--njobs=2", "--epochs=1", "--lr_factors", "1", "4",
     ]
     first = run_script(cmd)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = sorted(p.name for p in results.glob("*.json"))
     assert rows == [
-        "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json"
+        "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json",
+        "tuning.json",
     ]
+    # tuning: both rates judged on the validation works, the main run at the better one
+    tuning = json.loads((results / "tuning.json").read_text())["clews"]
+    assert sorted(tuning) == ["1", "4"] and set(tuning["4"]) == {"track", "q10", "q30"}
+    chosen = max(tuning, key=lambda f: bench_paper.validation_score(tuning[f]))
+    lr_override = bench_paper.lr_overrides("clews", float(chosen))
     facts = json.loads((results / "partial-excerpts.json").read_text())
     assert list(facts) == ["10", "20", "30", "60", "90"]
     assert facts["10"]["same"] <= facts["60"]["same"] and facts["90"]["one"] > 0.5
     row = json.loads((results / "partial-clews-s0.json").read_text())
-    assert row["overrides"] == ["data.audiolen=60"] and row["epochs"] == 1
+    assert row["overrides"] == ["data.audiolen=60", *lr_override] and row["epochs"] == 1
+    assert (results / "untuned" / "partial-clews-s0.json").is_file() == (chosen == "4")
     assert row["steps_per_epoch"] is None and row["train_seconds"] > 0
     for which in ("untrained", "trained"):
         assert set(row[which]) == {"track", "q10", "q30"}
@@ -169,6 +176,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert len(spans) == 9 * 2
     text = (results / "tables.txt").read_text()
     assert "partial corpus: track level" in text and "untrained CLEWS" in text and "2D-FFT" in text
+    assert "learning rates tried" in text
     assert "60 s: one holds music of its work" in text
     assert (results / "map_vs_query_length.png").stat().st_size > 0
     # reused: nothing is trained or tested again (no new log), the same tables
@@ -244,7 +252,10 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     # the plan: seed by seed, every model, then the ablations of the weak-label corpus
     args = parse_args(["--corpora", "partial", "--models", "clews", "move", "--seeds", "0", "1",
                        "--ablations", "gamma-2"])
-    order = [(m, v, s) for _, m, v, _, s in plan(args)]
+    jobs = plan(args)
+    tuning = [(c, m, v) for c, m, v, _, _ in jobs[:6]]  # the learning rates first
+    assert tuning == [("tune", m, f) for m in ("clews", "move") for f in (0.25, 1.0, 4.0)]
+    order = [(m, v, s) for _, m, v, _, s in jobs[6:]]
     assert order == [("clews", None, 0), ("move", None, 0), ("clews", None, 1), ("move", None, 1),
                      ("clews", "gamma-2", 0), ("clews", "gamma-2", 1)]
     with pytest.raises(SystemExit):
@@ -256,7 +267,7 @@ def test_paper_other_budgets_are_variants_with_a_table_of_their_own():
 
     args = parse_args(["--corpora", "partial", "--models", "clews", "--seeds", "0",
                        "--ablations", "gamma-2", "--budget_min", "30"])
-    assert [(m, v) for _, m, v, _, _ in plan(args)] == [("clews", "30min"),
+    assert [(m, v) for _, m, v, _, _ in plan(args)][3:] == [("clews", "30min"),
                                                         ("clews", "gamma-2-30min")]
     (e10, s10), (e30, s30) = budget("partial", "clews"), budget("partial", "clews", 30)
     assert 2.9 < (e30 * s30) / (e10 * s10) < 3.1
@@ -360,3 +371,43 @@ def test_paper_analysis_ranks_relevant_pairs_against_irrelevant_candidates():
     picked = one_window(Embeddings(emb.cliques, emb.ids, torch.arange(30.0).view(5, 3, 2), None),
                         [2, 0, 1, 1, 0])
     assert picked.z.shape == (5, 1, 2) and picked.z[0, 0].tolist() == [4.0, 5.0]
+
+
+def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(tmp_path):
+    from benchmarks import bench_paper
+
+    args = bench_paper.parse_args([f"--out={tmp_path / 'out'}", f"--results={tmp_path / 'res'}",
+                                   "--lr_factors", "0.25", "1", "4"])
+
+    def levels(value):
+        return {"track": {"MAP": [value, 0.1]}, "q20": {"MAP": [value + 0.1, 0.1]}}
+
+    assert bench_paper.chosen_factor(args, "clews") == 1.0  # nothing tried yet
+    bench_paper.record_tuning(args, "clews", 1.0, levels(0.2))
+    bench_paper.record_tuning(args, "clews", 4.0, levels(0.3))
+    assert bench_paper.chosen_factor(args, "clews") == 1.0  # 0.25x not tried yet
+    bench_paper.record_tuning(args, "clews", 0.25, levels(0.1))
+    assert bench_paper.chosen_factor(args, "clews") == 4.0
+    assert bench_paper.lr_overrides("clews", 4.0) == ["training.optim.lr=0.008"]
+    assert bench_paper.lr_overrides("clews", 1.0) == []
+    # a row (and its run folder) at the config's rate is set aside; one at the chosen rate stays
+    results = tmp_path / "res"
+    stale = paper_row("clews", 0, {"track": 0.5})
+    fresh = dict(paper_row("clews", 1, {"track": 0.5}), overrides=["training.optim.lr=0.008"])
+    other = paper_row("dvinetp", 0, {"track": 0.5})
+    for row in (stale, fresh, other):
+        (results / f"{row['run']}.json").write_text(json.dumps(row))
+    (tmp_path / "out" / "partial" / "runs" / "partial-clews-s0").mkdir(parents=True)
+    bench_paper.set_aside_untuned(args, "clews")
+    assert sorted(p.name for p in results.glob("partial-*.json")) == [
+        "partial-clews-s1.json", "partial-dvinetp-s0.json"
+    ]
+    assert (results / "untuned" / "partial-clews-s0.json").is_file()
+    assert (tmp_path / "out" / "partial" / "runs" / "untuned" / "partial-clews-s0").is_dir()
+    assert not (tmp_path / "out" / "partial" / "runs" / "partial-clews-s0").exists()
+    text = bench_paper.tables(bench_paper.load_rows(str(results))[0], {}, None,
+                              bench_paper.read_tuning(args))
+    clews = next(line for line in text.splitlines() if line.startswith("CLEWS   "))
+    assert clews.split() == ["CLEWS", "2e-03", "0.150", "0.250", "0.350*"]
+    with pytest.raises(SystemExit):
+        bench_paper.parse_args(["--lr_factors", "0.5", "2"])
