@@ -49,6 +49,8 @@ from lib.synth import SPANS_FILE
 SHARED_SECONDS = 5.0  # a relevant pair "shares a passage" from this many seconds of the work
 QUERIES = ("all windows", "clip in work", "clip outside")
 PAIRS = ("shared", "none")
+# the whole-window protocol again with these segment reductions at evaluation (test.py redux=)
+REDUCTIONS = ("min", "bpwr-5", "bpwr-10", "mean")
 LENGTHS = (10, 20, 30, 60)  # query windows, seconds (bench_paper's)
 
 
@@ -130,8 +132,9 @@ def one_window(queries, pick):
 ###################################################################################################
 
 
-def distance_matrix(model, queries, candidates):
-    redux = tensor_ops.parse_redux(model.default_redux)
+def distance_matrix(model, queries, candidates, redux=None):
+    """(Q, C) track distances with ``redux`` (default: the model's own reduction)."""
+    redux = tensor_ops.parse_redux(model.default_redux if redux is None else redux)
     return query_block_distances(model, queries, candidates, redux, "cpu", len(candidates))
 
 
@@ -191,6 +194,10 @@ def analyse_length(model, queries, candidates, spans, length):
         result[kind] = mean_ap(dist, picked, candidates)
         if kind == "all windows":
             result["pairs"] = pair_ranks(dist, picked, candidates, spans)
+            result["reductions"] = {
+                r: mean_ap(distance_matrix(model, picked, candidates, r), picked, candidates)
+                for r in REDUCTIONS
+            }
     most = [min(length, spans[i]["end"] - spans[i]["start"]) for i in queries.ids.tolist()]
     held = [o[k] / m for o, k, m in zip(overlaps, inside, most)]
     result["coverage"] = float(np.mean(held))
@@ -223,6 +230,15 @@ def mean_sd(values):
     return f"{statistics.mean(values):.3f}+-{sd:.3f}"
 
 
+VARIANT_ORDER = {name: i for i, name in enumerate([None, *ABLATIONS])}
+
+
+def rank(key):
+    """Sort key of (model, variant): models in bench_paper's order, each one's variants after."""
+    model, variant = key
+    return MODELS.index(model), VARIANT_ORDER.get(variant, len(VARIANT_ORDER)), variant or ""
+
+
 def table(corpus_name, analysed, lengths):
     """Text: per model (trained runs, mean +- s.d. over seeds) and query length, MAP of the three
     query kinds and the rank score of relevant pairs with and without a shared passage.
@@ -232,8 +248,7 @@ def table(corpus_name, analysed, lengths):
         f"{'model':<28}{'query':>6}{'n':>3}" + "".join(f"{k:>15}" for k in QUERIES)
         + f"{'pair shared':>15}{'pair none':>15}{'coverage':>10}",
     ]
-    order = {name: i for i, name in enumerate([None, *ABLATIONS])}
-    for model, variant in sorted(analysed, key=lambda k: (MODELS.index(k[0]), order[k[1]])):
+    for model, variant in sorted(analysed, key=rank):
         for length in lengths:
             runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
             if not runs:
@@ -245,6 +260,25 @@ def table(corpus_name, analysed, lengths):
                 f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
                 + "".join(f"{c:>15}" for c in cells)
                 + f"{coverage:>10.2f}"
+            )
+    return "\n".join(lines)
+
+
+def reduction_table(corpus_name, analysed, lengths):
+    """Text: MAP of the whole-window protocol with each evaluation reduction of ``REDUCTIONS``."""
+    lines = [
+        f"== {corpus_name}: all query windows, MAP by the segment reduction at evaluation ==",
+        f"{'model':<28}{'query':>6}{'n':>3}" + "".join(f"{r:>15}" for r in REDUCTIONS),
+    ]
+    for model, variant in sorted(analysed, key=rank):
+        for length in lengths:
+            runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
+            if not runs:
+                continue
+            cells = [mean_sd([r["reductions"][x] for r in runs]) for x in REDUCTIONS]
+            lines.append(
+                f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
+                + "".join(f"{c:>15}" for c in cells)
             )
     return "\n".join(lines)
 
@@ -282,6 +316,7 @@ def main(argv=None):
         shared, none = pair_counts(analysed)
         text.append(
             table(corpus_name, analysed, LENGTHS)
+            + "\n\n" + reduction_table(corpus_name, analysed, LENGTHS)
             + f"\nrelevant test pairs: {shared} share >= {SHARED_SECONDS:g} s of their work, "
             f"{none} share less"
         )

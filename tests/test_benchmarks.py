@@ -199,6 +199,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         assert result["all windows"] == pytest.approx(row["trained"][f"q{length}"]["MAP"][0])
         assert 0 < result["clip in work"] <= 1 and 0 < result["clip outside"] <= 1
         assert len(result["pairs"]["shared"]) + len(result["pairs"]["none"]) == 3 * 2
+        assert result["reductions"]["bpwr-5"] == pytest.approx(result["all windows"])
     assert "relevant test pairs" in (results / "analysis.txt").read_text()
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
     assert (results / "tables.txt").read_text() == text
@@ -411,3 +412,25 @@ def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(t
     assert clews.split() == ["CLEWS", "2e-03", "0.150", "0.250", "0.350*"]
     with pytest.raises(SystemExit):
         bench_paper.parse_args(["--lr_factors", "0.5", "2"])
+
+
+def test_paper_analysis_table_gives_each_model_and_variant_per_query_length():
+    from benchmarks.paper_analysis import reduction_table, table
+
+    def result(value):
+        return {"all windows": value, "clip in work": 2 * value, "clip outside": 0.05,
+                "pairs": {"shared": [0.7, 0.8], "none": [0.5]}, "coverage": 0.9,
+                "reductions": {"min": value, "bpwr-5": value, "bpwr-10": value, "mean": 0.04}}
+
+    analysed = {
+        ("clews", "30min"): [{10: result(0.2)}],
+        ("dvinetp", None): [{10: result(0.1)}, {10: result(0.3)}],
+        ("clews", None): [{10: result(0.1)}, {10: result(0.2)}],
+    }
+    lines = table("partial", analysed, (10, 20)).splitlines()[2:]
+    assert [line.split("  ")[0] for line in lines] == ["CLEWS", "CLEWS (30min)", "DVINet+"]
+    assert lines[0].split()[1:6] == ["10s", "2", "0.150+-0.071", "0.300+-0.141", "0.050+-0.000"]
+    assert lines[0].split()[6:] == ["0.750+-0.000", "0.500+-0.000", "0.90"]
+    by_redux = reduction_table("partial", analysed, (10,)).splitlines()
+    assert by_redux[1].split()[3:] == ["min", "bpwr-5", "bpwr-10", "mean"]
+    assert by_redux[2].split()[3:] == ["0.150+-0.071"] * 3 + ["0.040+-0.000"]
