@@ -283,6 +283,33 @@ def reduction_table(corpus_name, analysed, lengths):
     return "\n".join(lines)
 
 
+def plot(corpus_name, analysed, path):
+    """MAP against query length per model (main runs and variants), all windows and one clip in
+    the work side by side, mean +- s.d. over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120, sharey=True)
+    for ax, kind in zip(axes, ("all windows", "clip in work")):
+        for key in sorted(analysed, key=rank):
+            lengths = sorted(set.intersection(*(set(seed) for seed in analysed[key])))
+            values = np.array([[seed[n][kind] for n in lengths] for seed in analysed[key]])
+            sd = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(lengths))
+            style = "-" if key[1] is None else ":"
+            ax.errorbar(lengths, values.mean(0), yerr=sd, marker="o", capsize=3, ls=style,
+                        label=label(*key))
+        ax.set_title(f"{corpus_name}: {kind}")
+        ax.set_xlabel("query length (s)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MAP")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def pair_counts(analysed):
     """(shared, none) relevant pairs of the test set (the same in every run)."""
     for runs in analysed.values():
@@ -303,6 +330,7 @@ def main(argv=None):
         spans = spans_by_id(corpus_dir)
         entries = cached_entries(os.path.join(corpus_dir, "cache", "embeddings"))
         analysed = {}
+        os.makedirs(args.results, exist_ok=True)
         for row in rows:
             if row["corpus"] != corpus_name:
                 continue
@@ -313,6 +341,8 @@ def main(argv=None):
             print(f"{row['run']}: " + ", ".join(
                 f"{n}s {r['all windows']:.3f}/{r['clip in work']:.3f}/{r['clip outside']:.3f}"
                 for n, r in result.items()), flush=True)
+        if analysed:
+            plot(corpus_name, analysed, os.path.join(args.results, f"analysis-{corpus_name}.png"))
         shared, none = pair_counts(analysed)
         text.append(
             table(corpus_name, analysed, LENGTHS)

@@ -201,6 +201,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         assert len(result["pairs"]["shared"]) + len(result["pairs"]["none"]) == 3 * 2
         assert result["reductions"]["bpwr-5"] == pytest.approx(result["all windows"])
     assert "relevant test pairs" in (results / "analysis.txt").read_text()
+    assert (results / "analysis-partial.png").stat().st_size > 0
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
     assert (results / "tables.txt").read_text() == text
 
