@@ -18,8 +18,8 @@ Corpora (8 kHz, 4 versions per work, split once by work number, ``fixed_split``)
 Models: ``config/small-<model>.yaml`` (CLEWS, DVINet+, CQTNet, ByteCover2x, ByteCover3x,
 CoverHunter-C, MOVE on the pitch classes of the audio), each at the learning rate it does best
 with on the validation works (0.25x / 1x / 4x its config's, seed 0, first), trained by
-``train.py`` for as many steps as fill the corpus's budget (``CORPORA``, ``STEP_SECONDS``: the same minutes of 2 cores for
-every model) on the corpus's excerpts, and tested by ``test.py`` on the held-out works: whole
+``train.py`` for as many steps as fill the corpus's budget (``CORPORA``, ``STEP_SECONDS``: the
+same minutes of 2 cores for every model) on the corpus's excerpts, and tested by ``test.py`` on the held-out works: whole
 tracks (MAP, MR1 and the paper's NAR = ``ARP``) and query windows of 10, 20, 30 and 60 s (back to
 back over the query track) against candidate windows of 20 s every 5 s, reduced with each model's
 reduction (the original's segment-level evaluation). The floor: each model's untrained weights
