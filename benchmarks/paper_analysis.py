@@ -96,13 +96,14 @@ def window_overlaps(span, length, nwin):
 ###################################################################################################
 
 
-def cached_entries(cache_dir):
-    """{(checkpoint digest, window length, hop): folder} of every complete cache entry."""
+def cached_entries(cache_dir, partition="test"):
+    """{(checkpoint digest, window length, hop): folder} of every complete cache entry of the
+    ``partition``'s tracks (bench_paper's tuning caches the validation works' beside them)."""
     out = {}
     for name in sorted(os.listdir(cache_dir)):
         folder = os.path.join(cache_dir, name)
         manifest = store.read_manifest(folder)
-        if manifest is None:
+        if manifest is None or manifest["parts"]["partition"] != partition:
             continue
         settings = manifest["settings"]
         out[(manifest["parts"]["checkpoint"], settings["slen"], settings["shop"])] = folder

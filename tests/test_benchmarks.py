@@ -435,3 +435,19 @@ def test_paper_analysis_table_gives_each_model_and_variant_per_query_length():
     by_redux = reduction_table("partial", analysed, (10,)).splitlines()
     assert by_redux[1].split()[3:] == ["min", "bpwr-5", "bpwr-10", "mean"]
     assert by_redux[2].split()[3:] == ["0.150+-0.071"] * 3 + ["0.040+-0.000"]
+
+
+def test_paper_analysis_reads_the_test_works_cache_not_the_validation_one(tmp_path):
+    # bench_paper's tuning caches the validation works' embeddings of the same checkpoint with
+    # the same windows: the analysis must not take those for the test works'
+    import numpy as np
+
+    from benchmarks.paper_analysis import cached_entries
+    from lib import store
+
+    for name, partition in (("a", "valid"), ("b", "test"), ("c", "valid")):
+        manifest = {"settings": {"slen": 20.0, "shop": 5.0},
+                    "parts": {"checkpoint": "abc", "partition": partition}}
+        store.write(str(tmp_path / name), np.zeros((2, 1, 3)), np.zeros((2, 1)), manifest)
+    assert cached_entries(str(tmp_path)) == {("abc", 20.0, 5.0): str(tmp_path / "b")}
+    assert cached_entries(str(tmp_path), "valid") == {("abc", 20.0, 5.0): str(tmp_path / "c")}
