@@ -19,11 +19,12 @@ Models: ``config/small-<model>.yaml`` (CLEWS, DVINet+, CQTNet, ByteCover2x, Byte
 CoverHunter-C, MOVE on the pitch classes of the audio), each at the learning rate it does best
 with on the validation works (0.25x / 1x / 4x its config's, seed 0, first), trained by
 ``train.py`` for as many steps as fill the corpus's budget (``CORPORA``, ``STEP_SECONDS``: the
-same minutes of 2 cores for every model) on the corpus's excerpts, and tested by ``test.py`` on the held-out works: whole
-tracks (MAP, MR1 and the paper's NAR = ``ARP``) and query windows of 10, 20, 30 and 60 s (back to
-back over the query track) against candidate windows of 20 s every 5 s, reduced with each model's
-reduction (the original's segment-level evaluation). The floor: each model's untrained weights
-(``checkpoint_epoch0.ckpt`` of seed 0) and two training-free pitch-class baselines.
+same minutes of 2 cores for every model) on the corpus's excerpts, and tested by ``test.py`` on
+the held-out works: whole tracks (MAP, MR1 and the paper's NAR = ``ARP``) and query windows of
+10, 20, 30 and 60 s (back to back over the query track) against candidate windows of 20 s every
+5 s, reduced with each model's reduction (the original's segment-level evaluation). The floor:
+each model's untrained weights (``checkpoint_epoch0.ckpt`` of seed 0) and two training-free
+pitch-class baselines.
 
     .venv/bin/python -m benchmarks.bench_paper                    # everything (hours on 2 cores)
     .venv/bin/python -m benchmarks.bench_paper --corpora partial --models clews dvinetp \\
@@ -356,6 +357,16 @@ def read_results(path):
     return out
 
 
+def run_settings(args, corpus_name, model, overrides, minutes=None):
+    """{epochs, steps_per_epoch, overrides} of a run: ``--epochs`` whole epochs in a smoke run,
+    else the steps that fill ``minutes`` (``budget``)."""
+    if args.epochs:
+        epochs, per_epoch = args.epochs, None
+    else:
+        epochs, per_epoch = budget(corpus_name, model, minutes)
+    return {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
+
+
 def train(args, corpus_name, name, model, seed, settings, audio, meta):
     """train.py of run ``name`` with ``settings`` (``train_and_test``); seconds it took."""
     out = os.path.join(args.out, corpus_name)
@@ -394,13 +405,9 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
     ``UNTRAINED_SEED`` of a main run, its untrained one) at every level. Returns its row (reused
     from ``--results`` when it exists with the same settings)."""
     name = run_name(corpus_name, model, variant, seed)
-    if args.epochs:  # a smoke run: whole epochs
-        epochs, per_epoch = args.epochs, None
-    else:
-        epochs, per_epoch = budget(corpus_name, model, args.budget_min)
     overrides = excerpt_overrides(corpus_name, model) + list(variant_overrides)
     overrides += lr_overrides(model, chosen_factor(args, model))
-    settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
+    settings = run_settings(args, corpus_name, model, overrides, args.budget_min)
     row_file = os.path.join(args.results, f"{name}.json")
     if os.path.isfile(row_file):
         with open(row_file) as handle:
@@ -408,7 +415,7 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
         if {k: row.get(k) for k in settings} != settings:
             sys.exit(
                 f"error: {row_file} ran {row['epochs']} epochs with {row['overrides']}, not "
-                f"{epochs} with {overrides}: give another --results for other settings"
+                f"{settings['epochs']} with {overrides}: give another --results for other settings"
             )
         return row
     seconds = train(args, corpus_name, name, model, seed, settings, audio, meta)
@@ -497,16 +504,22 @@ def mean_sd(values, digits=3):
     return f"{statistics.mean(values):.{digits}f} +-{sd}"
 
 
+def model_variant_rank(model, variant):
+    """Sort key of a (model, variant): models in ``MODELS``' order, the main run first, then the
+    ablations in ``ABLATIONS``' order, then other variants by name."""
+    order = [None, *ABLATIONS]
+    position = order.index(variant) if variant in order else len(order)
+    return MODELS.index(model), position, variant or ""
+
+
 def group(rows):
     """{(corpus, model, variant): [rows by seed]} in the order of CORPORA, MODELS, ABLATIONS."""
     groups = {}
     for row in rows:
         groups.setdefault((row["corpus"], row["model"], row["variant"]), []).append(row)
-    order = {name: i for i, name in enumerate([None, *ABLATIONS])}
-
     def rank(key):
         corpus_name, model, variant = key
-        return (list(CORPORA).index(corpus_name), MODELS.index(model), order.get(variant, 99))
+        return (list(CORPORA).index(corpus_name), *model_variant_rank(model, variant))
 
     return {key: sorted(groups[key], key=lambda r: r["seed"]) for key in sorted(groups, key=rank)}
 
@@ -550,8 +563,8 @@ def track_table(groups, floors, corpus_name):
     for (name, model, variant), runs in groups.items():
         untrained = [r["untrained"]["track"] for r in runs if "untrained" in r]
         if name == corpus_name and variant is None and untrained:
-            name = "  untrained " + NAMES[model]
-            lines.append(f"{name:<28}{len(untrained):>6}{cells(untrained)}")
+            title = "  untrained " + NAMES[model]
+            lines.append(f"{title:<28}{len(untrained):>6}{cells(untrained)}")
     for baseline, levels in floors.get(corpus_name, {}).items():
         lines.append(f"{'  ' + baseline:<28}{'-':>6}{cells([levels['track']])}")
     return "\n".join(lines)
@@ -642,8 +655,7 @@ def tuning_lines(tuning, factors=LR_FACTORS):
         tried = tuning.get(model)
         if not tried:
             continue
-        complete = set(names) <= set(tried)
-        best = max(tried, key=lambda f: validation_score(tried[f])) if complete else None
+        best = best_factor(tried, factors)
         cells = "".join(
             f"{format(validation_score(tried[n]), '.3f') + ('*' if n == best else ' '):>10}"
             if n in tried else f"{'-':>10}"
@@ -774,14 +786,20 @@ def validation_score(levels):
     return statistics.mean(v["MAP"][0] for v in levels.values())
 
 
+def best_factor(tried, factors):
+    """The factor (as recorded, e.g. "0.25") with the best validation score among ``tried``
+    ({factor: levels}) once every one of ``factors`` was tried, else None."""
+    wanted = [f"{f:g}" for f in factors]
+    if any(f not in tried for f in wanted):
+        return None
+    return max(wanted, key=lambda f: validation_score(tried[f]))
+
+
 def chosen_factor(args, model):
     """The factor of the best validation score once every one of ``--lr_factors`` was tried
     (1 before that, or without tuning)."""
-    tried = read_tuning(args).get(model, {})
-    wanted = [f"{f:g}" for f in args.lr_factors]
-    if len(wanted) == 1 or any(f not in tried for f in wanted):
-        return 1.0
-    return float(max(wanted, key=lambda f: validation_score(tried[f])))
+    best = best_factor(read_tuning(args).get(model, {}), args.lr_factors)
+    return 1.0 if len(args.lr_factors) == 1 or best is None else float(best)
 
 
 def record_tuning(args, model, factor, levels):
@@ -803,9 +821,8 @@ def tune(args, model, factor, audio, meta):
         name = run_name(TUNING_CORPUS, model, None, seed)
     else:
         name = run_name(TUNING_CORPUS, model, tuning_variant(factor), seed)
-        epochs, per_epoch = (args.epochs, None) if args.epochs else budget(TUNING_CORPUS, model)
         overrides = excerpt_overrides(TUNING_CORPUS, model) + lr_overrides(model, factor)
-        settings = {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
+        settings = run_settings(args, TUNING_CORPUS, model, overrides)
         train(args, TUNING_CORPUS, name, model, seed, settings, audio, meta)
     levels = evaluate(args, TUNING_CORPUS, name, "trained", CHECKPOINTS["trained"], "valid")
     record_tuning(args, model, factor, levels)

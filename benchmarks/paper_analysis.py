@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from benchmarks.bench_paper import (
-    ABLATIONS,
     ANALYSIS_FILE,
     CANDIDATE_HOP,
     CANDIDATE_LENGTH,
@@ -38,10 +37,11 @@ from benchmarks.bench_paper import (
     MODELS,
     label,
     load_rows,
+    model_variant_rank,
 )
 from lib import metrics, store, tensor_ops
 from lib.checkpoint import load_trained_model
-from lib.extract import file_digest
+from lib.extract import file_digest, load_store
 from lib.metadata import load_metadata
 from lib.retrieval import Embeddings, query_block_distances
 from lib.synth import SPANS_FILE
@@ -111,13 +111,11 @@ def cached_entries(cache_dir, partition="test"):
 
 
 def embeddings(folder):
-    cached = store.read(folder, mmap=False)
-    return Embeddings(
-        torch.from_numpy(cached.arrays["cliques"]),
-        torch.from_numpy(cached.arrays["ids"]),
-        torch.from_numpy(cached.z).float(),
-        torch.from_numpy(cached.mask),
-    )
+    """The Embeddings of the cache entry in ``folder``, read as test.py reads them."""
+    cached = load_store(folder, store.read_manifest(folder)["key"])
+    if cached is None:
+        raise SystemExit(f"error: {folder}: an incomplete or outdated embedding cache")
+    return cached
 
 
 def one_window(queries, pick):
@@ -195,8 +193,9 @@ def analyse_length(model, queries, candidates, spans, length):
         result[kind] = mean_ap(dist, picked, candidates)
         if kind == "all windows":
             result["pairs"] = pair_ranks(dist, picked, candidates, spans)
-            result["reductions"] = {
-                r: mean_ap(distance_matrix(model, picked, candidates, r), picked, candidates)
+            result["reductions"] = {  # the model's own reduction is ``dist`` already
+                r: result[kind] if r == model.default_redux
+                else mean_ap(distance_matrix(model, picked, candidates, r), picked, candidates)
                 for r in REDUCTIONS
             }
     most = [min(length, spans[i]["end"] - spans[i]["start"]) for i in queries.ids.tolist()]
@@ -231,13 +230,14 @@ def mean_sd(values):
     return f"{statistics.mean(values):.3f}+-{sd:.3f}"
 
 
-VARIANT_ORDER = {name: i for i, name in enumerate([None, *ABLATIONS])}
-
-
-def rank(key):
-    """Sort key of (model, variant): models in bench_paper's order, each one's variants after."""
-    model, variant = key
-    return MODELS.index(model), VARIANT_ORDER.get(variant, len(VARIANT_ORDER)), variant or ""
+def runs_by_length(analysed, lengths):
+    """(model, variant, length, [the seeds' results at that length]) in bench_paper's order,
+    for the lengths some seed has."""
+    for model, variant in sorted(analysed, key=lambda key: model_variant_rank(*key)):
+        for length in lengths:
+            runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
+            if runs:
+                yield model, variant, length, runs
 
 
 def table(corpus_name, analysed, lengths):
@@ -249,19 +249,15 @@ def table(corpus_name, analysed, lengths):
         f"{'model':<28}{'query':>6}{'n':>3}" + "".join(f"{k:>15}" for k in QUERIES)
         + f"{'pair shared':>15}{'pair none':>15}{'coverage':>10}",
     ]
-    for model, variant in sorted(analysed, key=rank):
-        for length in lengths:
-            runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
-            if not runs:
-                continue
-            cells = [mean_sd([r[k] for r in runs]) for k in QUERIES]
-            cells += [mean_sd([float(np.mean(r["pairs"][k])) for r in runs]) for k in PAIRS]
-            coverage = statistics.mean(r["coverage"] for r in runs)
-            lines.append(
-                f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
-                + "".join(f"{c:>15}" for c in cells)
-                + f"{coverage:>10.2f}"
-            )
+    for model, variant, length, runs in runs_by_length(analysed, lengths):
+        cells = [mean_sd([r[k] for r in runs]) for k in QUERIES]
+        cells += [mean_sd([float(np.mean(r["pairs"][k])) for r in runs]) for k in PAIRS]
+        coverage = statistics.mean(r["coverage"] for r in runs)
+        lines.append(
+            f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
+            + "".join(f"{c:>15}" for c in cells)
+            + f"{coverage:>10.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -271,16 +267,12 @@ def reduction_table(corpus_name, analysed, lengths):
         f"== {corpus_name}: all query windows, MAP by the segment reduction at evaluation ==",
         f"{'model':<28}{'query':>6}{'n':>3}" + "".join(f"{r:>15}" for r in REDUCTIONS),
     ]
-    for model, variant in sorted(analysed, key=rank):
-        for length in lengths:
-            runs = [seed[length] for seed in analysed[(model, variant)] if length in seed]
-            if not runs:
-                continue
-            cells = [mean_sd([r["reductions"][x] for r in runs]) for x in REDUCTIONS]
-            lines.append(
-                f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
-                + "".join(f"{c:>15}" for c in cells)
-            )
+    for model, variant, length, runs in runs_by_length(analysed, lengths):
+        cells = [mean_sd([r["reductions"][x] for r in runs]) for x in REDUCTIONS]
+        lines.append(
+            f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"
+            + "".join(f"{c:>15}" for c in cells)
+        )
     return "\n".join(lines)
 
 
@@ -294,7 +286,7 @@ def plot(corpus_name, analysed, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120, sharey=True)
     for ax, kind in zip(axes, ("all windows", "clip in work")):
-        for key in sorted(analysed, key=rank):
+        for key in sorted(analysed, key=lambda key: model_variant_rank(*key)):
             lengths = sorted(set.intersection(*(set(seed) for seed in analysed[key])))
             values = np.array([[seed[n][kind] for n in lengths] for seed in analysed[key]])
             sd = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(lengths))
