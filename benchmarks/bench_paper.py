@@ -418,9 +418,12 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
                 f"{settings['epochs']} with {overrides}: give another --results for other settings"
             )
         return row
+    adopted, tuning_seconds = adopt_tuning_run(args, corpus_name, model, variant, seed)
     seconds = train(args, corpus_name, name, model, seed, settings, audio, meta)
+    if adopted:  # train.py only found its last checkpoint finished: the tuning's training time
+        seconds = tuning_seconds
     row = {"run": name, "corpus": corpus_name, "model": model, "variant": variant, "seed": seed}
-    row.update(settings, train_seconds=round(seconds, 1))
+    row.update(settings, train_seconds=None if seconds is None else round(seconds, 1))
     for which, checkpoint in CHECKPOINTS.items():
         if which == "untrained" and (seed != UNTRAINED_SEED or variant is not None):
             continue
@@ -554,10 +557,13 @@ def track_table(groups, floors, corpus_name):
         if name == corpus_name and variant is None:
             entries = [r["trained"]["track"] for r in runs]
             steps = runs[0]["epochs"] * (runs[0]["steps_per_epoch"] or 0)
-            minutes = statistics.mean(r["train_seconds"] for r in runs) / 60
+            # wall time of the runs that recorded it (a tuning run adopted before its time was
+            # recorded did not)
+            seconds = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+            minutes = f"{statistics.mean(seconds) / 60:.1f}" if seconds else "-"
             lines.append(
                 f"{label(model, variant):<28}{len(runs):>6}{cells(entries)}"
-                f"{steps or '-':>7}{minutes:>10.1f}"
+                f"{steps or '-':>7}{minutes:>10}"
             )
     lines.append("floors (no training):")
     for (name, model, variant), runs in groups.items():
@@ -823,9 +829,40 @@ def tune(args, model, factor, audio, meta):
         name = run_name(TUNING_CORPUS, model, tuning_variant(factor), seed)
         overrides = excerpt_overrides(TUNING_CORPUS, model) + lr_overrides(model, factor)
         settings = run_settings(args, TUNING_CORPUS, model, overrides)
-        train(args, TUNING_CORPUS, name, model, seed, settings, audio, meta)
+        seconds = train(args, TUNING_CORPUS, name, model, seed, settings, audio, meta)
+        seconds_file = os.path.join(args.out, TUNING_CORPUS, "runs", name, TRAIN_SECONDS_FILE)
+        with open(seconds_file, "w") as handle:
+            json.dump({"train_seconds": round(seconds, 1)}, handle)
     levels = evaluate(args, TUNING_CORPUS, name, "trained", CHECKPOINTS["trained"], "valid")
     record_tuning(args, model, factor, levels)
+
+
+TRAIN_SECONDS_FILE = "bench_train_seconds.json"  # in a tuning run's folder, for its adoption
+
+
+def adopt_tuning_run(args, corpus_name, model, variant, seed):
+    """Rename the tuning run of ``model`` at its chosen factor (other than 1) to the main run of
+    seed 0 that it equals (same corpus, seed, budget and overrides), so that train.py resumes it
+    finished instead of training it again. Returns (whether it did, the seconds its training
+    took: None when the tuning run predates their record)."""
+    factor = chosen_factor(args, model)
+    main_run = (corpus_name, variant, seed, args.budget_min) == (
+        TUNING_CORPUS, None, UNTRAINED_SEED, None)
+    if factor == 1 or not main_run:
+        return False, None
+    runs = os.path.join(args.out, corpus_name, "runs")
+    source = os.path.join(runs, run_name(corpus_name, model, tuning_variant(factor), seed))
+    target = os.path.join(runs, run_name(corpus_name, model, None, seed))
+    if not os.path.isfile(os.path.join(source, CHECKPOINTS["trained"])) or os.path.exists(target):
+        return False, None
+    os.replace(source, target)
+    print(f"{os.path.basename(source)}: the tuning run at the chosen rate, adopted as "
+          f"{os.path.basename(target)}", flush=True)
+    seconds_file = os.path.join(target, TRAIN_SECONDS_FILE)
+    if not os.path.isfile(seconds_file):
+        return True, None
+    with open(seconds_file) as handle:
+        return True, json.load(handle)["train_seconds"]
 
 
 def set_aside_untuned(args, model):

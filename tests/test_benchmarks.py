@@ -165,6 +165,8 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     row = json.loads((results / "partial-clews-s0.json").read_text())
     assert row["overrides"] == ["data.audiolen=60", *lr_override] and row["epochs"] == 1
     assert (results / "untuned" / "partial-clews-s0.json").is_file() == (chosen == "4")
+    # at 4x, the tuning run is the main run of seed 0 (renamed, not trained again)
+    assert (out / "partial" / "runs" / "partial-clews-lr4x-s0").is_dir() == (chosen == "1")
     assert row["steps_per_epoch"] is None and row["train_seconds"] > 0
     for which in ("untrained", "trained"):
         assert set(row[which]) == {"track", "q10", "q30"}
@@ -237,6 +239,13 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     clews = next(line for line in lines if line.startswith("CLEWS  "))
     assert "0.600 +-0.141" in clews and "+-0.050" in clews  # MAP over seeds, mean run c.i.
     assert clews.split()[-2:] == ["100", "1.5"]  # steps, mean training minutes
+    # a run whose training time was not recorded (an adopted tuning run) is left out of the mean
+    rows[0] = dict(rows[0], train_seconds=None)
+    timed = next(line for line in tables(rows, floors).splitlines() if line.startswith("CLEWS  "))
+    assert timed.split()[-2:] == ["100", "2.0"]
+    rows[1] = dict(rows[1], train_seconds=None)
+    timed = next(line for line in tables(rows, floors).splitlines() if line.startswith("CLEWS  "))
+    assert timed.split()[-2:] == ["100", "-"]
     assert any(line.strip().startswith("untrained CLEWS") and "0.300 +-0.071" in line
                for line in lines)
     assert any("2D-FFT" in line and "0.110 +-n/a" in line for line in lines)
@@ -407,6 +416,19 @@ def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(t
     assert (results / "untuned" / "partial-clews-s0.json").is_file()
     assert (tmp_path / "out" / "partial" / "runs" / "untuned" / "partial-clews-s0").is_dir()
     assert not (tmp_path / "out" / "partial" / "runs" / "partial-clews-s0").exists()
+    # the tuning run at the chosen rate becomes the main run of seed 0 on the tuning corpus only
+    runs = tmp_path / "out" / "partial" / "runs"
+    (runs / "partial-clews-lr4x-s0").mkdir()
+    (runs / "partial-clews-lr4x-s0" / "checkpoint_last.ckpt").write_bytes(b"")
+    (runs / "partial-clews-lr4x-s0" / bench_paper.TRAIN_SECONDS_FILE).write_text(
+        json.dumps({"train_seconds": 512.5}))
+    assert bench_paper.adopt_tuning_run(args, "partial", "clews", None, 1) == (False, None)
+    assert bench_paper.adopt_tuning_run(args, "arrangement", "clews", None, 0) == (False, None)
+    assert bench_paper.adopt_tuning_run(args, "partial", "clews", "gamma-2", 0) == (False, None)
+    assert bench_paper.adopt_tuning_run(args, "partial", "clews", None, 0) == (True, 512.5)
+    assert (runs / "partial-clews-s0" / "checkpoint_last.ckpt").is_file()
+    assert not (runs / "partial-clews-lr4x-s0").exists()
+    assert bench_paper.adopt_tuning_run(args, "partial", "clews", None, 0) == (False, None)
     text = bench_paper.tables(bench_paper.load_rows(str(results))[0], {}, None,
                               bench_paper.read_tuning(args))
     clews = next(line for line in text.splitlines() if line.startswith("CLEWS   "))
