@@ -94,7 +94,9 @@ def corpus(tmp_path_factory):
     catalogue, 170-239 never seen (their clips have no version in the catalogue). Many small
     works: a false-alarm rate varies with the works more than with the clips of a work."""
     root = tmp_path_factory.mktemp("calibration")
-    path, _ = tiny_checkpoint(root, randomise=3)  # 2 s windows
+    # 2 s windows; a quarter of the CQT's cost (40 ms frames, half-length kernels): the test
+    # embeds about 1,200 tracks and clips, and tells no version apart that needs finer ones
+    path, _ = tiny_checkpoint(root, randomise=3, cqt={"hoplen": 0.04, "fscale": 0.5})
     audio = root / "audio"
     synth.make_corpus(
         str(audio), WORKS, VERSIONS, SECONDS, seed=11, formats=("wav",), njobs=2

@@ -24,14 +24,16 @@ from tests.models.test_clews import tiny_conf
 SR = 16000
 
 
-def tiny_checkpoint(folder, randomise=None, **sections):
+def tiny_checkpoint(folder, randomise=None, cqt=None, **sections):
     """A small CLEWS checkpoint (2 s windows) in this project's format, config stored inside;
     ``randomise`` (a seed) gives every weight and BatchNorm statistic random values, as after
-    training (a fresh model embeds every window at nearly the same point); ``sections`` are
-    more config sections (``data`` replaces the default one)."""
+    training (a fresh model embeds every window at nearly the same point); ``cqt`` replaces
+    keys of the CQT section; ``sections`` are more config sections (``data`` replaces the
+    default one)."""
     torch.manual_seed(0)
     conf = tiny_conf()
     conf.shingling.len, conf.shingling.hop = 2.0, 2.0
+    conf.cqt.update(cqt or {})
     model = Model(conf, sr=SR).eval()
     if randomise is not None:
         model.load_state_dict(randomised(model, randomise))
