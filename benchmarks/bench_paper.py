@@ -405,8 +405,9 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
     ``UNTRAINED_SEED`` of a main run, its untrained one) at every level. Returns its row (reused
     from ``--results`` when it exists with the same settings)."""
     name = run_name(corpus_name, model, variant, seed)
+    factor = chosen_factor(args, model)
     overrides = excerpt_overrides(corpus_name, model) + list(variant_overrides)
-    overrides += lr_overrides(model, chosen_factor(args, model))
+    overrides += lr_overrides(model, factor)
     settings = run_settings(args, corpus_name, model, overrides, args.budget_min)
     row_file = os.path.join(args.results, f"{name}.json")
     if os.path.isfile(row_file):
@@ -418,7 +419,7 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
                 f"{settings['epochs']} with {overrides}: give another --results for other settings"
             )
         return row
-    adopted, tuning_seconds = adopt_tuning_run(args, corpus_name, model, variant, seed)
+    adopted, tuning_seconds = adopt_tuning_run(args, corpus_name, model, variant, seed, factor)
     seconds = train(args, corpus_name, name, model, seed, settings, audio, meta)
     if adopted:  # train.py only found its last checkpoint finished: the tuning's training time
         seconds = tuning_seconds
@@ -840,12 +841,11 @@ def tune(args, model, factor, audio, meta):
 TRAIN_SECONDS_FILE = "bench_train_seconds.json"  # in a tuning run's folder, for its adoption
 
 
-def adopt_tuning_run(args, corpus_name, model, variant, seed):
-    """Rename the tuning run of ``model`` at its chosen factor (other than 1) to the main run of
-    seed 0 that it equals (same corpus, seed, budget and overrides), so that train.py resumes it
-    finished instead of training it again. Returns (whether it did, the seconds its training
+def adopt_tuning_run(args, corpus_name, model, variant, seed, factor):
+    """Rename the tuning run of ``model`` at its chosen ``factor`` (other than 1) to the main run
+    of seed 0 that it equals (same corpus, seed, budget and overrides), so that train.py resumes
+    it finished instead of training it again. Returns (whether it did, the seconds its training
     took: None when the tuning run predates their record)."""
-    factor = chosen_factor(args, model)
     main_run = (corpus_name, variant, seed, args.budget_min) == (
         TUNING_CORPUS, None, UNTRAINED_SEED, None)
     if factor == 1 or not main_run:
