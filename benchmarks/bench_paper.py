@@ -538,22 +538,38 @@ def levels_of(rows):
     return sorted(common, key=lambda level: float(level[1:]))
 
 
-def track_table(groups, floors, corpus_name):
+def render(header, rows, widths, markdown=False):
+    """A table as fixed-width text (first column left-aligned, the others right-aligned to
+    ``widths``) or as markdown; a row given as a string is a sub-heading."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            cells = [f"*{row}*"] + [""] * (len(header) - 1) if isinstance(row, str) else row
+            lines.append("| " + " | ".join(cell.strip() for cell in cells) + " |")
+        return "\n".join(lines)
+
+    def line(cells):
+        first, *rest = cells
+        return (f"{first:<{widths[0]}}" + "".join(
+            f"{cell:>{width}}" for cell, width in zip(rest, widths[1:])
+        )).rstrip()
+
+    return "\n".join([line(header)] + [row if isinstance(row, str) else line(row) for row in rows])
+
+
+def track_table(groups, floors, corpus_name, markdown=False):
     """The paper's track-level table for one corpus: MAP (+ the mean 95% c.i. of the runs), MR1,
     NAR, mean +- s.d. over seeds; the untrained models and pitch-class baselines below."""
-    lines = [
-        f"{'model':<28}{'seeds':>6}{'MAP':>16}{'run c.i.':>10}{'MR1':>16}{'NAR (%)':>16}"
-        f"{'steps':>7}{'train min':>10}",
-    ]
+    header = ["model", "seeds", "MAP", "run c.i.", "MR1", "NAR (%)", "steps", "train min"]
+    widths = [28, 6, 16, 10, 16, 16, 7, 10]
 
     def cells(entries):
         values = {m: [e[m][0] for e in entries] for m in METRICS}
         ci = statistics.mean(e["MAP"][1] for e in entries)
-        return (
-            f"{mean_sd(values['MAP']):>16}{'+-' + format(ci, '.3f'):>10}"
-            f"{mean_sd(values['MR1'], 1):>16}{mean_sd(values['ARP'], 2):>16}"
-        )
+        return [mean_sd(values["MAP"]), "+-" + format(ci, ".3f"), mean_sd(values["MR1"], 1),
+                mean_sd(values["ARP"], 2)]
 
+    rows = []
     for (name, model, variant), runs in groups.items():
         if name == corpus_name and variant is None:
             entries = [r["trained"]["track"] for r in runs]
@@ -562,22 +578,20 @@ def track_table(groups, floors, corpus_name):
             # recorded did not)
             seconds = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
             minutes = f"{statistics.mean(seconds) / 60:.1f}" if seconds else "-"
-            lines.append(
-                f"{label(model, variant):<28}{len(runs):>6}{cells(entries)}"
-                f"{steps or '-':>7}{minutes:>10}"
-            )
-    lines.append("floors (no training):")
+            rows.append([label(model, variant), str(len(runs)), *cells(entries),
+                         str(steps or "-"), minutes])
+    rows.append("floors (no training):")
     for (name, model, variant), runs in groups.items():
         untrained = [r["untrained"]["track"] for r in runs if "untrained" in r]
         if name == corpus_name and variant is None and untrained:
-            title = "  untrained " + NAMES[model]
-            lines.append(f"{title:<28}{len(untrained):>6}{cells(untrained)}")
+            rows.append(["  untrained " + NAMES[model], str(len(untrained)), *cells(untrained),
+                         "", ""])
     for baseline, levels in floors.get(corpus_name, {}).items():
-        lines.append(f"{'  ' + baseline:<28}{'-':>6}{cells([levels['track']])}")
-    return "\n".join(lines)
+        rows.append(["  " + baseline, "-", *cells([levels["track"]]), "", ""])
+    return render(header, rows, widths, markdown)
 
 
-def segment_table(groups, corpus_name, variants=(None,), models=MODELS):
+def segment_table(groups, corpus_name, variants=(None,), models=MODELS, markdown=False):
     """The paper's segment-level table: MAP for each query length, mean +- s.d. over seeds,
     trained (and untrained below for the main models)."""
     chosen = {
@@ -588,23 +602,20 @@ def segment_table(groups, corpus_name, variants=(None,), models=MODELS):
     if not chosen:
         return ""
     levels = levels_of([r for runs in chosen.values() for r in runs])
-    head = f"{'model':<28}{'seeds':>6}{'track':>16}" + "".join(
-        f"{level[1:] + ' s':>16}" for level in levels
-    )
-    lines = [head]
+    header = ["model", "seeds", "track", *(level[1:] + " s" for level in levels)]
+    widths = [28, 6] + [16] * (len(levels) + 1)
+    rows = []
     for which in ("trained", "untrained") if variants == (None,) else ("trained",):
         if which == "untrained":
-            lines.append("untrained:")
+            rows.append("untrained:")
         for (_, model, variant), runs in chosen.items():
             runs = [r for r in runs if which in r]
             if not runs:
                 continue
-            cells = "".join(
-                f"{mean_sd([r[which][level]['MAP'][0] for r in runs]):>16}"
-                for level in ["track", *levels]
-            )
-            lines.append(f"{label(model, variant):<28}{len(runs):>6}{cells}")
-    return "\n".join(lines)
+            rows.append([label(model, variant), str(len(runs))] + [
+                mean_sd([r[which][level]["MAP"][0] for r in runs]) for level in ["track", *levels]
+            ])
+    return render(header, rows, widths, markdown)
 
 
 def paired_lines(groups, corpus_name, ablations=False):
@@ -633,63 +644,78 @@ def paired_lines(groups, corpus_name, ablations=False):
             )
             for level in levels
         ]
-        lines.append(f"  CLEWS - {label(model, variant)} ({len(seeds)} seeds): " + ", ".join(parts))
+        lines.append(f"CLEWS - {label(model, variant)} ({len(seeds)} seeds): " + ", ".join(parts))
     return lines
 
 
 def excerpt_lines(facts):
     """What training excerpts of each length hold, on the training works of a partial corpus."""
-    lines = ["training excerpts (uniform starts) of versions of one work:"]
+    lines = []
     for seconds, share in facts.items():
         lines.append(
-            f"  {seconds:>3} s: one holds music of its work {share['one']:.0%}, both of a pair "
+            f"{seconds:>3} s: one holds music of its work {share['one']:.0%}, both of a pair "
             f"{share['both']:.0%}, the same passage of it (>= 5 s) {share['same']:.0%}"
         )
     return lines
 
 
-def tuning_lines(tuning, factors=LR_FACTORS):
+def tuning_lines(tuning, factors=LR_FACTORS, markdown=False):
     """Validation MAP (mean over levels) of each model at each learning-rate factor tried."""
     if not tuning:
         return []
     names = [f"{f:g}" for f in factors]
-    lines = [
-        f"== learning rates tried on the {TUNING_CORPUS} corpus's validation works (seed 0, "
-        "mean MAP over levels; * = chosen) ==",
-        f"{'model':<16}{'config lr':>10}" + "".join(f"{n + 'x':>10}" for n in names),
-    ]
+    header = ["model", "config lr", *(n + "x" for n in names)]
+    rows = []
     for model in MODELS:
         tried = tuning.get(model)
         if not tried:
             continue
         best = best_factor(tried, factors)
-        cells = "".join(
-            f"{format(validation_score(tried[n]), '.3f') + ('*' if n == best else ' '):>10}"
-            if n in tried else f"{'-':>10}"
+        cells = [
+            format(validation_score(tried[n]), ".3f") + ("*" if n == best else " ")
+            if n in tried else "-"
             for n in names
-        )
-        lines.append(f"{NAMES[model]:<16}{config_lr(model):>10.0e}{cells}")
-    return lines + [""]
+        ]
+        rows.append([NAMES[model], format(config_lr(model), ".0e"), *cells])
+    title = (f"learning rates tried on the {TUNING_CORPUS} corpus's validation works (seed 0, "
+             "mean MAP over levels; * = chosen)")
+    return [heading(title, markdown), render(header, rows, [16] + [10] * (len(names) + 1),
+                                             markdown), ""]
 
 
-def tables(rows, floors, facts=None, tuning=None):
+def heading(title, markdown=False):
+    return f"#### {title}\n" if markdown else f"== {title} =="
+
+
+def bullets(lines, markdown=False):
+    """Indented lines as text, a list in markdown."""
+    return [("- " + line.strip()) if markdown else ("  " + line) for line in lines]
+
+
+def tables(rows, floors, facts=None, tuning=None, markdown=False):
+    """Every table of the benchmark's finished runs, as text or (``markdown``) for the README."""
     groups = group(rows)
-    out = tuning_lines(tuning)
+    gap = [""] if markdown else []  # markdown needs a blank line between a paragraph and a table
+    out = tuning_lines(tuning, markdown=markdown)
     for corpus_name in CORPORA:
         if not any(k[0] == corpus_name for k in groups):
             continue
         if facts and corpus_name in facts:
-            out += excerpt_lines(facts[corpus_name]) + [""]
+            out += ["training excerpts (uniform starts) of versions of one work:", *gap,
+                    *bullets(excerpt_lines(facts[corpus_name]), markdown), ""]
         out += [
-            f"== {corpus_name} corpus: track level (trained = the last epoch's model) ==",
-            track_table(groups, floors, corpus_name),
+            heading(f"{corpus_name} corpus: track level (trained = the last epoch's model)",
+                    markdown),
+            track_table(groups, floors, corpus_name, markdown),
             "",
-            f"== {corpus_name} corpus: segment level, MAP (query windows back to back against "
-            f"{CANDIDATE_LENGTH} s candidate windows every {CANDIDATE_HOP} s) ==",
-            segment_table(groups, corpus_name),
+            heading(f"{corpus_name} corpus: segment level, MAP (query windows back to back "
+                    f"against {CANDIDATE_LENGTH} s candidate windows every {CANDIDATE_HOP} s)",
+                    markdown),
+            segment_table(groups, corpus_name, markdown=markdown),
             "",
             "differences in MAP, paired by seed:",
-            *paired_lines(groups, corpus_name),
+            *gap,
+            *bullets(paired_lines(groups, corpus_name), markdown),
             "",
         ]
     for corpus_name in CORPORA:
@@ -697,18 +723,19 @@ def tables(rows, floors, facts=None, tuning=None):
         if longer:
             models = tuple(m for m in MODELS if any((corpus_name, m, v) in groups for v in longer))
             out += [
-                f"== {corpus_name} corpus: other training budgets, MAP (no variant: the "
-                f"corpus's {CORPORA[corpus_name]['budget_min']:g} min) ==",
-                segment_table(groups, corpus_name, (None, *longer), models),
+                heading(f"{corpus_name} corpus: other training budgets, MAP (no variant: the "
+                        f"corpus's {CORPORA[corpus_name]['budget_min']:g} min)", markdown),
+                segment_table(groups, corpus_name, (None, *longer), models, markdown),
                 "",
             ]
     if any(k[2] in ABLATIONS for k in groups):
         out += [
-            f"== CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP ==",
-            segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS), ("clews",)),
+            heading(f"CLEWS ablations on the {ABLATION_CORPUS} corpus, MAP", markdown),
+            segment_table(groups, ABLATION_CORPUS, (None, *ABLATIONS), ("clews",), markdown),
             "",
             "differences in MAP, paired by seed:",
-            *paired_lines(groups, ABLATION_CORPUS, ablations=True),
+            *gap,
+            *bullets(paired_lines(groups, ABLATION_CORPUS, ablations=True), markdown),
             "",
         ]
     return "\n".join(out)
@@ -922,12 +949,17 @@ def plan(args):
 
 
 def report(args):
+    """Print the tables; write them as text and as markdown (``tables.md``, for the README), and
+    the plot, to ``--results``."""
     rows, floors, facts = load_rows(args.results)
-    text = tables(rows, floors, facts, read_tuning(args))
+    tuning = read_tuning(args)
+    text = tables(rows, floors, facts, tuning)
     print(text)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "tables.txt"), "w") as handle:
         handle.write(text)
+    with open(os.path.join(args.results, "tables.md"), "w") as handle:
+        handle.write(tables(rows, floors, facts, tuning, markdown=True))
     plot(rows, os.path.join(args.results, "map_vs_query_length.png"))
 
 

@@ -34,7 +34,6 @@ from benchmarks.bench_paper import (
     CANDIDATE_HOP,
     CANDIDATE_LENGTH,
     CHECKPOINTS,
-    MODELS,
     label,
     load_rows,
     model_variant_rank,

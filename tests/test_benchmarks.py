@@ -1,8 +1,6 @@
 """The plumbing of the benchmarks that train (their measurements are not CI's business)."""
 
 import json
-import os
-import shutil
 import sys
 
 import pytest
@@ -180,6 +178,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert "partial corpus: track level" in text and "untrained CLEWS" in text and "2D-FFT" in text
     assert "learning rates tried" in text
     assert "60 s: one holds music of its work" in text
+    assert "| CLEWS | 1 | " in (results / "tables.md").read_text()  # the README's tables
     assert (results / "map_vs_query_length.png").stat().st_size > 0
     # reused: nothing is trained or tested again (no new log), the same tables
     logs = sorted((out / "partial" / "logs").iterdir())
@@ -194,7 +193,8 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     # the analysis re-computes test.py's MAP from the cached embeddings, and the table ignores it
     from benchmarks import paper_analysis
 
-    assert paper_analysis.main([f"--out={out}", f"--results={results}", "--corpora", "partial"]) == 0
+    analysis_args = [f"--out={out}", f"--results={results}", "--corpora", "partial"]
+    assert paper_analysis.main(analysis_args) == 0
     analysed = json.loads((results / "analysis.json").read_text())["partial-clews-s0"]
     assert sorted(analysed) == ["10", "30"]
     for length, result in analysed.items():
@@ -260,6 +260,15 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     assert not any(line.startswith("DVINet+") for line in ablation)
     assert any("CLEWS - CLEWS (pos-max) (1 seeds): track 0.300" in line for line in ablation)
     assert not any("CLEWS (pos-max)" in line for line in lines[: len(lines) - len(ablation)])
+    # the same tables in markdown, for the README
+    markdown = tables(rows, floors, markdown=True).splitlines()
+    assert "| model | seeds | MAP | run c.i. | MR1 | NAR (%) | steps | train min |" in markdown
+    segment_head = markdown.index("| model | seeds | track | 10 s | 20 s |")
+    assert markdown[segment_head + 1] == "|---" * 5 + "|"
+    assert "| DVINet+ | 2 | 0.400 +-0.000 | 0.150 +-0.071 | 0.200 +-0.000 |" in markdown
+    assert "| *floors (no training):* |  |  |  |  |  |  |  |" in markdown
+    assert "| 2D-FFT | - | 0.110 +-n/a | +-0.020 | 9.0 +-n/a | 30.00 +-n/a |  |  |" in markdown
+    assert any(line.startswith("- CLEWS - CLEWS (pos-max) (1 seeds): ") for line in markdown)
     # the plan: seed by seed, every model, then the ablations of the weak-label corpus
     args = parse_args(["--corpora", "partial", "--models", "clews", "move", "--seeds", "0", "1",
                        "--ablations", "gamma-2"])
