@@ -110,6 +110,7 @@ ABLATION_CORPUS = "partial"
 # chosen rate then trains every seed of every corpus
 TUNING_CORPUS = "partial"
 LR_FACTORS = (0.25, 1.0, 4.0)
+LR_EXTEND = 2  # extra factors beyond an end of the grid that scored best (tuning_grid)
 TUNING_FILE = "tuning.json"
 CANDIDATE_LENGTH, CANDIDATE_HOP = 20, 5  # seconds (the original's default hop)
 METRICS = ("MAP", "MR1", "ARP")
@@ -144,6 +145,10 @@ def parse_args(argv=None):
         f"tried per model on {TUNING_CORPUS}'s validation works, as multiples of its config's "
         "(1 alone: no tuning)"
     )
+    parser.add_argument(
+        "--lr_extend", type=int, default=LR_EXTEND, help="while the best rate is at an end of "
+        "the grid, try the next multiple beyond it, at most this many more"
+    )
     parser.add_argument("--train_works", type=int, default=None, help="(default: the corpus's)")
     parser.add_argument("--valid_works", type=int, default=None)
     parser.add_argument("--test_works", type=int, default=None)
@@ -170,6 +175,8 @@ def parse_args(argv=None):
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; valid: {', '.join(ABLATIONS)}")
     if 1.0 not in args.lr_factors or min(args.lr_factors) <= 0:
         parser.error("--lr_factors must be > 0 and include 1 (the config's rate)")
+    if args.lr_extend < 0:
+        parser.error(f"--lr_extend must be >= 0, got {args.lr_extend}")
     if args.budget_min is not None and args.budget_min <= 0:
         parser.error(f"--budget_min must be > 0, got {args.budget_min:g}")
     given = [n for n in (args.train_works, args.valid_works, args.test_works) if n is not None]
@@ -659,18 +666,19 @@ def excerpt_lines(facts):
     return lines
 
 
-def tuning_lines(tuning, factors=LR_FACTORS, markdown=False):
-    """Validation MAP (mean over levels) of each model at each learning-rate factor tried."""
+def tuning_lines(tuning, markdown=False):
+    """Validation MAP (mean over levels) of each model at each learning-rate factor tried, the
+    best starred (the one chosen once its ``tuning_grid`` is complete)."""
     if not tuning:
         return []
-    names = [f"{f:g}" for f in factors]
+    names = [f"{f:g}" for f in sorted({float(f) for tried in tuning.values() for f in tried})]
     header = ["model", "config lr", *(n + "x" for n in names)]
     rows = []
     for model in MODELS:
         tried = tuning.get(model)
         if not tried:
             continue
-        best = best_factor(tried, factors)
+        best = max(tried, key=lambda f: validation_score(tried[f]))
         cells = [
             format(validation_score(tried[n]), ".3f") + ("*" if n == best else " ")
             if n in tried else "-"
@@ -678,7 +686,7 @@ def tuning_lines(tuning, factors=LR_FACTORS, markdown=False):
         ]
         rows.append([NAMES[model], format(config_lr(model), ".0e"), *cells])
     title = (f"learning rates tried on the {TUNING_CORPUS} corpus's validation works (seed 0, "
-             "mean MAP over levels; * = chosen)")
+             "mean MAP over levels; * = the best)")
     return [heading(title, markdown), render(header, rows, [16] + [10] * (len(names) + 1),
                                              markdown), ""]
 
@@ -820,20 +828,58 @@ def validation_score(levels):
     return statistics.mean(v["MAP"][0] for v in levels.values())
 
 
-def best_factor(tried, factors):
-    """The factor (as recorded, e.g. "0.25") with the best validation score among ``tried``
-    ({factor: levels}) once every one of ``factors`` was tried, else None."""
-    wanted = [f"{f:g}" for f in factors]
-    if any(f not in tried for f in wanted):
+def tuning_grid(tried, factors, extend=0):
+    """The factors to try (floats, ascending): ``factors``, then, while the best of the grid is at
+    one of its ends, the next multiple beyond that end (the grid's ratio there), at most
+    ``extend`` more: a rate at the edge of a grid has not been shown to be the best one.
+    ``tried`` is {factor as recorded, e.g. "0.25": validation levels}."""
+    grid = sorted(factors)
+    if len(grid) < 2:
+        return grid
+    for _ in range(extend):
+        if any(f"{f:g}" not in tried for f in grid):
+            break
+        best = max(grid, key=lambda f: validation_score(tried[f"{f:g}"]))
+        if best == grid[0]:
+            grid.insert(0, grid[0] * grid[0] / grid[1])
+        elif best == grid[-1]:
+            grid.append(grid[-1] * grid[-1] / grid[-2])
+        else:
+            break
+    return grid
+
+
+def next_factor(tried, factors, extend=0):
+    """The next factor of ``tuning_grid`` to try, or None once the grid is complete."""
+    missing = [f for f in tuning_grid(tried, factors, extend) if f"{f:g}" not in tried]
+    return missing[0] if missing else None
+
+
+def best_factor(tried, factors, extend=0):
+    """The factor (as recorded, e.g. "0.25") with the best validation score over the whole
+    ``tuning_grid`` once it was all tried, else None."""
+    if next_factor(tried, factors, extend) is not None:
         return None
-    return max(wanted, key=lambda f: validation_score(tried[f]))
+    grid = [f"{f:g}" for f in tuning_grid(tried, factors, extend)]
+    return max(grid, key=lambda f: validation_score(tried[f]))
 
 
 def chosen_factor(args, model):
-    """The factor of the best validation score once every one of ``--lr_factors`` was tried
-    (1 before that, or without tuning)."""
-    best = best_factor(read_tuning(args).get(model, {}), args.lr_factors)
+    """The factor of the best validation score once the tuning grid was tried (1 before that, or
+    without tuning)."""
+    best = best_factor(read_tuning(args).get(model, {}), args.lr_factors, args.lr_extend)
     return 1.0 if len(args.lr_factors) == 1 or best is None else float(best)
+
+
+def tune_model(args, model, audio, meta):
+    """``tune`` ``model`` at every factor of its grid not tried yet, the grid's extensions
+    included (each known only once the factors before it were tried)."""
+    while True:
+        factor = next_factor(read_tuning(args).get(model, {}), args.lr_factors, args.lr_extend)
+        if factor is None:
+            return
+        tune(args, model, factor, audio, meta)
+        print(f"{model}: tried {factor:g}x its learning rate", flush=True)
 
 
 def record_tuning(args, model, factor, levels):
@@ -934,9 +980,8 @@ def plan(args):
         return tag if variant is None else variant if tag is None else f"{variant}-{tag}"
 
     jobs = []
-    if len(args.lr_factors) > 1:
-        for model in args.models:
-            jobs += [("tune", model, factor, None, None) for factor in args.lr_factors]
+    if len(args.lr_factors) > 1:  # one job per model: its grid grows while an end is the best
+        jobs += [("tune", model, None, None, None) for model in args.models]
     for corpus_name in args.corpora:
         for seed in args.seeds:
             jobs += [(corpus_name, m, named(None), [], seed) for m in args.models]
@@ -980,8 +1025,8 @@ def main(argv=None):
             prepared[source] = prepare(args, source)
         audio, meta = prepared[source]
         if corpus_name == "tune":
-            tune(args, model, variant, audio, meta)
-            print(f"[{done}/{len(jobs)}] {model} at {variant:g}x its rate", flush=True)
+            tune_model(args, model, audio, meta)
+            print(f"[{done}/{len(jobs)}] {model}: learning rate tuned", flush=True)
             continue
         if model not in tuned:
             set_aside_untuned(args, model)

@@ -143,7 +143,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         sys.executable, "-m", "benchmarks.bench_paper", f"--out={out}", f"--results={results}",
         "--corpora", "partial", "--models", "clews", "--seeds", "0", "--ablations", "none",
         "--query_lengths", "10", "30", "--train_works=4", "--valid_works=2", "--test_works=3",
-        "--versions=2", "--njobs=2", "--epochs=1", "--lr_factors", "1", "4",
+        "--versions=2", "--njobs=2", "--epochs=1", "--lr_factors", "1", "4", "--lr_extend=1",
     ]
     first = run_script(cmd)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -152,19 +152,25 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json",
         "tuning.json",
     ]
-    # tuning: both rates judged on the validation works, the main run at the better one
+    # tuning: both rates judged on the validation works, then one more beyond the better one (an
+    # end of the grid), the main run at the best of the three
     tuning = json.loads((results / "tuning.json").read_text())["clews"]
-    assert sorted(tuning) == ["1", "4"] and set(tuning["4"]) == {"track", "q10", "q30"}
-    chosen = max(tuning, key=lambda f: bench_paper.validation_score(tuning[f]))
+    score = bench_paper.validation_score
+    better = "1" if score(tuning["1"]) >= score(tuning["4"]) else "4"  # ties: the first
+    assert sorted(tuning, key=float) == (["0.25", "1", "4"] if better == "1" else ["1", "4", "16"])
+    assert set(tuning["4"]) == {"track", "q10", "q30"}
+    chosen = max(tuning, key=lambda f: score(tuning[f]))
     lr_override = bench_paper.lr_overrides("clews", float(chosen))
     facts = json.loads((results / "partial-excerpts.json").read_text())
     assert list(facts) == ["10", "20", "30", "60", "90"]
     assert facts["10"]["same"] <= facts["60"]["same"] and facts["90"]["one"] > 0.5
     row = json.loads((results / "partial-clews-s0.json").read_text())
     assert row["overrides"] == ["data.audiolen=60", *lr_override] and row["epochs"] == 1
-    assert (results / "untuned" / "partial-clews-s0.json").is_file() == (chosen == "4")
-    # at 4x, the tuning run is the main run of seed 0 (renamed, not trained again)
-    assert (out / "partial" / "runs" / "partial-clews-lr4x-s0").is_dir() == (chosen == "1")
+    assert (results / "untuned" / "partial-clews-s0.json").is_file() == (chosen != "1")
+    # the tuning run at the chosen rate is the main run of seed 0 (renamed, not trained again)
+    for factor in set(tuning) - {"1"}:
+        tuning_run = out / "partial" / "runs" / f"partial-clews-lr{factor}x-s0"
+        assert tuning_run.is_dir() == (factor != chosen)
     assert row["steps_per_epoch"] is None and row["train_seconds"] > 0
     for which in ("untrained", "trained"):
         assert set(row[which]) == {"track", "q10", "q30"}
@@ -273,9 +279,9 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
     args = parse_args(["--corpora", "partial", "--models", "clews", "move", "--seeds", "0", "1",
                        "--ablations", "gamma-2"])
     jobs = plan(args)
-    tuning = [(c, m, v) for c, m, v, _, _ in jobs[:6]]  # the learning rates first
-    assert tuning == [("tune", m, f) for m in ("clews", "move") for f in (0.25, 1.0, 4.0)]
-    order = [(m, v, s) for _, m, v, _, s in jobs[6:]]
+    tuning = [(c, m) for c, m, _, _, _ in jobs[:2]]  # the learning rates first, one job a model
+    assert tuning == [("tune", "clews"), ("tune", "move")]
+    order = [(m, v, s) for _, m, v, _, s in jobs[2:]]
     assert order == [("clews", None, 0), ("move", None, 0), ("clews", None, 1), ("move", None, 1),
                      ("clews", "gamma-2", 0), ("clews", "gamma-2", 1)]
     with pytest.raises(SystemExit):
@@ -287,7 +293,7 @@ def test_paper_other_budgets_are_variants_with_a_table_of_their_own():
 
     args = parse_args(["--corpora", "partial", "--models", "clews", "--seeds", "0",
                        "--ablations", "gamma-2", "--budget_min", "30"])
-    assert [(m, v) for _, m, v, _, _ in plan(args)][3:] == [("clews", "30min"),
+    assert [(m, v) for _, m, v, _, _ in plan(args)][1:] == [("clews", "30min"),
                                                         ("clews", "gamma-2-30min")]
     (e10, s10), (e30, s30) = budget("partial", "clews"), budget("partial", "clews", 30)
     assert 2.9 < (e30 * s30) / (e10 * s10) < 3.1
@@ -407,6 +413,10 @@ def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(t
     bench_paper.record_tuning(args, "clews", 4.0, levels(0.3))
     assert bench_paper.chosen_factor(args, "clews") == 1.0  # 0.25x not tried yet
     bench_paper.record_tuning(args, "clews", 0.25, levels(0.1))
+    # 4x, an end of the grid, is the best: 16x is tried before anything is chosen
+    assert bench_paper.chosen_factor(args, "clews") == 1.0
+    assert bench_paper.next_factor(bench_paper.read_tuning(args)["clews"], [0.25, 1, 4], 2) == 16
+    bench_paper.record_tuning(args, "clews", 16.0, levels(0.25))
     assert bench_paper.chosen_factor(args, "clews") == 4.0
     assert bench_paper.lr_overrides("clews", 4.0) == ["training.optim.lr=0.008"]
     assert bench_paper.lr_overrides("clews", 1.0) == []
@@ -443,9 +453,32 @@ def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(t
     text = bench_paper.tables(bench_paper.load_rows(str(results))[0], {}, None,
                               bench_paper.read_tuning(args))
     clews = next(line for line in text.splitlines() if line.startswith("CLEWS   "))
-    assert clews.split() == ["CLEWS", "2e-03", "0.150", "0.250", "0.350*"]
+    assert clews.split() == ["CLEWS", "2e-03", "0.150", "0.250", "0.350*", "0.300"]
     with pytest.raises(SystemExit):
         bench_paper.parse_args(["--lr_factors", "0.5", "2"])
+
+
+def test_paper_tuning_grid_grows_beyond_an_end_that_scores_best():
+    from benchmarks.bench_paper import best_factor, next_factor, tuning_grid
+
+    def tried(**scores):  # {"f0_25": 0.1} -> {"0.25": validation levels}
+        return {k[1:].replace("_", "."): {"track": {"MAP": [v, 0.1]}} for k, v in scores.items()}
+
+    grid = (0.25, 1.0, 4.0)
+    assert next_factor({}, grid, 2) == 0.25  # the grid first, ascending
+    inside = tried(f0_25=0.1, f1=0.3, f4=0.2)
+    assert tuning_grid(inside, grid, 2) == [0.25, 1, 4] and best_factor(inside, grid, 2) == "1"
+    low = tried(f0_25=0.3, f1=0.2, f4=0.1)
+    assert next_factor(low, grid, 2) == 0.0625 and best_factor(low, grid, 2) is None
+    assert best_factor(low, grid, 0) == "0.25"  # no extension asked for
+    lower = {**low, **tried(f0_0625=0.4)}
+    assert next_factor(lower, grid, 2) == 0.015625  # still the best end: one step more
+    lowest = {**lower, **tried(f0_015625=0.5)}
+    assert next_factor(lowest, grid, 2) is None  # at most 2 more
+    assert best_factor(lowest, grid, 2) == "0.015625"
+    back = {**lower, **tried(f0_015625=0.35)}
+    assert best_factor(back, grid, 2) == "0.0625"
+    assert next_factor(tried(f1=0.1, f4=0.2), (1.0, 4.0), 1) == 16  # the grid's ratio at that end
 
 
 def test_paper_analysis_table_gives_each_model_and_variant_per_query_length():
