@@ -103,6 +103,12 @@ ABLATIONS = {
     # not in the paper's ablations: its shingle length (20 s, the candidate windows') instead of
     # the small recipe's 10 s
     "shingles-20": ["model.shingling.len=20", "model.shingling.hop=20"],
+    # not in the paper's ablations either: the batch layout, a suspect of the issue's. The same
+    # 32 excerpts per step as 16 works x 2 versions (twice the works to contrast, one positive
+    # per anchor), and the paper's 4 versions of twice the works (64 excerpts per step: half the
+    # steps fill the budget, ``budget``)
+    "batch-16x2": ["training.batchsize=16", "data.n_per_class=2"],
+    "batch-16": ["training.batchsize=16"],
 }
 ABLATION_CORPUS = "partial"
 # learning-rate tuning, the same for every model: its config's rate times each factor, seed 0, the
@@ -325,12 +331,24 @@ def excerpt_overrides(corpus_name, model):
     return out
 
 
-def budget(corpus_name, model, minutes=None):
+def excerpts_per_step(model, overrides=()):
+    """Excerpts in one training step (anchors x versions per anchor) of
+    ``config/small-<model>.yaml`` with train.py ``overrides``."""
+    from lib.config import apply_overrides, load_run_config, parse_overrides, run_keys
+
+    conf = load_run_config(os.path.join("config", f"small-{model}.yaml"))
+    apply_overrides(conf, parse_overrides(overrides), run_keys(conf))
+    return conf.training.batchsize * conf.data.n_per_class
+
+
+def budget(corpus_name, model, minutes=None, overrides=()):
     """(epochs, steps per epoch) that fill ``minutes`` (default: the corpus's training budget)
-    for ``model``."""
+    for ``model`` trained with ``overrides``: a step's time is ``STEP_SECONDS`` (measured with
+    the config's batch) scaled by the excerpts per step, as the models' CPU time is."""
     spec = CORPORA[corpus_name]
     minutes = spec["budget_min"] if minutes is None else minutes
-    step = STEP_SECONDS[spec["excerpt"]][model] * STEP_OVERHEAD
+    scale = excerpts_per_step(model, overrides) / excerpts_per_step(model)
+    step = STEP_SECONDS[spec["excerpt"]][model] * STEP_OVERHEAD * scale
     steps = max(1, round(minutes * 60 / step))
     epochs = max(1, round(steps / STEPS_PER_EPOCH))
     return epochs, round(steps / epochs)
@@ -370,7 +388,7 @@ def run_settings(args, corpus_name, model, overrides, minutes=None):
     if args.epochs:
         epochs, per_epoch = args.epochs, None
     else:
-        epochs, per_epoch = budget(corpus_name, model, minutes)
+        epochs, per_epoch = budget(corpus_name, model, minutes, overrides)
     return {"epochs": epochs, "steps_per_epoch": per_epoch, "overrides": overrides}
 
 

@@ -288,6 +288,18 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
         parse_args(["--ablations", "pos-median"])
 
 
+def test_paper_budget_scales_with_the_excerpts_per_step():
+    from benchmarks.bench_paper import ABLATIONS, budget, excerpts_per_step
+
+    assert excerpts_per_step("clews") == 32
+    assert excerpts_per_step("clews", ABLATIONS["batch-16"]) == 64
+    assert excerpts_per_step("clews", ABLATIONS["batch-16x2"]) == 32
+    (e, s), (e16, s16) = budget("partial", "clews"), budget("partial", "clews", None,
+                                                            ABLATIONS["batch-16"])
+    assert 0.45 < (e16 * s16) / (e * s) < 0.55  # twice the excerpts, half the steps
+    assert budget("partial", "clews", None, ABLATIONS["batch-16x2"]) == (e, s)
+
+
 def test_paper_other_budgets_are_variants_with_a_table_of_their_own():
     from benchmarks.bench_paper import budget, parse_args, plan, tables
 
