@@ -908,17 +908,31 @@ def record_tuning(args, model, factor, levels):
         json.dump(tuning, handle, indent=1)
 
 
+def tuning_run_name(args, model, factor):
+    """The run that tunes ``model`` at ``factor``: the main run of seed 0 at the config's rate
+    (factor 1), unless its row was kept from a session whose run folder is gone (another
+    ``--out``, a machine since replaced): a run of its own then, since validation needs the
+    checkpoint and the row stays as it is."""
+    main_run = run_name(TUNING_CORPUS, model, None, UNTRAINED_SEED)
+    if factor == 1:
+        row = os.path.join(args.results, f"{main_run}.json")
+        checkpoint = os.path.join(args.out, TUNING_CORPUS, "runs", main_run, CHECKPOINTS["trained"])
+        if not os.path.isfile(row) or os.path.isfile(checkpoint):
+            return main_run
+    return run_name(TUNING_CORPUS, model, tuning_variant(factor), UNTRAINED_SEED)
+
+
 def tune(args, model, factor, audio, meta):
     """Train ``model`` at ``factor`` times its rate (seed 0, the tuning corpus's budget; the
-    main run of seed 0 for factor 1) and record its validation MAP in ``TUNING_FILE``."""
+    main run of seed 0 for factor 1 where it can, ``tuning_run_name``) and record its validation
+    MAP in ``TUNING_FILE``."""
     if f"{factor:g}" in read_tuning(args).get(model, {}):
         return
     seed = UNTRAINED_SEED
-    if factor == 1:  # the main run of seed 0, tested as well
+    name = tuning_run_name(args, model, factor)
+    if name == run_name(TUNING_CORPUS, model, None, seed):  # tested as well
         train_and_test(args, TUNING_CORPUS, model, None, [], seed, audio, meta)
-        name = run_name(TUNING_CORPUS, model, None, seed)
     else:
-        name = run_name(TUNING_CORPUS, model, tuning_variant(factor), seed)
         overrides = excerpt_overrides(TUNING_CORPUS, model) + lr_overrides(model, factor)
         settings = run_settings(args, TUNING_CORPUS, model, overrides)
         seconds = train(args, TUNING_CORPUS, name, model, seed, settings, audio, meta)

@@ -470,6 +470,23 @@ def test_paper_tuning_picks_the_best_validation_rate_and_sets_aside_other_rows(t
         bench_paper.parse_args(["--lr_factors", "0.5", "2"])
 
 
+def test_paper_tuning_at_the_config_rate_is_the_main_run_while_its_checkpoint_is_there(tmp_path):
+    from benchmarks import bench_paper
+
+    args = bench_paper.parse_args([f"--out={tmp_path / 'out'}", f"--results={tmp_path / 'res'}"])
+    name = bench_paper.tuning_run_name
+    assert name(args, "move", 4.0) == "partial-move-lr4x-s0"
+    assert name(args, "move", 1.0) == "partial-move-s0"  # no row yet: trained and tested
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "partial-move-s0.json").write_text(json.dumps(paper_row("move", 0, {})))
+    # the row is kept from a session whose runs are gone: validation needs a run of its own
+    assert name(args, "move", 1.0) == "partial-move-lr1x-s0"
+    run = tmp_path / "out" / "partial" / "runs" / "partial-move-s0"
+    run.mkdir(parents=True)
+    (run / "checkpoint_last.ckpt").write_bytes(b"")
+    assert name(args, "move", 1.0) == "partial-move-s0"
+
+
 def test_paper_tuning_grid_grows_beyond_an_end_that_scores_best():
     from benchmarks.bench_paper import best_factor, next_factor, tuning_grid
 
