@@ -49,6 +49,7 @@ import numpy as np
 
 from benchmarks.bench_small_recipe import fixed_split, render_corpus, run
 from lib.metadata import load_metadata, save_metadata
+from lib.synth import SPANS_FILE
 
 # excerpts: the partial corpus trains on 60 s excerpts of its 60-180 s tracks (the paper: 150 s of
 # tracks of about 4 min), so that two excerpts of versions of a work hold the same passage of it
@@ -993,6 +994,65 @@ def set_aside_untuned(args, model):
         print(f"{name}: not at the tuned rate, moved to {UNTUNED}/", flush=True)
 
 
+###################################################################################################
+# The analysis of each run (benchmarks/paper_analysis.py), kept beside the rows
+###################################################################################################
+
+
+def fingerprint(row):
+    """What tells a run from another of its name (one trained again at another rate after its
+    row moved to untuned/): its overrides and its measured training time."""
+    return {"overrides": row["overrides"], "train_seconds": row["train_seconds"]}
+
+
+def row_key(row, untuned):
+    """The row's place among the rows: its run name, under ``UNTUNED``/ if set aside there."""
+    return f"{UNTUNED}/{row['run']}" if untuned else row["run"]
+
+
+def read_analysis(results):
+    """{row key: {"corpus", "row": fingerprint, "lengths": {length (int): result}}} kept in
+    ``ANALYSIS_FILE`` by paper_analysis."""
+    path = os.path.join(results, ANALYSIS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        data = json.load(handle)
+    kept = {}
+    for key, entry in data.items():
+        if not {"corpus", "row", "lengths"} <= set(entry):
+            print(f"{path}: {key}: no run fingerprint (an older format): not reused",
+                  file=sys.stderr)
+            continue
+        kept[key] = {**entry, "lengths": {int(n): r for n, r in entry["lengths"].items()}}
+    return kept
+
+
+def kept_result(kept, row):
+    """The kept analysis of this very run (wherever its row was when it was analysed), or None."""
+    for untuned in (False, True):
+        entry = kept.get(row_key(row, untuned))
+        if entry is not None and entry["row"] == fingerprint(row):
+            return entry["lengths"]
+    return None
+
+
+def record_analysis(args, corpus_name, row):
+    """Analyse a finished run of a corpus with spans while its checkpoint and embedding caches
+    are here (``paper_analysis --record_only``): a later session keeps the analysis, not them."""
+    corpus_dir = os.path.join(args.out, corpus_name)
+    checkpoint = os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"])
+    if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
+        return
+    if not os.path.isfile(checkpoint) or kept_result(read_analysis(args.results), row):
+        return
+    cmd = [sys.executable, "-m", "benchmarks.paper_analysis", f"--out={args.out}"]
+    cmd += [f"--results={args.results}", "--corpora", corpus_name, "--record_only"]
+    run(cmd, os.path.join(corpus_dir, "logs", f"{row['run']}-analysis.log"))
+    if kept_result(read_analysis(args.results), row) is None:
+        sys.exit(f"error: paper_analysis kept no analysis of {row['run']} in {args.results}")
+
+
 def budget_variant(minutes):
     """The variant name of runs trained for ``minutes`` instead of their corpus's budget."""
     return f"{minutes:g}min"
@@ -1063,7 +1123,8 @@ def main(argv=None):
         if model not in tuned:
             set_aside_untuned(args, model)
             tuned.add(model)
-        train_and_test(args, corpus_name, model, variant, overrides, seed, audio, meta)
+        row = train_and_test(args, corpus_name, model, variant, overrides, seed, audio, meta)
+        record_analysis(args, corpus_name, row)
         print(f"[{done}/{len(jobs)}] {run_name(corpus_name, model, variant, seed)}", flush=True)
     report(args)
     return 0

@@ -17,6 +17,12 @@ irrelevant candidates ranked after it (0.5 = chance). A pair that shares nothing
 found by chance (or by what a version keeps of its work's sound): that part of MAP is out of
 every model's reach.
 
+Each run's analysis is kept in ``analysis.json`` beside the rows with what tells that run from
+another of its name (its overrides and training time), so the rows of earlier sessions, whose
+checkpoints and caches are gone, keep theirs: ``bench_paper`` analyses each run as it finishes
+(``--record_only``), a call without it reports every kept analysis, and a row with neither a
+checkpoint nor a kept analysis is named and the exit status is 1.
+
     .venv/bin/python -m benchmarks.paper_analysis --out /work/bench_paper_out
 """
 
@@ -34,9 +40,14 @@ from benchmarks.bench_paper import (
     CANDIDATE_HOP,
     CANDIDATE_LENGTH,
     CHECKPOINTS,
+    UNTUNED,
+    fingerprint,
+    kept_result,
     label,
     load_rows,
     model_variant_rank,
+    read_analysis,
+    row_key,
 )
 from lib import metrics, store, tensor_ops
 from lib.checkpoint import load_trained_model
@@ -58,6 +69,11 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="benchmarks/out/paper", help="bench_paper's --out")
     parser.add_argument("--results", default="benchmarks/results/paper", help="its rows")
     parser.add_argument("--corpora", nargs="+", default=["partial", "scores"])
+    parser.add_argument(
+        "--record_only", action="store_true",
+        help="only analyse the runs whose checkpoints are here and keep their analyses (no "
+        "tables; bench_paper after each run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -310,45 +326,111 @@ def pair_counts(analysed):
     return (0, 0)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    rows = load_rows(args.results)[0]
-    text, dump = [], {}
+###################################################################################################
+# Analyses kept across sessions
+###################################################################################################
+
+
+def rounded_pairs(result):
+    """``result`` with its pair rank scores to 4 decimals (they are only averaged)."""
+    return {
+        length: {**r, "pairs": {k: [round(v, 4) for v in r["pairs"][k]] for k in PAIRS}}
+        for length, r in result.items()
+    }
+
+
+class CorpusRuns:
+    """A corpus's spans and embedding caches under bench_paper's ``--out``, read when a run's
+    checkpoint is first analysed (a machine without ``--out`` reads only kept analyses)."""
+
+    def __init__(self, out, corpus_name):
+        self.dir = os.path.join(out, corpus_name)
+        self._spans = self._entries = None
+
+    def checkpoint(self, row, untuned):
+        runs = os.path.join(self.dir, "runs", *([UNTUNED] if untuned else []))
+        return os.path.join(runs, row["run"], CHECKPOINTS["trained"])
+
+    def analyse(self, checkpoint):
+        if self._spans is None:
+            if not os.path.isfile(os.path.join(self.dir, "audio", SPANS_FILE)):
+                raise SystemExit(f"error: {self.dir}: no audio/{SPANS_FILE} for {checkpoint}")
+            self._spans = spans_by_id(self.dir)
+            self._entries = cached_entries(os.path.join(self.dir, "cache", "embeddings"))
+        return rounded_pairs(analyse_checkpoint(checkpoint, self._entries, self._spans, LENGTHS))
+
+
+def all_rows(results):
+    """[(row, set aside in untuned/)] of the rows in ``results`` and its ``UNTUNED`` folder."""
+    main = [(row, False) for row in load_rows(results)[0]]
+    return main + [(row, True) for row in load_rows(os.path.join(results, UNTUNED))[0]]
+
+
+def collect(args, rows, kept):
+    """Every row's analysis: kept, or made now from its checkpoint. Returns ({row key: entry to
+    keep}, {corpus: {(model, variant): [results of the main rows]}}, [main runs with neither])."""
+    dump = {k: v for k, v in kept.items() if v["corpus"] not in args.corpora}  # kept as they were
+    analysed, missing = {}, []
     for corpus_name in args.corpora:
-        corpus_dir = os.path.join(args.out, corpus_name)
-        if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
-            print(f"{corpus_name}: no {SPANS_FILE} under {corpus_dir}, skipped", file=sys.stderr)
-            continue
-        spans = spans_by_id(corpus_dir)
-        entries = cached_entries(os.path.join(corpus_dir, "cache", "embeddings"))
-        analysed = {}
-        os.makedirs(args.results, exist_ok=True)
-        for row in rows:
+        runs = CorpusRuns(args.out, corpus_name)
+        analysed[corpus_name] = {}
+        for row, untuned in rows:
             if row["corpus"] != corpus_name:
                 continue
-            checkpoint = os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"])
-            result = analyse_checkpoint(checkpoint, entries, spans, LENGTHS)
-            analysed.setdefault((row["model"], row["variant"]), []).append(result)
-            dump[row["run"]] = result
-            print(f"{row['run']}: " + ", ".join(
-                f"{n}s {r['all windows']:.3f}/{r['clip in work']:.3f}/{r['clip outside']:.3f}"
-                for n, r in result.items()), flush=True)
-        if analysed:
-            plot(corpus_name, analysed, os.path.join(args.results, f"analysis-{corpus_name}.png"))
-        shared, none = pair_counts(analysed)
+            result = kept_result(kept, row)
+            checkpoint = runs.checkpoint(row, untuned)
+            if result is None and os.path.isfile(checkpoint):
+                result = runs.analyse(checkpoint)
+            if result is None:
+                if not untuned:  # the tables are of the main rows only
+                    missing.append(row["run"])
+                continue
+            dump[row_key(row, untuned)] = {
+                "corpus": corpus_name, "row": fingerprint(row),
+                "lengths": {str(n): r for n, r in result.items()},
+            }
+            if not untuned:
+                analysed[corpus_name].setdefault((row["model"], row["variant"]), []).append(result)
+    return dump, analysed, missing
+
+
+def report(args, analysed):
+    """Print and write ``analysis.txt`` and a plot per corpus of the main rows' analyses."""
+    text = []
+    for corpus_name, runs in analysed.items():
+        if not runs:
+            print(f"{corpus_name}: no run to analyse", file=sys.stderr)
+            continue
+        plot(corpus_name, runs, os.path.join(args.results, f"analysis-{corpus_name}.png"))
+        shared, none = pair_counts(runs)
         text.append(
-            table(corpus_name, analysed, LENGTHS)
-            + "\n\n" + reduction_table(corpus_name, analysed, LENGTHS)
+            table(corpus_name, runs, LENGTHS)
+            + "\n\n" + reduction_table(corpus_name, runs, LENGTHS)
             + f"\nrelevant test pairs: {shared} share >= {SHARED_SECONDS:g} s of their work, "
             f"{none} share less"
         )
-    report = "\n\n".join(text)
-    print(report)
-    os.makedirs(args.results, exist_ok=True)
+    text = "\n\n".join(text)
+    print(text)
     with open(os.path.join(args.results, "analysis.txt"), "w") as handle:
-        handle.write(report + "\n")
+        handle.write(text + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    kept = read_analysis(args.results)
+    dump, analysed, missing = collect(args, all_rows(args.results), kept)
+    os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, ANALYSIS_FILE), "w") as handle:
         json.dump(dump, handle)
+    if args.record_only:
+        print(f"{len(set(dump) - set(kept))} run(s) analysed, {len(dump)} kept in "
+              f"{os.path.join(args.results, ANALYSIS_FILE)}")
+        return 0
+    report(args, analysed)
+    if missing:
+        print(f"error: {len(missing)} run(s) with neither a checkpoint under {args.out} nor a "
+              f"kept analysis, left out of the analysis: {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 

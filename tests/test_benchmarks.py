@@ -1,6 +1,7 @@
 """The plumbing of the benchmarks that train (their measurements are not CI's business)."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -149,7 +150,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = sorted(p.name for p in results.glob("*.json"))
     assert rows == [
-        "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json",
+        "analysis.json", "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json",
         "tuning.json",
     ]
     # tuning: both rates judged on the validation works, then one more beyond the better one (an
@@ -196,20 +197,35 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     with pytest.raises(SystemExit, match="partial-clews-s0.json ran 1 epochs"):
         bench_paper.train_and_test(args, "partial", "clews", None, [], 0, "audio", "meta.pt")
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
-    # the analysis re-computes test.py's MAP from the cached embeddings, and the table ignores it
+    # the run's analysis, made by the benchmark while its checkpoint was there, re-computes
+    # test.py's MAP from the cached embeddings; the table ignores it
     from benchmarks import paper_analysis
 
-    analysis_args = [f"--out={out}", f"--results={results}", "--corpora", "partial"]
-    assert paper_analysis.main(analysis_args) == 0
-    analysed = json.loads((results / "analysis.json").read_text())["partial-clews-s0"]
+    kept = json.loads((results / "analysis.json").read_text())
+    # (and the run at the config rate too when another rate was chosen: set aside in untuned/)
+    untuned = {"untuned/partial-clews-s0"} if chosen != "1" else set()
+    assert set(kept) == {"partial-clews-s0"} | untuned
+    assert kept["partial-clews-s0"]["row"] == bench_paper.fingerprint(row)
+    analysed = kept["partial-clews-s0"]["lengths"]
     assert sorted(analysed) == ["10", "30"]
     for length, result in analysed.items():
         assert result["all windows"] == pytest.approx(row["trained"][f"q{length}"]["MAP"][0])
         assert 0 < result["clip in work"] <= 1 and 0 < result["clip outside"] <= 1
         assert len(result["pairs"]["shared"]) + len(result["pairs"]["none"]) == 3 * 2
         assert result["reductions"]["bpwr-5"] == pytest.approx(result["all windows"])
+    # a later session, without the run's folder, reports the kept analysis
+    analysis_args = [f"--out={out}", f"--results={results}", "--corpora", "partial"]
+    shutil.rmtree(out / "partial" / "runs" / "partial-clews-s0")
+    assert paper_analysis.main(analysis_args) == 0
+    assert json.loads((results / "analysis.json").read_text()) == kept
     assert "relevant test pairs" in (results / "analysis.txt").read_text()
     assert (results / "analysis-partial.png").stat().st_size > 0
+    # a row with neither a checkpoint nor a kept analysis is named, exit status 1
+    other = {**row, "run": "partial-clews-s1", "seed": 1, "train_seconds": 1.0}
+    (results / "partial-clews-s1.json").write_text(json.dumps(other))
+    result = run_script([sys.executable, "-m", "benchmarks.paper_analysis", *analysis_args])
+    assert result.returncode == 1 and "left out of the analysis: partial-clews-s1" in result.stderr
+    (results / "partial-clews-s1.json").unlink()
     assert bench_paper.main(["--table", f"--results={results}"]) == 0
     assert (results / "tables.txt").read_text() == text
 
@@ -546,3 +562,20 @@ def test_paper_analysis_reads_the_test_works_cache_not_the_validation_one(tmp_pa
         store.write(str(tmp_path / name), np.zeros((2, 1, 3)), np.zeros((2, 1)), manifest)
     assert cached_entries(str(tmp_path)) == {("abc", 20.0, 5.0): str(tmp_path / "b")}
     assert cached_entries(str(tmp_path), "valid") == {("abc", 20.0, 5.0): str(tmp_path / "c")}
+
+
+def test_paper_kept_analysis_is_reused_only_for_the_very_run_it_was_made_of(tmp_path):
+    # a row set aside in untuned/ keeps its analysis there; the run of the same name trained
+    # again (another rate, another training time) does not take it
+    from benchmarks.bench_paper import ANALYSIS_FILE, fingerprint, kept_result, read_analysis
+
+    first = paper_row("clews", 0, {"q10": 0.1})
+    again = {**first, "overrides": ["training.optim.lr=0.008"], "train_seconds": 99.0}
+    entry = {"corpus": "partial", "row": fingerprint(first), "lengths": {"10": {"x": 1}}}
+    (tmp_path / ANALYSIS_FILE).write_text(json.dumps({"untuned/partial-clews-s0": entry}))
+    kept = read_analysis(str(tmp_path))
+    assert kept_result(kept, first) == {10: {"x": 1}}
+    assert kept_result(kept, again) is None
+    # an entry without its run's fingerprint (the first format) is not reused
+    (tmp_path / ANALYSIS_FILE).write_text(json.dumps({"partial-clews-s0": {"10": {"x": 1}}}))
+    assert read_analysis(str(tmp_path)) == {}
