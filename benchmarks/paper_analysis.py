@@ -266,7 +266,8 @@ def table(corpus_name, analysed, lengths):
     ]
     for model, variant, length, runs in runs_by_length(analysed, lengths):
         cells = [mean_sd([r[k] for r in runs]) for k in QUERIES]
-        cells += [mean_sd([float(np.mean(r["pairs"][k])) for r in runs]) for k in PAIRS]
+        cells += [mean_sd([float(np.mean(r["pairs"][k])) for r in runs if r["pairs"][k]])
+                  for k in PAIRS]  # a tiny test set may have no pair of a kind
         coverage = statistics.mean(r["coverage"] for r in runs)
         lines.append(
             f"{label(model, variant):<28}{length:>5}s{len(runs):>3}"

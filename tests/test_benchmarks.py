@@ -543,6 +543,11 @@ def test_paper_analysis_table_gives_each_model_and_variant_per_query_length():
     assert [line.split("  ")[0] for line in lines] == ["CLEWS", "CLEWS (30min)", "DVINet+"]
     assert lines[0].split()[1:6] == ["10s", "2", "0.150+-0.071", "0.300+-0.141", "0.050+-0.000"]
     assert lines[0].split()[6:] == ["0.750+-0.000", "0.500+-0.000", "0.90"]
+    # a test set with no pair of a kind (a tiny one) shows "-" there
+    alone = result(0.2)
+    alone["pairs"]["none"] = []
+    line = table("partial", {("move", None): [{10: alone}]}, (10,)).splitlines()[2]
+    assert line.split()[6:] == ["0.750+-0.000", "-", "0.90"]
     by_redux = reduction_table("partial", analysed, (10,)).splitlines()
     assert by_redux[1].split()[3:] == ["min", "bpwr-5", "bpwr-10", "mean"]
     assert by_redux[2].split()[3:] == ["0.150+-0.071"] * 3 + ["0.040+-0.000"]
