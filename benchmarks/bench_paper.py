@@ -1053,6 +1053,41 @@ def record_analysis(args, corpus_name, row):
         sys.exit(f"error: paper_analysis kept no analysis of {row['run']} in {args.results}")
 
 
+def missing_analyses(args, corpus_name):
+    """The main rows of a corpus with spans that have neither a kept analysis nor a checkpoint
+    here (rows of an earlier session that ended before analyses were kept)."""
+    corpus_dir = os.path.join(args.out, corpus_name)
+    if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
+        return []
+    kept = read_analysis(args.results)
+    return [
+        row for row in load_rows(args.results)[0]
+        if row["corpus"] == corpus_name and kept_result(kept, row) is None
+        and not os.path.isfile(os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"]))
+    ]
+
+
+def reproduce_for_analysis(args, row, audio, meta):
+    """Train a finished run again (the same seed, settings and steps: train.py is deterministic
+    on a CPU), test it, and analyse it if it gives its row's MAP at every level: the analysis is
+    then of the run the row reports. Returns whether it did."""
+    corpus_name, name = row["corpus"], row["run"]
+    settings = {k: row[k] for k in ("epochs", "steps_per_epoch", "overrides")}
+    train(args, corpus_name, name, row["model"], row["seed"], settings, audio, meta)
+    levels = evaluate(args, corpus_name, name, "trained", CHECKPOINTS["trained"])
+    differ = {
+        level: (row["trained"][level]["MAP"][0], levels[level]["MAP"][0])
+        for level in row["trained"]
+        if abs(row["trained"][level]["MAP"][0] - levels[level]["MAP"][0]) > 1e-6
+    }
+    if differ:
+        print(f"error: {name} trained again did not give its row's MAP (row, again: {differ}); "
+              "not analysed", file=sys.stderr, flush=True)
+        return False
+    record_analysis(args, corpus_name, row)
+    return True
+
+
 def budget_variant(minutes):
     """The variant name of runs trained for ``minutes`` instead of their corpus's budget."""
     return f"{minutes:g}min"
@@ -1126,7 +1161,18 @@ def main(argv=None):
         row = train_and_test(args, corpus_name, model, variant, overrides, seed, audio, meta)
         record_analysis(args, corpus_name, row)
         print(f"[{done}/{len(jobs)}] {run_name(corpus_name, model, variant, seed)}", flush=True)
+    # last, the analyses an earlier session could not keep: their runs trained again
+    failed = []
+    for corpus_name in prepared:
+        rows = missing_analyses(args, corpus_name)
+        for done, row in enumerate(rows, 1):
+            if not reproduce_for_analysis(args, row, *prepared[corpus_name]):
+                failed.append(row["run"])
+            print(f"[analysis {done}/{len(rows)}] {row['run']}", flush=True)
     report(args)
+    if failed:
+        print(f"error: not reproduced, so not analysed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
