@@ -150,8 +150,8 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = sorted(p.name for p in results.glob("*.json"))
     assert rows == [
-        "analysis.json", "partial-clews-s0.json", "partial-excerpts.json", "partial-pitch-classes.json",
-        "tuning.json",
+        "analysis.json", "partial-clews-s0.json", "partial-excerpts.json",
+        "partial-pitch-classes.json", "tuning.json",
     ]
     # tuning: both rates judged on the validation works, then one more beyond the better one (an
     # end of the grid), the main run at the best of the three
