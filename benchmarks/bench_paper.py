@@ -98,6 +98,9 @@ ABLATIONS = {
     "pos-min": ["model.loss.redux.pos=min"],
     "pos-best-1": ["model.loss.redux.pos=best-1"],
     "pos-max": ["model.loss.redux.pos=max"],
+    # not in the list: best-1 is min by definition (the mean of the 1 best segment pair),
+    # best-5 the mean of the 5 best pairs with replacement: bpwr-5 without its disjointness
+    "pos-best-5": ["model.loss.redux.pos=best-5"],
     "neg-mean": ["model.loss.redux.neg=mean"],
     "gamma-2": ["model.loss.gamma=2"],
     "gamma-10": ["model.loss.gamma=10"],
