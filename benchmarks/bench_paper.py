@@ -326,6 +326,18 @@ def run_name(corpus_name, model, variant, seed):
     return f"{corpus_name}-{model}" + (f"-{variant}" if variant else "") + f"-s{seed}"
 
 
+def trained_checkpoint(out, corpus_name, run, untuned=False):
+    """The trained checkpoint of ``run`` under ``--out`` (in the ``UNTUNED`` folder if set
+    aside there)."""
+    runs = os.path.join(out, corpus_name, "runs", *([UNTUNED] if untuned else []))
+    return os.path.join(runs, run, CHECKPOINTS["trained"])
+
+
+def spans_file(out, corpus_name):
+    """Where a partial corpus under ``--out`` says where each version plays its work."""
+    return os.path.join(out, corpus_name, "audio", SPANS_FILE)
+
+
 def excerpt_overrides(corpus_name, model):
     """train.py overrides that set the corpus's training excerpts for ``model``."""
     excerpt = CORPORA[corpus_name]["excerpt"]
@@ -475,10 +487,10 @@ def excerpt_facts(args, corpus_name, audio, meta):
     if os.path.isfile(row_file):
         with open(row_file) as handle:
             return json.load(handle)
-    spans_file = os.path.join(audio, "spans.json")
-    if not os.path.isfile(spans_file):
+    spans_path = os.path.join(audio, SPANS_FILE)
+    if not os.path.isfile(spans_path):
         return None
-    with open(spans_file) as handle:
+    with open(spans_path) as handle:
         spans = json.load(handle)
     info, splits = load_metadata(meta)
     keys = [info[k]["filename"] for versions in splits["train"].values() for k in versions]
@@ -920,7 +932,7 @@ def tuning_run_name(args, model, factor):
     main_run = run_name(TUNING_CORPUS, model, None, UNTRAINED_SEED)
     if factor == 1:
         row = os.path.join(args.results, f"{main_run}.json")
-        checkpoint = os.path.join(args.out, TUNING_CORPUS, "runs", main_run, CHECKPOINTS["trained"])
+        checkpoint = trained_checkpoint(args.out, TUNING_CORPUS, main_run)
         if not os.path.isfile(row) or os.path.isfile(checkpoint):
             return main_run
     return run_name(TUNING_CORPUS, model, tuning_variant(factor), UNTRAINED_SEED)
@@ -1043,15 +1055,14 @@ def kept_result(kept, row):
 def record_analysis(args, corpus_name, row):
     """Analyse a finished run of a corpus with spans while its checkpoint and embedding caches
     are here (``paper_analysis --record_only``): a later session keeps the analysis, not them."""
-    corpus_dir = os.path.join(args.out, corpus_name)
-    checkpoint = os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"])
-    if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
+    checkpoint = trained_checkpoint(args.out, corpus_name, row["run"])
+    if not os.path.isfile(spans_file(args.out, corpus_name)) or not os.path.isfile(checkpoint):
         return
-    if not os.path.isfile(checkpoint) or kept_result(read_analysis(args.results), row):
+    if kept_result(read_analysis(args.results), row):
         return
     cmd = [sys.executable, "-m", "benchmarks.paper_analysis", f"--out={args.out}"]
     cmd += [f"--results={args.results}", "--corpora", corpus_name, "--record_only"]
-    run(cmd, os.path.join(corpus_dir, "logs", f"{row['run']}-analysis.log"))
+    run(cmd, os.path.join(args.out, corpus_name, "logs", f"{row['run']}-analysis.log"))
     if kept_result(read_analysis(args.results), row) is None:
         sys.exit(f"error: paper_analysis kept no analysis of {row['run']} in {args.results}")
 
@@ -1059,14 +1070,13 @@ def record_analysis(args, corpus_name, row):
 def missing_analyses(args, corpus_name):
     """The main rows of a corpus with spans that have neither a kept analysis nor a checkpoint
     here (rows of an earlier session that ended before analyses were kept)."""
-    corpus_dir = os.path.join(args.out, corpus_name)
-    if not os.path.isfile(os.path.join(corpus_dir, "audio", SPANS_FILE)):
+    if not os.path.isfile(spans_file(args.out, corpus_name)):
         return []
     kept = read_analysis(args.results)
     return [
         row for row in load_rows(args.results)[0]
         if row["corpus"] == corpus_name and kept_result(kept, row) is None
-        and not os.path.isfile(os.path.join(corpus_dir, "runs", row["run"], CHECKPOINTS["trained"]))
+        and not os.path.isfile(trained_checkpoint(args.out, corpus_name, row["run"]))
     ]
 
 
@@ -1078,11 +1088,9 @@ def reproduce_for_analysis(args, row, audio, meta):
     settings = {k: row[k] for k in ("epochs", "steps_per_epoch", "overrides")}
     train(args, corpus_name, name, row["model"], row["seed"], settings, audio, meta)
     levels = evaluate(args, corpus_name, name, "trained", CHECKPOINTS["trained"])
-    differ = {
-        level: (row["trained"][level]["MAP"][0], levels[level]["MAP"][0])
-        for level in row["trained"]
-        if abs(row["trained"][level]["MAP"][0] - levels[level]["MAP"][0]) > 1e-6
-    }
+    pairs = {level: (row["trained"][level]["MAP"][0], levels[level]["MAP"][0])
+             for level in row["trained"]}
+    differ = {level: maps for level, maps in pairs.items() if abs(maps[0] - maps[1]) > 1e-6}
     if differ:
         print(f"error: {name} trained again did not give its row's MAP (row, again: {differ}); "
               "not analysed", file=sys.stderr, flush=True)

@@ -39,7 +39,6 @@ from benchmarks.bench_paper import (
     ANALYSIS_FILE,
     CANDIDATE_HOP,
     CANDIDATE_LENGTH,
-    CHECKPOINTS,
     UNTUNED,
     fingerprint,
     kept_result,
@@ -48,6 +47,8 @@ from benchmarks.bench_paper import (
     model_variant_rank,
     read_analysis,
     row_key,
+    spans_file,
+    trained_checkpoint,
 )
 from lib import metrics, store, tensor_ops
 from lib.checkpoint import load_trained_model
@@ -345,16 +346,16 @@ class CorpusRuns:
     checkpoint is first analysed (a machine without ``--out`` reads only kept analyses)."""
 
     def __init__(self, out, corpus_name):
+        self.out, self.name = out, corpus_name
         self.dir = os.path.join(out, corpus_name)
         self._spans = self._entries = None
 
     def checkpoint(self, row, untuned):
-        runs = os.path.join(self.dir, "runs", *([UNTUNED] if untuned else []))
-        return os.path.join(runs, row["run"], CHECKPOINTS["trained"])
+        return trained_checkpoint(self.out, self.name, row["run"], untuned)
 
     def analyse(self, checkpoint):
         if self._spans is None:
-            if not os.path.isfile(os.path.join(self.dir, "audio", SPANS_FILE)):
+            if not os.path.isfile(spans_file(self.out, self.name)):
                 raise SystemExit(f"error: {self.dir}: no audio/{SPANS_FILE} for {checkpoint}")
             self._spans = spans_by_id(self.dir)
             self._entries = cached_entries(os.path.join(self.dir, "cache", "embeddings"))
