@@ -101,6 +101,10 @@ ABLATIONS = {
     # not in the issue's list: best-1 is min by definition (the mean of the 1 best segment pair),
     # best-5 the mean of the 5 best pairs with replacement: bpwr-5 without its disjointness
     "pos-best-5": ["model.loss.redux.pos=best-5"],
+    # not in the paper's ablations: fewer best pairs without replacement, as the DVI2 fork's
+    # configs for its own data (bpwr-3, bpwr-2); ``shingle_facts`` counts the pairs that can match
+    "pos-bpwr-3": ["model.loss.redux.pos=bpwr-3"],
+    "pos-bpwr-2": ["model.loss.redux.pos=bpwr-2"],
     "neg-mean": ["model.loss.redux.neg=mean"],
     "gamma-2": ["model.loss.gamma=2"],
     "gamma-10": ["model.loss.gamma=10"],
@@ -240,6 +244,32 @@ def corpus(args, name):
     return audio, meta
 
 
+def work_time(span, start, end):
+    """The work's own time (s) heard between ``start`` and ``end`` s of a version whose
+    ``spans.json`` entry is ``span``, as (first, last), or None when that stretch holds none of it
+    (the version plays its part of the work at a constant rate)."""
+    low, high = max(start, span["start"]), min(end, span["end"])
+    if high <= low:
+        return None
+    rate = (span["work_end"] - span["work_start"]) / (span["end"] - span["start"])
+    return (span["work_start"] + (low - span["start"]) * rate,
+            span["work_start"] + (high - span["start"]) * rate)
+
+
+def same_passage(x, y, passage_s):
+    """Whether two stretches of work time (``work_time``) share ``passage_s`` s or more."""
+    return x is not None and y is not None and min(x[1], y[1]) - max(x[0], y[0]) >= passage_s
+
+
+def version_pairs(spans, keys):
+    """Every ordered pair of versions of one work among the files ``keys`` (work/version.ext), as
+    their ``spans.json`` entries."""
+    works = {}
+    for key in keys:
+        works.setdefault(key.split("/")[0], []).append(spans[key])
+    return [(a, b) for versions in works.values() for a in versions for b in versions if a is not b]
+
+
 def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
     """How often random training excerpts of ``excerpt_s`` s of two versions of one work hold
     music of that work, from ``spans.json`` (``spans``) of the files ``keys`` (work/version.ext):
@@ -248,34 +278,47 @@ def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
     over ``draws`` uniform starts per ordered pair of versions, as the training loader draws them.
     Sections that come back in a work's form make "same" a lower bound of what matches."""
     rng = np.random.default_rng(seed)
-    works = {}
-    for key in keys:
-        works.setdefault(key.split("/")[0], []).append(spans[key])
-
-    def work_time(span, start):
-        low, high = max(start, span["start"]), min(start + excerpt_s, span["end"])
-        if high <= low:
-            return None
-        rate = (span["work_end"] - span["work_start"]) / (span["end"] - span["start"])
-        return (span["work_start"] + (low - span["start"]) * rate,
-                span["work_start"] + (high - span["start"]) * rate)
-
     counts = {"one": 0, "both": 0, "same": 0}
     total = 0
-    for versions in works.values():
-        for a in versions:
-            for b in versions:
-                if a is b:
-                    continue
-                for _ in range(draws):
-                    x = work_time(a, rng.uniform(0, max(0.0, a["duration"] - excerpt_s)))
-                    y = work_time(b, rng.uniform(0, max(0.0, b["duration"] - excerpt_s)))
-                    total += 1
-                    counts["one"] += x is not None
-                    if x is not None and y is not None:
-                        counts["both"] += 1
-                        counts["same"] += min(x[1], y[1]) - max(x[0], y[0]) >= passage_s
+    for a, b in version_pairs(spans, keys):
+        for _ in range(draws):
+            start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
+            start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
+            x = work_time(a, start_a, start_a + excerpt_s)
+            y = work_time(b, start_b, start_b + excerpt_s)
+            total += 1
+            counts["one"] += x is not None
+            if x is not None and y is not None:
+                counts["both"] += 1
+                counts["same"] += same_passage(x, y, passage_s)
     return {k: v / max(total, 1) for k, v in counts.items()}
+
+
+def matching_shingle_pairs(spans, keys, excerpt_s, shingle_s, draws=20, passage_s=5.0, seed=0):
+    """How many segment pairs of two training excerpts can truly match, the count CLEWS's
+    positive reduction ``bpwr-r`` assumes to be r: each excerpt of ``excerpt_s`` s (uniform starts,
+    ``draws`` per ordered pair of versions of a work, as ``excerpt_overlap``) cut in back-to-back
+    shingles of ``shingle_s`` s, and the largest number of disjoint shingle pairs (one shingle of
+    each excerpt, each shingle in one pair at most) that hold the same passage of the work
+    (``passage_s`` s or more in common). {"n": number of shingles per excerpt, "shares": [share of
+    excerpt pairs with 0, 1, ..., n such pairs]}."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(seed)
+    n = int(excerpt_s // shingle_s)
+    counts = np.zeros(n + 1)
+    for a, b in version_pairs(spans, keys):
+        for _ in range(draws):
+            start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
+            start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
+            x = [work_time(a, start_a + i * shingle_s, start_a + (i + 1) * shingle_s)
+                 for i in range(n)]
+            y = [work_time(b, start_b + j * shingle_s, start_b + (j + 1) * shingle_s)
+                 for j in range(n)]
+            shared = np.array([[same_passage(u, v, passage_s) for v in y] for u in x], float)
+            rows, cols = linear_sum_assignment(shared, maximize=True)
+            counts[int(shared[rows, cols].sum())] += 1
+    return {"n": n, "shares": (counts / max(counts.sum(), 1)).tolist()}
 
 
 def step_seconds(model, excerpt, repeats=3):
@@ -477,28 +520,61 @@ def train_and_test(args, corpus_name, model, variant, variant_overrides, seed, a
 
 
 EXCERPTS_CHECKED = (10, 20, 30, 60, 90)  # seconds, for ``excerpt_facts``
+# seconds, for ``shingle_facts``: the small CLEWS's shingles and the ablation ``shingles-20``'s
+SHINGLES_CHECKED = (10, 20)
+FACT_FILES = {"excerpts": "-excerpts.json", "shingle pairs": "-shingle-pairs.json"}
 
 
-def excerpt_facts(args, corpus_name, audio, meta):
-    """``excerpt_overlap`` of the training works of a partial corpus for excerpts of
-    ``EXCERPTS_CHECKED`` seconds, saved as ``<corpus>-excerpts.json`` (None for a corpus without
-    spans.json); reused when done."""
-    row_file = os.path.join(args.results, f"{corpus_name}-excerpts.json")
-    if os.path.isfile(row_file):
-        with open(row_file) as handle:
-            return json.load(handle)
+def training_spans(audio, meta):
+    """(``spans.json`` of the corpus in ``audio``, the files of its training works), or None for a
+    corpus without spans."""
     spans_path = os.path.join(audio, SPANS_FILE)
     if not os.path.isfile(spans_path):
         return None
     with open(spans_path) as handle:
         spans = json.load(handle)
     info, splits = load_metadata(meta)
-    keys = [info[k]["filename"] for versions in splits["train"].values() for k in versions]
-    row = {str(s): excerpt_overlap(spans, keys, s) for s in EXCERPTS_CHECKED}
+    return spans, [info[k]["filename"] for versions in splits["train"].values() for k in versions]
+
+
+def corpus_fact(args, corpus_name, kind, audio, meta, compute):
+    """The corpus's fact ``kind`` (a ``FACT_FILES`` key): ``compute(spans, keys)`` of its training
+    works, saved as ``<corpus><FACT_FILES[kind]>`` and reused when done; None without spans."""
+    row_file = os.path.join(args.results, corpus_name + FACT_FILES[kind])
+    if os.path.isfile(row_file):
+        with open(row_file) as handle:
+            return json.load(handle)
+    training = training_spans(audio, meta)
+    if training is None:
+        return None
+    row = compute(*training)
     os.makedirs(args.results, exist_ok=True)
     with open(row_file, "w") as handle:
         json.dump(row, handle, indent=1)
     return row
+
+
+def excerpt_facts(args, corpus_name, audio, meta):
+    """``excerpt_overlap`` of the training works of a partial corpus for excerpts of
+    ``EXCERPTS_CHECKED`` seconds."""
+    return corpus_fact(
+        args, corpus_name, "excerpts", audio, meta,
+        lambda spans, keys: {str(s): excerpt_overlap(spans, keys, s) for s in EXCERPTS_CHECKED},
+    )
+
+
+def shingle_facts(args, corpus_name, audio, meta):
+    """``matching_shingle_pairs`` of the training works of a partial corpus, for its training
+    excerpts cut in shingles of ``SHINGLES_CHECKED`` seconds: {"excerpt": s, "<shingle s>": ...}."""
+    excerpt = CORPORA[corpus_name]["excerpt"]
+
+    def compute(spans, keys):
+        row = {"excerpt": excerpt}
+        for shingle in SHINGLES_CHECKED:
+            row[str(shingle)] = matching_shingle_pairs(spans, keys, excerpt, shingle)
+        return row
+
+    return corpus_fact(args, corpus_name, "shingle pairs", audio, meta, compute)
 
 
 def pitch_class_floor(args, corpus_name, audio, meta):
@@ -524,8 +600,8 @@ def pitch_class_floor(args, corpus_name, audio, meta):
 
 
 def load_rows(results):
-    """(run rows, {corpus: pitch-class floor}, {corpus: excerpt facts}) of the JSON files in
-    ``results``."""
+    """(run rows, {corpus: pitch-class floor}, {corpus: {fact kind: fact}}) of the JSON files
+    in ``results`` (fact kinds: ``FACT_FILES``)."""
     rows, floors, facts = [], {}, {}
     if not os.path.isdir(results):
         return rows, floors, facts
@@ -536,8 +612,9 @@ def load_rows(results):
             data = json.load(handle)
         if name.endswith("-pitch-classes.json"):
             floors[name[: -len("-pitch-classes.json")]] = data
-        elif name.endswith("-excerpts.json"):
-            facts[name[: -len("-excerpts.json")]] = data
+        elif any(name.endswith(suffix) for suffix in FACT_FILES.values()):
+            kind, suffix = next((k, x) for k, x in FACT_FILES.items() if name.endswith(x))
+            facts.setdefault(name[: -len(suffix)], {})[kind] = data
         elif name not in (ANALYSIS_FILE, TUNING_FILE):
             rows.append(data)
     return rows, floors, facts
@@ -689,15 +766,43 @@ def paired_lines(groups, corpus_name, ablations=False):
     return lines
 
 
-def excerpt_lines(facts):
-    """What training excerpts of each length hold, on the training works of a partial corpus."""
+def excerpt_lines(excerpts):
+    """What training excerpts of each length hold (``excerpt_facts``), on the training works of a
+    partial corpus."""
     lines = []
-    for seconds, share in facts.items():
+    for seconds, share in excerpts.items():
         lines.append(
             f"{seconds:>3} s: one holds music of its work {share['one']:.0%}, both of a pair "
             f"{share['both']:.0%}, the same passage of it (>= 5 s) {share['same']:.0%}"
         )
     return lines
+
+
+def shingle_lines(pairs):
+    """How many disjoint shingle pairs of two training excerpts hold the same passage
+    (``shingle_facts``): what ``bpwr-r`` assumes to be at least r."""
+    lines = []
+    for shingle, row in pairs.items():
+        if shingle == "excerpt":
+            continue
+        shares = ", ".join(f"{k}: {p:.1%}" for k, p in enumerate(row["shares"]))
+        lines.append(f"{shingle:>3} s shingles ({row['n']} per excerpt): {shares}")
+    return lines
+
+
+def fact_lines(facts, markdown=False):
+    """The lines of a partial corpus's facts ({kind: fact}, ``load_rows``) above its tables."""
+    gap = [""] if markdown else []
+    out = []
+    if "excerpts" in facts:
+        out += ["training excerpts (uniform starts) of versions of one work:", *gap,
+                *bullets(excerpt_lines(facts["excerpts"]), markdown), ""]
+    if "shingle pairs" in facts:
+        excerpt = facts["shingle pairs"]["excerpt"]
+        out += [f"disjoint shingle pairs of two {excerpt} s training excerpts of one work that "
+                "hold the same passage (>= 5 s), share of excerpt pairs with 0, 1, ... such pairs:",
+                *gap, *bullets(shingle_lines(facts["shingle pairs"]), markdown), ""]
+    return out
 
 
 def tuning_lines(tuning, markdown=False):
@@ -743,8 +848,7 @@ def tables(rows, floors, facts=None, tuning=None, markdown=False):
         if not any(k[0] == corpus_name for k in groups):
             continue
         if facts and corpus_name in facts:
-            out += ["training excerpts (uniform starts) of versions of one work:", *gap,
-                    *bullets(excerpt_lines(facts[corpus_name]), markdown), ""]
+            out += fact_lines(facts[corpus_name], markdown)
         out += [
             heading(f"{corpus_name} corpus: track level (trained = the last epoch's model)",
                     markdown),
@@ -826,6 +930,7 @@ def prepare(args, corpus_name):
     print(f"{corpus_name} corpus: works {sizes}", flush=True)
     pitch_class_floor(args, corpus_name, audio, meta)
     excerpt_facts(args, corpus_name, audio, meta)
+    shingle_facts(args, corpus_name, audio, meta)
     return audio, meta
 
 

@@ -151,7 +151,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     rows = sorted(p.name for p in results.glob("*.json"))
     assert rows == [
         "analysis.json", "partial-clews-s0.json", "partial-excerpts.json",
-        "partial-pitch-classes.json", "tuning.json",
+        "partial-pitch-classes.json", "partial-shingle-pairs.json", "tuning.json",
     ]
     # tuning: both rates judged on the validation works, then one more beyond the better one (an
     # end of the grid), the main run at the best of the three
@@ -165,6 +165,9 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     facts = json.loads((results / "partial-excerpts.json").read_text())
     assert list(facts) == ["10", "20", "30", "60", "90"]
     assert facts["10"]["same"] <= facts["60"]["same"] and facts["90"]["one"] > 0.5
+    pairs = json.loads((results / "partial-shingle-pairs.json").read_text())
+    assert pairs["excerpt"] == 60 and [pairs[s]["n"] for s in ("10", "20")] == [6, 3]
+    assert sum(pairs["10"]["shares"]) == pytest.approx(1.0)
     row = json.loads((results / "partial-clews-s0.json").read_text())
     assert row["overrides"] == ["data.audiolen=60", *lr_override] and row["epochs"] == 1
     assert (results / "untuned" / "partial-clews-s0.json").is_file() == (chosen != "1")
@@ -185,6 +188,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert "partial corpus: track level" in text and "untrained CLEWS" in text and "2D-FFT" in text
     assert "learning rates tried" in text
     assert "60 s: one holds music of its work" in text
+    assert " 10 s shingles (6 per excerpt): 0: " in text
     assert "| CLEWS | 1 | " in (results / "tables.md").read_text()  # the README's tables
     assert (results / "map_vs_query_length.png").stat().st_size > 0
     # reused: nothing is trained or tested again (no new log), the same tables
@@ -372,6 +376,29 @@ def test_excerpt_overlap_counts_excerpts_that_hold_the_same_passage():
     spans["work000/v1.wav"] = other
     apart = excerpt_overlap(spans, keys, excerpt_s=60.0)
     assert apart == {"one": 1.0, "both": 1.0, "same": 0.0}
+
+
+def test_matching_shingle_pairs_counts_disjoint_segment_pairs_of_one_passage():
+    from benchmarks.bench_paper import matching_shingle_pairs
+
+    # both versions are the same 30 s of the work at the start of 60 s tracks: a 60 s excerpt
+    # (always from 0 s) cut in 10 s shingles pairs shingles 0-2 of one with 0-2 of the other
+    half = {"start": 0.0, "end": 30.0, "duration": 60.0, "work_start": 0.0, "work_end": 30.0}
+    spans = {"work000/v0.wav": half, "work000/v1.wav": dict(half)}
+    keys = list(spans)
+    same = matching_shingle_pairs(spans, keys, excerpt_s=60.0, shingle_s=10.0)
+    assert same == {"n": 6, "shares": [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]}
+    # v1 plays the work's 15-45 s: its shingle 0 (work 15-25 s) shares 5 s with v0's shingles 1
+    # and 2, its shingle 1 (25-35 s) 5 s with v0's shingle 2; only 2 of them are disjoint
+    spans["work000/v1.wav"] = dict(half, work_start=15.0, work_end=45.0)
+    shifted = matching_shingle_pairs(spans, keys, excerpt_s=60.0, shingle_s=10.0)
+    assert shifted["shares"] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    # ... and none when 6 s in common are asked for; 20 s shingles: v0's work 0-20 s and 20-30 s
+    # both share 5 s or more with v1's 15-35 s, nothing with its 35-45 s: one disjoint pair
+    strict = matching_shingle_pairs(spans, keys, excerpt_s=60.0, shingle_s=10.0, passage_s=6.0)
+    assert strict["shares"][0] == 1.0
+    longer = matching_shingle_pairs(spans, keys, excerpt_s=60.0, shingle_s=20.0)
+    assert longer == {"n": 3, "shares": [0.0, 1.0, 0.0, 0.0]}
 
 
 def test_paper_scores_corpus_command_renders_partial_versions_of_real_compositions():
