@@ -261,13 +261,24 @@ def same_passage(x, y, passage_s):
     return x is not None and y is not None and min(x[1], y[1]) - max(x[0], y[0]) >= passage_s
 
 
-def version_pairs(spans, keys):
-    """Every ordered pair of versions of one work among the files ``keys`` (work/version.ext), as
-    their ``spans.json`` entries."""
+def excerpt_draws(spans, keys, excerpt_s, draws, seed):
+    """Training excerpts of ``excerpt_s`` s drawn as the training loader draws them: for every
+    ordered pair of versions of one work among the files ``keys`` (work/version.ext), ``draws``
+    uniform starts of each; yields (``spans.json`` entry of a, start of a, entry of b, start of b),
+    starts in seconds."""
+    rng = np.random.default_rng(seed)
     works = {}
     for key in keys:
         works.setdefault(key.split("/")[0], []).append(spans[key])
-    return [(a, b) for versions in works.values() for a in versions for b in versions if a is not b]
+    for versions in works.values():
+        for a in versions:
+            for b in versions:
+                if a is b:
+                    continue
+                for _ in range(draws):
+                    start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
+                    start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
+                    yield a, start_a, b, start_b
 
 
 def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
@@ -277,20 +288,16 @@ def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
     they hold the same passage of the work (at least ``passage_s`` s of its own time in common)},
     over ``draws`` uniform starts per ordered pair of versions, as the training loader draws them.
     Sections that come back in a work's form make "same" a lower bound of what matches."""
-    rng = np.random.default_rng(seed)
     counts = {"one": 0, "both": 0, "same": 0}
     total = 0
-    for a, b in version_pairs(spans, keys):
-        for _ in range(draws):
-            start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
-            start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
-            x = work_time(a, start_a, start_a + excerpt_s)
-            y = work_time(b, start_b, start_b + excerpt_s)
-            total += 1
-            counts["one"] += x is not None
-            if x is not None and y is not None:
-                counts["both"] += 1
-                counts["same"] += same_passage(x, y, passage_s)
+    for a, start_a, b, start_b in excerpt_draws(spans, keys, excerpt_s, draws, seed):
+        x = work_time(a, start_a, start_a + excerpt_s)
+        y = work_time(b, start_b, start_b + excerpt_s)
+        total += 1
+        counts["one"] += x is not None
+        if x is not None and y is not None:
+            counts["both"] += 1
+            counts["same"] += same_passage(x, y, passage_s)
     return {k: v / max(total, 1) for k, v in counts.items()}
 
 
@@ -304,20 +311,16 @@ def matching_shingle_pairs(spans, keys, excerpt_s, shingle_s, draws=20, passage_
     excerpt pairs with 0, 1, ..., n such pairs]}."""
     from scipy.optimize import linear_sum_assignment
 
-    rng = np.random.default_rng(seed)
     n = int(excerpt_s // shingle_s)
     counts = np.zeros(n + 1)
-    for a, b in version_pairs(spans, keys):
-        for _ in range(draws):
-            start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
-            start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
-            x = [work_time(a, start_a + i * shingle_s, start_a + (i + 1) * shingle_s)
-                 for i in range(n)]
-            y = [work_time(b, start_b + j * shingle_s, start_b + (j + 1) * shingle_s)
-                 for j in range(n)]
-            shared = np.array([[same_passage(u, v, passage_s) for v in y] for u in x], float)
-            rows, cols = linear_sum_assignment(shared, maximize=True)
-            counts[int(shared[rows, cols].sum())] += 1
+    for a, start_a, b, start_b in excerpt_draws(spans, keys, excerpt_s, draws, seed):
+        x = [work_time(a, start_a + i * shingle_s, start_a + (i + 1) * shingle_s)
+             for i in range(n)]
+        y = [work_time(b, start_b + j * shingle_s, start_b + (j + 1) * shingle_s)
+             for j in range(n)]
+        shared = np.array([[same_passage(u, v, passage_s) for v in y] for u in x], float)
+        rows, cols = linear_sum_assignment(shared, maximize=True)
+        counts[int(shared[rows, cols].sum())] += 1
     return {"n": n, "shares": (counts / max(counts.sum(), 1)).tolist()}
 
 
@@ -599,6 +602,11 @@ def pitch_class_floor(args, corpus_name, audio, meta):
 ###################################################################################################
 
 
+def fact_kind(name):
+    """The ``FACT_FILES`` kind of a results file's ``name``, or None."""
+    return next((kind for kind, suffix in FACT_FILES.items() if name.endswith(suffix)), None)
+
+
 def load_rows(results):
     """(run rows, {corpus: pitch-class floor}, {corpus: {fact kind: fact}}) of the JSON files
     in ``results`` (fact kinds: ``FACT_FILES``)."""
@@ -612,9 +620,8 @@ def load_rows(results):
             data = json.load(handle)
         if name.endswith("-pitch-classes.json"):
             floors[name[: -len("-pitch-classes.json")]] = data
-        elif any(name.endswith(suffix) for suffix in FACT_FILES.values()):
-            kind, suffix = next((k, x) for k, x in FACT_FILES.items() if name.endswith(x))
-            facts.setdefault(name[: -len(suffix)], {})[kind] = data
+        elif (kind := fact_kind(name)) is not None:
+            facts.setdefault(name[: -len(FACT_FILES[kind])], {})[kind] = data
         elif name not in (ANALYSIS_FILE, TUNING_FILE):
             rows.append(data)
     return rows, floors, facts
