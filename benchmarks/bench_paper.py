@@ -46,6 +46,7 @@ import statistics
 import sys
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.bench_small_recipe import fixed_split, render_corpus, run
 from lib.metadata import load_metadata, save_metadata
@@ -467,7 +468,27 @@ def train(args, corpus_name, name, model, seed, settings, audio, meta):
     cmd += settings["overrides"]
     if per_epoch is not None:
         cmd.append(f"limit_batches={per_epoch}")
-    return run(cmd, os.path.join(logs, f"{name}-train.log"))
+    seconds = run(cmd, os.path.join(logs, f"{name}-train.log"))
+    # a run that an earlier session left interrupted (or finished but untested) resumes, and
+    # this call then took a part of its training time, or none of it
+    return max(seconds, logged_training_seconds(os.path.join(runs, name)))
+
+
+def logged_training_seconds(run_dir):
+    """Seconds of training that the TensorBoard logs in ``run_dir`` span: from each train.py
+    call's first record to its last epoch's, summed over the calls (one event file each; 0
+    without any). Short of a call's own wall time by its start-up (about 15 s) and, for a call
+    that was killed, by its unfinished epoch."""
+    total = 0.0
+    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+        if not name.startswith("events.out.tfevents."):
+            continue
+        events = EventAccumulator(os.path.join(run_dir, name), size_guidance={"scalars": 0})
+        events.Reload()
+        times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+        if times:
+            total += max(times) - events.FirstEventTimestamp()
+    return total
 
 
 def evaluate(args, corpus_name, name, which, checkpoint, partition="test"):

@@ -401,6 +401,25 @@ def test_matching_shingle_pairs_counts_disjoint_segment_pairs_of_one_passage():
     assert longer == {"n": 3, "shares": [0.0, 1.0, 0.0, 0.0]}
 
 
+def test_paper_training_seconds_of_a_resumed_run_add_up_every_call_of_its_log(tmp_path):
+    # two train.py calls, as when a session ended inside a run: the first logged epochs until
+    # 100 s after it began, the second until 50 s; a run folder without a log spans nothing
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmarks.bench_paper import logged_training_seconds
+
+    for call, span in enumerate((100.0, 50.0)):
+        writer = SummaryWriter(str(tmp_path), filename_suffix=f".call{call}")
+        start = time.time()
+        for step, at in enumerate((0.0, span / 2, span)):
+            writer.add_scalar("train/l_main", 1.0, step, walltime=start + at)
+        writer.close()
+    assert logged_training_seconds(str(tmp_path)) == pytest.approx(150.0, abs=1.0)
+    assert logged_training_seconds(str(tmp_path / "missing")) == 0.0
+
+
 def test_paper_scores_corpus_command_renders_partial_versions_of_real_compositions():
     # rendering itself: tests/test_score_corpus.py (the same command line)
     import subprocess
