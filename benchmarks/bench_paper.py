@@ -40,6 +40,8 @@ checkpoints and logs stay under ``--out``.
 """
 
 import argparse
+import glob
+import itertools
 import json
 import os
 import statistics
@@ -272,14 +274,11 @@ def excerpt_draws(spans, keys, excerpt_s, draws, seed):
     for key in keys:
         works.setdefault(key.split("/")[0], []).append(spans[key])
     for versions in works.values():
-        for a in versions:
-            for b in versions:
-                if a is b:
-                    continue
-                for _ in range(draws):
-                    start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
-                    start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
-                    yield a, start_a, b, start_b
+        for a, b in itertools.permutations(versions, 2):
+            for _ in range(draws):
+                start_a = rng.uniform(0, max(0.0, a["duration"] - excerpt_s))
+                start_b = rng.uniform(0, max(0.0, b["duration"] - excerpt_s))
+                yield a, start_a, b, start_b
 
 
 def excerpt_overlap(spans, keys, excerpt_s, draws=20, passage_s=5.0, seed=0):
@@ -480,10 +479,8 @@ def logged_training_seconds(run_dir):
     without any). Short of a call's own wall time by its start-up (about 15 s) and, for a call
     that was killed, by its unfinished epoch."""
     total = 0.0
-    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
-        if not name.startswith("events.out.tfevents."):
-            continue
-        events = EventAccumulator(os.path.join(run_dir, name), size_guidance={"scalars": 0})
+    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        events = EventAccumulator(path, size_guidance={"scalars": 0})
         events.Reload()
         times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
         if times:
