@@ -9,14 +9,19 @@ metadata file, whole tracks, each track a query against all others:
   their median over the track, cosine distance (Bertin-Mahieux & Ellis, ISMIR 2012): invariant to
   circular transposition and to where a passage plays.
 
+With ``--spans`` (a partial corpus's ``spans.json``) each track is read only where it plays its
+work: an oracle, the floor once the other music is cut away.
+
 A trained MOVE that ranks below them has not learned what the pitch classes already show
 (README, MOVE). Prints MAP, MR1 and P@1 with 95% confidence half-widths (``lib.metrics``).
 
     .venv/bin/python -m benchmarks.bench_pitch_class_baseline --meta runs/demo/metadata-demo.pt \\
-        --audio runs/demo/audio [--partition test] [--conf config/demo-move.yaml]
+        --audio runs/demo/audio [--partition test] [--conf config/demo-move.yaml] \\
+        [--spans <partial corpus>/spans.json]
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -40,22 +45,60 @@ def parse_args(argv=None):
     parser.add_argument("--audio", required=True, help="its audio folder")
     parser.add_argument("--partition", default="test")
     parser.add_argument("--conf", default=DEFAULT_CONF, help="a MOVE config (audio)")
+    parser.add_argument(
+        "--spans", default=None, help="spans.json of a partial corpus: read each track only where "
+        "it plays its work (an oracle: the floor once the other music is cut away)",
+    )
     return parser.parse_args(argv)
 
 
-def track_pitch_classes(model, info, splits, audio_dir, partition, samplerate):
+def load_spans(path):
+    """{filename: {"start", "end", ...}} of a ``spans.json``, or None for no path."""
+    if path is None:
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def work_passage(spans, filename):
+    """(start, duration) in seconds of where the version ``filename`` plays its work, from the
+    ``spans.json`` of a partial corpus (``lib.synth``, ``lib.score_corpus``)."""
+    if filename not in spans:
+        raise ValueError(f"{filename}: not in the spans file (not a version of that corpus?)")
+    span = spans[filename]
+    return span["start"], span["end"] - span["start"]
+
+
+def track_pitch_classes(model, info, splits, audio_dir, partition, samplerate, spans=None):
     """(clique names, [(12, frames) pitch classes]) of every version of ``partition``, read from
-    each version's ``filename`` under ``audio_dir``."""
+    each version's ``filename`` under ``audio_dir``: all of it, or with ``spans`` (a partial
+    corpus's ``spans.json``) only where it plays its work."""
     cliques, classes = [], []
     items = [(c, k) for c, keys in splits[partition].items() for k in keys]
     for clique, key in tqdm(items, desc="pitch classes", unit="track"):
-        path = os.path.join(audio_dir, info[key]["filename"])
-        audio = load_audio(path, samplerate=samplerate)
-        x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
-        with torch.no_grad():
-            classes.append(model.prepare(x)[0, 0])
+        filename = info[key]["filename"]
+        start, duration = (0.0, None) if spans is None else work_passage(spans, filename)
+        path = os.path.join(audio_dir, filename)
+        audio = load_audio(path, samplerate=samplerate, start=start, duration=duration)
+        classes.append(whole_pitch_classes(model, audio, samplerate))
         cliques.append(clique)
     return cliques, classes
+
+
+def whole_pitch_classes(model, audio, samplerate):
+    """(12, frames) pitch classes of all of ``audio`` (T,) at ``samplerate``: one shingle as long
+    as the audio (the config's shingles would keep its first 20 s only), without the silence
+    that completes audio shorter than the config's shingle."""
+    seconds = len(audio) / samplerate
+    # half a sample more, so that the shingle's length in samples is not rounded below the audio's
+    shingle = max((len(audio) + 0.5) / samplerate, model.minlen)
+    x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
+    with torch.no_grad():
+        classes = model.prepare(x, shingle_len=shingle, shingle_hop=shingle)
+    if classes.shape[1] != 1:
+        raise RuntimeError(f"expected one shingle of {shingle:.2f} s, got {classes.shape[1]}")
+    frames = classes.shape[-1]
+    return classes[0, 0, :, : max(1, round(frames * seconds / shingle))]
 
 
 def unit(x):
@@ -89,14 +132,17 @@ def evaluate(distances, cliques):
     return metrics.aggregate(metrics.query_metrics(distances, ismatch, exclude))
 
 
-def scores(meta, audio_dir, partition="test", conf_path=DEFAULT_CONF):
+def scores(meta, audio_dir, partition="test", conf_path=DEFAULT_CONF, spans=None):
     """{"mean chroma" | "2D-FFT": ``evaluate``} of the tracks of ``partition`` of the metadata
-    file ``meta``, on the pitch classes of the MOVE config ``conf_path``."""
+    file ``meta``, on the pitch classes of the MOVE config ``conf_path``; with ``spans`` ({filename:
+    {"start", "end"} in seconds}, a partial corpus's ``spans.json``) each track is cut to where it
+    plays its work, an oracle no real catalogue has: how well the pitch classes tell the versions
+    apart once the other music is cut away."""
     conf = load_run_config(conf_path)
     model = build_model(conf.model, sr=conf.data.samplerate).eval()
     info, splits = load_metadata(meta)
     cliques, classes = track_pitch_classes(
-        model, info, splits, audio_dir, partition, conf.data.samplerate
+        model, info, splits, audio_dir, partition, conf.data.samplerate, spans
     )
     print(f"{len(classes)} tracks of {len(set(cliques))} works ({partition}), {conf_path}")
     return {
@@ -107,7 +153,8 @@ def scores(meta, audio_dir, partition="test", conf_path=DEFAULT_CONF):
 
 def main(argv=None):
     args = parse_args(argv)
-    for name, agg in scores(args.meta, args.audio, args.partition, args.conf).items():
+    spans = load_spans(args.spans)
+    for name, agg in scores(args.meta, args.audio, args.partition, args.conf, spans).items():
         cells = "  ".join(f"{k} {agg[k][0]:.3f} +-{agg[k][1]:.3f}" for k in ("MAP", "MR1", "P@1"))
         print(f"{name:<12} {cells}  ({agg['n_queries']} queries)")
 

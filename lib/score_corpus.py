@@ -7,11 +7,14 @@ mass, so two works never come from one mass, whose movements share themes), Mont
 madrigals and the Trecento pieces of the corpus. Each version plays it with its own instruments
 (a General MIDI program per voice), in another key (+/-6 semitones), at another tempo (0.8-1.25x)
 and mix (noise, reverb, EQ, level: ``lib.synth.mix``). With ``--variation partial`` (the default)
-a version plays a 20-50% part of its work (whole bars) inside a 60-180 s track whose rest is other
-music played by the same instruments: Bach chorales and the folk tunes of Ryan's Mammoth
-Collection, each of them used by one track only (weak labels, as ``lib.synth --variation
-partial``; ``<out>/spans.json`` says where, in bars). ``--variation arrangement`` plays the whole
-work from its start, up to ``--max_seconds``.
+a work is the composition's first bars up to ``--work_seconds`` (90 s at its own tempo, as
+``lib.synth``'s partial works: with whole compositions, half of them over 3.5 minutes, the
+versions of a work mostly shared no bar), and a version plays a part of it that fills 20-50% of
+a 60-180 s track (whole bars), the rest of the track being other music played by the same
+instruments: Bach chorales and the folk tunes of Ryan's Mammoth Collection, each of them used by
+one track only (weak labels, as ``lib.synth --variation partial``; ``<out>/spans.json`` says
+where, in bars). ``--variation arrangement`` plays the whole work from its start, up to
+``--max_seconds``.
 
     python -m lib.score_corpus --out data/scores/audio --works 160 --versions 4
 
@@ -46,6 +49,7 @@ PROGRAMS = (0, 1, 4, 6, 11, 16, 19, 21, 24, 25, 40, 41, 42, 46, 48, 49, 52, 56, 
             68, 70, 71, 73, 74, 79, 88, 89)
 TICKS = 480  # MIDI ticks per quarter note
 OWN_QPM = (90.0, 130.0)  # a work's own tempo (quarters per minute) when its score has none
+WORK_SECONDS = 90.0  # partial: a work is its composition's first bars up to this, at its own tempo
 FILLER_SOURCES = ("bach", "ryansMammoth")
 SCORE_EXTENSIONS = (".krn", ".mxl", ".xml", ".abc")
 
@@ -171,10 +175,19 @@ def own_qpm(score, rng):
     return score.qpm if score.qpm else drawn
 
 
-def vary(score, rng, variation="partial", base_qpm=None):
+def work_bars(score, qpm, work_seconds=WORK_SECONDS):
+    """Bars of ``score`` that make its work: all of them, or (``work_seconds``) its first bars
+    up to that many seconds at ``qpm`` (at least one)."""
+    bars = max(1, int(np.ceil(score.length / score.bar - 1e-9)))
+    if work_seconds is None:
+        return bars
+    return int(np.clip(np.floor(work_seconds / (score.bar * 60.0 / qpm) + 1e-9), 1, bars))
+
+
+def vary(score, rng, variation="partial", base_qpm=None, work_seconds=WORK_SECONDS):
     """A random version of ``score``: key, tempo (0.8-1.25x ``base_qpm``), instruments, mix and,
-    for ``partial``, where a part of it plays in a longer track (``lib.synth.draw_layout`` over
-    its bars)."""
+    for ``partial``, where a part of its work (``work_bars`` at ``base_qpm``) plays in a longer
+    track (``lib.synth.draw_layout`` over those bars)."""
     if variation not in VARIATIONS:
         raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, got {variation!r}")
     base_qpm = base_qpm or own_qpm(score, rng)
@@ -186,7 +199,7 @@ def vary(score, rng, variation="partial", base_qpm=None):
     )
     if variation == "partial":
         bar_seconds = score.bar * 60.0 / version.qpm
-        bars = max(1, int(np.ceil(score.length / score.bar - 1e-9)))
+        bars = work_bars(score, base_qpm, work_seconds)
         version = dataclasses.replace(version, layout=synth.draw_layout(bar_seconds, bars, rng))
     return version
 
@@ -335,7 +348,9 @@ def corpus_plan(works, versions, seed):
     return chosen, [order[2 * t : 2 * t + 2] for t in range(works * versions)]
 
 
-def render_work(out, w, path, fillers, versions, seed, sr, formats, variation, max_seconds):
+def render_work(
+    out, w, path, fillers, versions, seed, sr, formats, variation, max_seconds, work_seconds
+):
     """Render and write the versions of work ``w`` (the score at ``path``); (files, seconds of
     audio, spans)."""
     score = load_score(path)
@@ -343,7 +358,7 @@ def render_work(out, w, path, fillers, versions, seed, sr, formats, variation, m
     base_qpm = own_qpm(score, rng)
     nfiles, audio_s, spans = 0, 0.0, {}
     for v in range(versions):
-        version = vary(score, rng, variation, base_qpm)
+        version = vary(score, rng, variation, base_qpm, work_seconds)
         extra = [load_score(p) for p in fillers[v]] if version.layout is not None else []
         x = render_version(score, version, sr, extra, max_seconds)
         name = f"work{w:03d}/v{v}.{formats[(w + v) % len(formats)]}"
@@ -364,15 +379,17 @@ def make_corpus(
     njobs=1,
     variation="partial",
     max_seconds=180.0,
+    work_seconds=WORK_SECONDS,
 ):
     """Render ``works`` compositions x ``versions`` versions into ``out``/<work>/<version>.<ext>
     in ``njobs`` processes (-1: one per core); a partial corpus also gets ``<out>/spans.json``.
-    Returns (number of files, seconds of audio)."""
+    ``work_seconds``: ``work_bars`` (None: whole compositions). Returns (number of files,
+    seconds of audio)."""
     check_tools()
     paths, fillers = corpus_plan(works, versions, seed)
     jobs = [
         (out, w, path, fillers[w * versions : (w + 1) * versions], versions, seed, sr,
-         tuple(formats), variation, max_seconds)
+         tuple(formats), variation, max_seconds, work_seconds)
         for w, path in enumerate(paths)
     ]
     results = synth.render_works(render_work, jobs, njobs, out)
@@ -394,6 +411,11 @@ def main(argv=None):
     parser.add_argument(
         "--max_seconds", type=float, default=180.0, help="arrangement: longest version"
     )
+    parser.add_argument(
+        "--work_seconds", type=float, default=WORK_SECONDS,
+        help="partial: a work is its composition's first bars up to this many seconds at its own "
+        "tempo (0: the whole composition)",
+    )
     args = parser.parse_args(argv)
     if args.works < 1 or args.versions < 2:
         parser.error("need --works >= 1 and --versions >= 2")
@@ -402,7 +424,7 @@ def main(argv=None):
     try:
         nfiles, audio_s = make_corpus(
             args.out, args.works, args.versions, args.seed, args.samplerate, formats,
-            args.njobs, args.variation, args.max_seconds,
+            args.njobs, args.variation, args.max_seconds, args.work_seconds or None,
         )
     except ScoreCorpusError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -89,6 +89,40 @@ def test_pitch_class_baselines_ignore_transposition_and_where_a_passage_plays():
     assert fft.shape == (3, 3) and torch.allclose(fft, fft.T)
 
 
+def test_pitch_class_baselines_cut_each_track_to_its_span(tmp_path):
+    # a partial corpus's spans.json: each track read only where it plays its work
+    from benchmarks.bench_pitch_class_baseline import DEFAULT_CONF, scores, track_pitch_classes
+    from lib.audio import load_audio
+    from lib.config import load_run_config
+    from lib.metadata import load_metadata
+    from lib.model_base import build_model
+    from tests.corpus import folder_corpus
+
+    # tracks longer than the config's 20 s shingles, all of which are read
+    root = folder_corpus(tmp_path, works=3, versions=2, seconds=30, seed=0, split="0,0,1")
+    info, splits = load_metadata(root / "meta.pt")
+    files = sorted(song["filename"] for song in info.values())
+    spans = {f: {"start": 1.0 + i % 2, "end": 4.0 + i % 2 * 3} for i, f in enumerate(files)}
+    conf = load_run_config(DEFAULT_CONF)
+    model = build_model(conf.model, sr=conf.data.samplerate).eval()
+    rate = conf.data.samplerate
+    _, whole = track_pitch_classes(model, info, splits, root / "audio", "test", rate)
+    _, cut = track_pitch_classes(model, info, splits, root / "audio", "test", rate, spans)
+    keys = [k for keys in splits["test"].values() for k in keys]
+    for key, full, part in zip(keys, whole, cut):
+        filename = info[key]["filename"]
+        track = len(load_audio(root / "audio" / filename, samplerate=rate)) / rate
+        seconds = spans[filename]["end"] - spans[filename]["start"]
+        # every frame of the track (not only its first shingle's), then the span's share of them
+        assert full.shape[-1] == pytest.approx(track * 216 / 20, abs=2)
+        assert part.shape[-1] == pytest.approx(seconds * 216 / 20, abs=2)
+    result = scores(root / "meta.pt", root / "audio", "test", spans=spans)
+    assert result["2D-FFT"]["n_queries"] == 6
+    del spans[files[0]]
+    with pytest.raises(ValueError, match=f"{files[0]}: not in the spans file"):
+        scores(root / "meta.pt", root / "audio", "test", spans=spans)
+
+
 def test_ssl_labels_split_keeps_held_out_works_and_adds_unlabelled_ones():
     from benchmarks.bench_ssl_labels import split_by_number
     from benchmarks.bench_ssl_labels import table as ssl_table
@@ -181,7 +215,7 @@ def test_paper_benchmark_runs_end_to_end_and_reuses_finished_runs(tmp_path):
         for level in row[which].values():
             assert 0 < level["MAP"][0] <= 1 and level["MAP"][1] > 0 and level["MR1"][0] >= 1
     floor = json.loads((results / "partial-pitch-classes.json").read_text())
-    assert set(floor) == {"mean chroma", "2D-FFT"}
+    assert set(floor) == {"mean chroma", "2D-FFT", "mean chroma (work only)", "2D-FFT (work only)"}
     spans = json.loads((out / "partial" / "audio" / "spans.json").read_text())
     assert len(spans) == 9 * 2
     text = (results / "tables.txt").read_text()

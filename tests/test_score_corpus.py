@@ -102,6 +102,25 @@ def test_versions_vary_key_tempo_instruments_and_the_part_played(chorale):
         score_corpus.vary(chorale, np.random.default_rng(0), "cover")
 
 
+def test_a_partial_work_is_the_first_bars_of_its_composition(chorale):
+    # the first bars filling work_seconds at the work's own tempo, so that its versions' parts
+    # overlap as lib.synth's 90 s works do (whole compositions mostly gave versions no common bar)
+    bars = int(np.ceil(chorale.length / chorale.bar - 1e-9))
+    bar_s = chorale.bar * 60 / 100  # at 100 quarters per minute
+    assert bars > 10
+    assert score_corpus.work_bars(chorale, 100, 10 * bar_s) == 10
+    assert score_corpus.work_bars(chorale, 100, 0.1) == 1
+    assert score_corpus.work_bars(chorale, 100, None) == bars == score_corpus.work_bars(
+        chorale, 100, 1000.0
+    )
+    versions = [
+        score_corpus.vary(chorale, np.random.default_rng(s), base_qpm=100, work_seconds=10 * bar_s)
+        for s in range(50)
+    ]
+    assert max(v.layout.last for v in versions) == 10  # at every version's own tempo
+    assert min(v.layout.first for v in versions) == 0
+
+
 @needs_fluidsynth
 def test_partial_version_plays_its_bars_where_the_layout_says():
     work = score_corpus.load_score(score_corpus.work_paths()[0])
