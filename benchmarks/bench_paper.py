@@ -62,7 +62,7 @@ WHOLE_EXCERPT = ("dvinetp", "cqtnet", "bytecover2x", "move")
 CORPORA = {
     "partial": {"source": "synth", "variation": "partial", "seconds": 90.0,
                 "works": (220, 10, 40), "excerpt": 60, "budget_min": 10},
-    "scores": {"source": "scores", "variation": "partial", "seconds": None,
+    "scores": {"source": "scores", "variation": "partial", "seconds": 90.0,
                "works": (120, 10, 40), "excerpt": 60, "budget_min": 10},
     "arrangement": {"source": "synth", "variation": "arrangement", "seconds": 30.0,
                     "works": (220, 10, 40), "excerpt": 20, "budget_min": 8},
@@ -215,13 +215,13 @@ def corpus_sizes(args, name):
     return tuple(g if g is not None else o for g, o in zip(given, own))
 
 
-def scores_command(audio, works, versions, njobs):
+def scores_command(audio, works, versions, njobs, work_seconds):
     """The command that renders the real-composition corpus (``lib.score_corpus``, partial
-    versions at 8 kHz, seed 0) into ``audio``; ``lib.synth``'s corpora are rendered by
-    ``bench_small_recipe.render_corpus``, which then indexes either."""
+    versions of works of ``work_seconds``, at 8 kHz, seed 0) into ``audio``; ``lib.synth``'s
+    corpora are rendered by ``bench_small_recipe.render_corpus``, which then indexes either."""
     cmd = [sys.executable, "-m", "lib.score_corpus", f"--out={audio}", f"--works={works}"]
     cmd += [f"--versions={versions}", "--seed=0", "--samplerate=8000", "--variation=partial"]
-    return cmd + [f"--njobs={njobs}"]
+    return cmd + [f"--work_seconds={work_seconds:g}", f"--njobs={njobs}"]
 
 
 def corpus(args, name):
@@ -234,7 +234,7 @@ def corpus(args, name):
     spec = CORPORA[name]
     audio = os.path.join(out, "audio")
     if spec["source"] == "scores" and not os.path.isfile(os.path.join(audio, ".complete")):
-        command = scores_command(audio, sum(sizes), args.versions, args.njobs)
+        command = scores_command(audio, sum(sizes), args.versions, args.njobs, spec["seconds"])
         run(command, os.path.join(logs, "corpus.log"))
         open(os.path.join(audio, ".complete"), "w").close()
     audio, every = render_corpus(

@@ -460,16 +460,16 @@ def test_paper_scores_corpus_command_renders_partial_versions_of_real_compositio
 
     from benchmarks.bench_paper import scores_command
 
-    cmd = scores_command("out/scores/audio", 170, 4, 2)
+    cmd = scores_command("out/scores/audio", 170, 4, 2, 90.0)
     assert cmd[1:3] == ["-m", "lib.score_corpus"]
     args = cmd[3:]
     assert args == ["--out=out/scores/audio", "--works=170", "--versions=4", "--seed=0",
-                    "--samplerate=8000", "--variation=partial", "--njobs=2"]
+                    "--samplerate=8000", "--variation=partial", "--work_seconds=90", "--njobs=2"]
     help_text = subprocess.run(  # every option is one of the module's
         [sys.executable, "-m", "lib.score_corpus", "--help"], capture_output=True, text=True
     ).stdout
     for option in ("--out", "--works", "--versions", "--seed", "--samplerate", "--variation",
-                   "--njobs"):
+                   "--work_seconds", "--njobs"):
         assert option in help_text
 
 
