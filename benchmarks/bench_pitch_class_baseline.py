@@ -31,6 +31,7 @@ from tqdm import tqdm
 from lib import metrics
 from lib.audio import load_audio
 from lib.config import load_run_config
+from lib.extract import whole_window_seconds
 from lib.metadata import load_metadata
 from lib.model_base import build_model
 
@@ -90,8 +91,7 @@ def whole_pitch_classes(model, audio, samplerate):
     as the audio (the config's shingles would keep its first 20 s only), without the silence
     that completes audio shorter than the config's shingle."""
     seconds = len(audio) / samplerate
-    # half a sample more, so that the shingle's length in samples is not rounded below the audio's
-    shingle = max((len(audio) + 0.5) / samplerate, model.minlen)
+    shingle = max(whole_window_seconds(len(audio), samplerate), model.minlen)
     x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
     with torch.no_grad():
         classes = model.prepare(x, shingle_len=shingle, shingle_hop=shingle)

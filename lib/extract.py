@@ -87,6 +87,13 @@ def frame_count(nsamples, length, hop):
     return max(-(-(nsamples - length) // hop), 0) + 1
 
 
+def whole_window_seconds(nsamples, sr):
+    """Window length in seconds that frames ``nsamples`` samples at ``sr`` as one window: half a
+    sample more, so that int(seconds * sr) gives back the whole length despite rounding (one
+    sample short would add a second, padded window)."""
+    return (max(nsamples, 1) + 0.5) / sr
+
+
 @torch.inference_mode()
 def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_count=None):
     """Embeddings (S, D) float32 (on the CPU) of the windows of ``slen`` s every ``shop`` s of one
@@ -97,9 +104,7 @@ def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_coun
     sr = model.sr
     x = audio.to(device)
     if slen <= 0:
-        # half a sample more, so that int(seconds * sr) gives back the whole length despite
-        # rounding (one sample short would add a second, padded window)
-        seconds = (max(x.size(-1), 1) + 0.5) / sr
+        seconds = whole_window_seconds(x.size(-1), sr)
         return model.embed(model.prepare(x[None], seconds, seconds).clone())[0][0].float().cpu()
     length, hop = int(slen * sr), int(shop * sr)
     count = frame_count(x.size(-1), length, hop)
