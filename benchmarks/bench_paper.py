@@ -114,6 +114,10 @@ ABLATIONS = {
     # not in the paper's ablations: its shingle length (20 s, the candidate windows') instead of
     # the small recipe's 10 s
     "shingles-20": ["model.shingling.len=20", "model.shingling.hop=20"],
+    # nor this: the whole 60 s excerpt as one shingle, as the models that lead on the weak-label
+    # corpus embed it (DVINet+, ByteCover2x): CLEWS's loss then meets one segment pair per pair of
+    # excerpts, and its reductions are that pair's distance
+    "shingles-60": ["model.shingling.len=60", "model.shingling.hop=60"],
     # not in the paper's ablations either: the batch layout, a suspect of the issue's. The same
     # 32 excerpts per step as 16 works x 2 versions (twice the works to contrast, one positive
     # per anchor), and the paper's 4 versions of twice the works (64 excerpts per step: half the

@@ -366,6 +366,34 @@ def test_paper_budget_scales_with_the_excerpts_per_step():
     assert budget("partial", "clews", None, ABLATIONS["batch-16x2"]) == (e, s)
 
 
+@pytest.mark.parametrize("variant", ["shingles-20", "shingles-60"])
+def test_paper_shingle_ablations_train_and_embed_on_the_weak_label_excerpts(variant):
+    """The ablations that change CLEWS's shingles fit the weak-label corpus's training excerpts:
+    as train.py gets them, 3 shingles (or 1) per excerpt go through the model and its loss, and
+    a 10 s query window, shorter than a shingle, still gives one embedding."""
+    import torch
+
+    from benchmarks.bench_paper import ABLATIONS, excerpt_overrides
+    from lib.config import load_config
+    from lib.extract import window_embeddings
+    from lib.model_base import build_model
+
+    overrides = excerpt_overrides("partial", "clews") + ABLATIONS[variant]
+    conf = load_config(["jobname=t", "conf=config/small-clews.yaml", *overrides])
+    torch.manual_seed(0)
+    model = build_model(conf.model, sr=conf.data.samplerate)
+    x = 0.1 * torch.randn(4, int(conf.data.audiolen * conf.data.samplerate))
+    labels = torch.tensor([0, 0, 1, 1])
+    z, extra = model.embed(model.prepare(x))
+    assert z.shape[:2] == (4, 60 // int(conf.model.shingling.len))
+    loss, _ = model.loss(labels, torch.arange(4), z, extra)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    z = window_embeddings(model.eval(), x[0, : 20 * conf.data.samplerate], 10, 5, "cpu")
+    assert z.shape[0] == 3 and torch.isfinite(z).all()
+
+
 def test_paper_other_budgets_are_variants_with_a_table_of_their_own():
     from benchmarks.bench_paper import budget, parse_args, plan, tables
 
