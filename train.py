@@ -386,6 +386,8 @@ def main(argv):
             if save_freq and fabric.is_global_zero:  # the starting weights, to compare against
                 state = checkpoint_state(net, optim, sched, conf, 0, cost_best, pretext)
                 save_checkpoint(state, os.path.join(log_dir, "checkpoint_epoch0.ckpt"))
+        else:  # a record now, so the log of this call spans its first epoch too
+            fabric.log_dict({"resumed_after_epoch": epoch}, step=epoch)
 
         while epoch < epochs:
             start = time.time()
