@@ -52,6 +52,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from benchmarks.bench_small_recipe import fixed_split, render_corpus, run
 from lib.metadata import load_metadata, save_metadata
+from lib.metrics import random_ranking_ap
 from lib.synth import SPANS_FILE
 
 # excerpts: the partial corpus trains on 60 s excerpts of its 60-180 s tracks (the paper: 150 s of
@@ -926,8 +927,18 @@ def tables(rows, floors, facts=None, tuning=None, markdown=False):
     return "\n".join(out)
 
 
-def plot(rows, path):
-    """MAP against query length per model, one panel per corpus (mean +- s.d. over seeds)."""
+def chance_map(args, corpus_name):
+    """MAP of random rankings on the corpus's test works (``--test_works`` x ``--versions``, the
+    sizes the rows were run with): each track a query, its other versions relevant among all the
+    other tracks."""
+    ntracks = corpus_sizes(args, corpus_name)[2] * args.versions
+    return random_ranking_ap(ntracks - 1, args.versions - 1)
+
+
+def plot(args, rows, path):
+    """MAP against query length per model, one panel per corpus (mean +- s.d. over seeds), on
+    one scale from 0 with the chance level (``chance_map``) drawn: a panel near chance is read as
+    one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -937,7 +948,9 @@ def plot(rows, path):
     names = [c for c in CORPORA if any(k[0] == c for k in groups)]
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(5.5 * len(names), 4), dpi=120, squeeze=False, sharey=True
+    )
     for ax, corpus_name in zip(axes[0], names):
         for (name, model, _), runs in groups.items():
             if name != corpus_name:
@@ -947,6 +960,9 @@ def plot(rows, path):
             values = np.array([[r["trained"][level]["MAP"][0] for level in levels] for r in runs])
             sd = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(levels))
             ax.errorbar(x, values.mean(0), yerr=sd, marker="o", capsize=3, label=NAMES[model])
+        ax.axhline(chance_map(args, corpus_name), color="0.4", linestyle="--",
+                   label="random ranking")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{corpus_name} corpus")
         ax.set_xlabel("query length (s)")
         ax.set_ylabel("MAP")
@@ -1287,7 +1303,7 @@ def report(args):
         handle.write(text)
     with open(os.path.join(args.results, "tables.md"), "w") as handle:
         handle.write(tables(rows, floors, facts, tuning, markdown=True))
-    plot(rows, os.path.join(args.results, "map_vs_query_length.png"))
+    plot(args, rows, os.path.join(args.results, "map_vs_query_length.png"))
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ from lib.metrics import (  # noqa: F401  (the public names of lib.eval)
     average_precision,
     precision_at_k,
     query_metrics,
+    random_ranking_ap,
     rank_of_first_correct,
     rank_percentile,
     ranking,

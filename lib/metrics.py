@@ -100,6 +100,20 @@ def query_metrics(distances, ismatch, exclude=None, ks=(1, 10)):
     return out
 
 
+def random_ranking_ap(ncandidates, nrelevant):
+    """Expected AP of a query whose ``ncandidates`` candidates (``nrelevant`` of them relevant)
+    are ranked uniformly at random: the chance level of MAP. The candidate at rank k is relevant
+    with probability R/N, and then each of the k-1 before it with probability (R-1)/(N-1), so
+    E[AP] = (1/N) sum_k (1 + (k-1)(R-1)/(N-1)) / k."""
+    n, r = ncandidates, nrelevant
+    if not 0 < r <= n:
+        raise ValueError(f"need 0 < relevant <= candidates, got {r} of {n}")
+    if n == 1:
+        return 1.0
+    harmonic = sum(1.0 / k for k in range(1, n + 1))
+    return (harmonic + (r - 1) / (n - 1) * (n - harmonic)) / n
+
+
 AGGREGATE_NAMES = {"AP": "MAP", "R1": "MR1", "ARP": "ARP", "RR": "MRR"}
 
 

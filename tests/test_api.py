@@ -2,12 +2,9 @@
 adding tracks to a live catalogue without rebuilding (atomically, with a reader querying while
 another process adds), and the errors of bad requests."""
 
-import json
-import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

@@ -354,6 +354,16 @@ def test_paper_tables_give_mean_sd_paired_differences_and_ablations():
         parse_args(["--ablations", "pos-median"])
 
 
+def test_paper_chance_level_follows_the_test_set_the_rows_were_run_with():
+    from benchmarks.bench_paper import chance_map, parse_args
+
+    # the corpus's 40 test works x 4 versions: 3 relevant among 159 candidates, about 0.048
+    assert chance_map(parse_args([]), "partial") == pytest.approx(0.0478, abs=5e-4)
+    # 3 works x 2 versions: 1 relevant among 5, at rank 1..5 alike: (1 + 1/2 + ... + 1/5) / 5
+    small = parse_args(["--test_works=3", "--versions=2"])
+    assert chance_map(small, "partial") == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 5)
+
+
 def test_paper_budget_scales_with_the_excerpts_per_step():
     from benchmarks.bench_paper import ABLATIONS, budget, excerpts_per_step
 

@@ -116,3 +116,20 @@ def test_compute_matches_per_query_metrics_in_chunks():
     torch.testing.assert_close(r1, want["R1"])
     torch.testing.assert_close(arp, want["ARP"])
     assert ap.shape == (30,) and not torch.isnan(ap).any()
+
+
+@pytest.mark.parametrize("ncandidates,nrelevant", [(1, 1), (4, 1), (5, 2), (6, 3), (6, 6)])
+def test_random_ranking_ap_is_the_mean_ap_over_every_ranking(ncandidates, nrelevant):
+    import itertools
+
+    ismatch = torch.tensor([True] * nrelevant + [False] * (ncandidates - nrelevant))
+    orders = torch.tensor(list(itertools.permutations(range(ncandidates))), dtype=torch.float64)
+    aps = E.average_precision(orders, ismatch.expand(len(orders), -1))
+    assert E.random_ranking_ap(ncandidates, nrelevant) == pytest.approx(aps.mean().item(), abs=1e-12)
+
+
+def test_random_ranking_ap_of_the_paper_benchmark_test_set():
+    # 40 works x 4 versions: each query has 3 relevant among 159 candidates, about 0.048
+    assert E.random_ranking_ap(159, 3) == pytest.approx(0.0478, abs=5e-4)
+    with pytest.raises(ValueError, match="0 of 5"):
+        E.random_ranking_ap(5, 0)

@@ -3,7 +3,6 @@ comes from (track and time range), the two-stage search agrees with brute force,
 from inference.py outputs, bad clips and checkpoints, and the MIREX distance matrix."""
 
 import json
-import os
 import shutil
 
 import numpy as np
