@@ -3,6 +3,11 @@
     python data_preproc.py --dataset=DVI2 --path_meta=data/dvi2/ --path_audio=data/dvi2/audio/mp4/ \
         --ext_in=mp4 --fn_out=cache/metadata-dvi2.pt --njobs=16
 
+DiVers (the published DVI2) is read from one of its JSON files, keeping every field:
+
+    python data_preproc.py --dataset=DiVers --path_meta=data/divers/large/divers.json \
+        --path_audio=data/divers/audio/ --ext_in=mp4 --fn_out=cache/divers.pt
+
 Every version left out (missing file, undecodable, too short, no metadata, clique left with one
 version) is listed with its reason in <fn_out without .pt>.rejected.tsv.
 
@@ -32,7 +37,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--path_meta",
         default=None,
-        help="folder with the split/metadata files (not used by 'folder')",
+        help="folder with the split/metadata files (not used by 'folder'); DiVers: one of its "
+        "JSON files, e.g. large/divers.json",
     )
     parser.add_argument(
         "--path_audio", required=True, help="audio root; stored file names are relative to it"

@@ -24,7 +24,25 @@ import numpy as np
 
 from lib.errors import UsageError
 
-DOMAINS = ("release_styles", "release_genres", "tags_yt_title", "tags_yt_description", "dvi")
+# the metadata fields that hold labels: the DVI2 JSON files' and DiVers's (the published DVI2)
+DOMAINS = (
+    "release_styles",
+    "release_genres",
+    "tags_yt_title",
+    "tags_yt_description",
+    "dvi",
+    "tags_yt_tags",
+    "cues_yt_title",
+    "cues_yt_description",
+    "cues_yt_tags",
+    "country",
+    "formats",
+    "labels",
+    "yt_categories",
+    "yt_channel",
+    "track_writer_names",
+    "release_artist_names",
+)
 MAX_LENGTH = 10_000
 MAX_DEPTH = 50
 _TOKEN = re.compile(

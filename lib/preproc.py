@@ -263,6 +263,102 @@ def parse_dvi2(path_meta, path_audio, ext):
     return _parse_discogs_json(files, path_audio, ext)
 
 
+# DiVers (the published DVI2): fields that share a name with this project's own song fields are
+# kept under another name; every other field keeps its name (null values are left out)
+DIVERS_RENAMED = {"id": "divers_id", "filename": "divers_filename"}
+DIVERS_SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
+
+
+def _divers_audio_candidates(item, version, ext):
+    """Audio paths relative to the root to try for one DiVers version, in order: the release's
+    ``filename`` (as given, then with ``ext``, then its last two components: the authors' root
+    differs from the user's), then the YouTube layout ``<yt[:2]>/<yt>.<ext>`` (the folder in
+    any case spelling) and a flat ``<yt>.<ext>``."""
+    out = []
+    filename = item.get("filename")
+    if isinstance(filename, str) and filename.strip():
+        parts = filename.replace("\\", "/").strip("/").split("/")
+        relative = [] if os.path.isabs(filename) else ["/".join(parts)]
+        for rel in relative + ["/".join(parts[-2:])]:
+            out += [rel, f"{os.path.splitext(rel)[0]}.{ext}"]
+    youtube_id = item.get("youtube_id") or (None if version.startswith("V-") else version)
+    if youtube_id:
+        youtube_id = str(youtube_id)
+        out += [f"{folder}/{youtube_id}.{ext}" for folder in _folder_variants(youtube_id[:2])]
+        out.append(f"{youtube_id}.{ext}")
+    return list(dict.fromkeys(out))
+
+
+def _divers_fields(item, where):
+    """A version's release fields as this project keeps them: nulls left out, the fields named
+    in ``DIVERS_RENAMED`` renamed, ``artist``/``title`` apart; a value that is not JSON data of
+    the documented kinds raises ``DatasetError`` naming ``where``."""
+    fields = {}
+    for name, value in item.items():
+        if value is None or name in ("artist", "title"):
+            continue
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{where}: field name {name!r} is not text")
+        fields[DIVERS_RENAMED.get(name, name)] = value
+    return fields
+
+
+def _divers_text(value):
+    return None if value is None else str(value)
+
+
+def parse_divers(path_meta, path_audio, ext):
+    """DiVers (``progsi/divers_dataset``, the published DVI2): one nested JSON file of a subset
+    and size (``large/divers.json``, ``small/yvi_small_light.json``, ...) laid out as
+    ``{split: {clique_id: {version_id: {field: value}}}}``. Light and full files alike; every
+    field is kept with the song (``DIVERS_RENAMED`` for the names this project uses itself)."""
+    data = _read_json(path_meta, " (DiVers: give one of the release's JSON files)")
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{path_meta}: expected an object {{split: {{clique: {{version: fields}}}}}}"
+        )
+    unknown = [k for k in data if k not in DIVERS_SPLITS]
+    if unknown or not data:
+        raise DatasetError(
+            f"{path_meta}: expected the splits train / valid / test at the top, found "
+            f"{', '.join(map(repr, unknown or ['nothing']))}"
+        )
+    parsed = Parsed()
+    for name, cliques in data.items():
+        split = DIVERS_SPLITS[name]
+        if not isinstance(cliques, dict):
+            raise DatasetError(f"{path_meta}: split {name!r} is not an object of cliques")
+        for clique, versions in cliques.items():
+            if not isinstance(versions, dict):
+                raise DatasetError(
+                    f"{path_meta}: {name}/{clique} is not an object of versions "
+                    f"(found {type(versions).__name__})"
+                )
+            for version, item in versions.items():
+                where = f"{path_meta}: {name}/{clique}/{version}"
+                if not isinstance(item, dict):
+                    raise DatasetError(f"{where}: expected an object of fields")
+                key = f"{clique}:{version}"
+                candidates = _divers_audio_candidates(item, str(version), ext)
+                if not candidates:
+                    parsed.rejected.append(
+                        (split, clique, key, "", "no audio: neither filename nor youtube_id")
+                    )
+                    continue
+                found = [c for c in candidates if os.path.exists(os.path.join(path_audio, c))]
+                parsed.add(
+                    split,
+                    clique,
+                    key,
+                    version,
+                    (found or candidates)[0],
+                    artist=_divers_text(item.get("artist")),
+                    title=_divers_text(item.get("title")),
+                    extra=_divers_fields(item, where),
+                )
+    return parsed
+
+
 def parse_covers80(path_meta, path_audio, ext):
     """covers80: list1.list and list2.list, lines '<work>/<version>'; all cliques in every split."""
     parsed = Parsed()
@@ -432,6 +528,7 @@ DATASETS = {
     "DVI": parse_dvi2,
     "DiscogsVI2": parse_dvi2,
     "DVI2": parse_dvi2,
+    "DiVers": parse_divers,
     "covers80": parse_covers80,
     "DaTACOS": parse_datacos,
 }

@@ -15,6 +15,8 @@ import data_preproc
 from lib import preproc
 from lib.audio import write_audio
 from lib.dataset import Dataset
+from lib.filters import DomainIndex
+from tests.corpus import divers_release
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,6 +228,142 @@ def test_missing_split_file_is_an_error_with_exit_status(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # SHS100K, covers80, folder
 # --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# DiVers (the published DVI2): nested JSON, one file per subset and size
+# --------------------------------------------------------------------------------------------------
+
+
+def divers_preproc(path, audio, fn_out, ext="wav"):
+    args = [f"--path_meta={path}", f"--path_audio={audio}", f"--ext_in={ext}", f"--fn_out={fn_out}"]
+    return data_preproc.main(["--dataset=DiVers", "--njobs=1", *args])
+
+
+@pytest.fixture(scope="module")
+def divers_full(tmp_path_factory):
+    return divers_release(tmp_path_factory.mktemp("divers"), works=5, versions=4, seconds=4.0)
+
+
+def test_divers_full_release_keeps_every_field_typed(divers_full, tmp_path):
+    path, audio = divers_full
+    release = json.loads(path.read_text())
+    assert divers_preproc(path, audio, tmp_path / "divers.pt") == 0
+    info, splits = preproc.load_metadata(tmp_path / "divers.pt")
+    assert [len(splits[s]) for s in preproc.SPLITS] == [1, 1, 3]
+    assert sum(len(v) for c in splits.values() for v in c.values()) == 20
+    for split, cliques in release.items():
+        for clique, versions in cliques.items():
+            assert splits[split][clique] == [f"{clique}:{v}" for v in versions]
+            for version, fields in versions.items():
+                song = info[f"{clique}:{version}"]
+                assert song["version"] == version and song["clique"] == clique
+                # the user's audio, found from the authors' absolute .mp4 path
+                yt = fields["youtube_id"]
+                assert song["filename"] == f"{yt[:2]}/{yt}.wav"
+                assert song["divers_filename"] == fields["filename"]
+                assert song["divers_id"] == fields["id"]
+                assert song["artist"] == fields["artist"] and song["title"] == fields["title"]
+                for name, value in fields.items():
+                    if name in ("id", "filename", "artist", "title"):
+                        continue
+                    if value is None:
+                        assert name not in song, name  # null stays absent
+                    else:
+                        assert song[name] == value and type(song[name]) is type(value), name
+    # both kinds of version id: Discogs-VI's and a YouTube id
+    assert "C-0000001:V-0000001" in info and "C-0000001:aByt00001" in info
+    assert info["C-0000001:V-0000001"]["dvi"] is True
+    assert info["C-0000001:aByt00001"]["release_artist_names"] == []  # empty list stays a list
+    assert info["C-0000001:aByt00001"]["noise_inds_sparse"] == [0]
+    assert "title" in info["C-0000001:aDyt00003"] and info["C-0000001:aDyt00003"]["title"] is None
+    assert read_report(tmp_path / "divers.pt") == []
+
+
+def test_divers_fields_are_filter_domains(divers_full, tmp_path):
+    path, audio = divers_full
+    assert divers_preproc(path, audio, tmp_path / "divers.pt") == 0
+    info, _ = preproc.load_metadata(tmp_path / "divers.pt")
+    keys = sorted(info)
+    index = DomainIndex(info, keys)
+    expected = [k for k in keys if "cover" in (info[k].get("tags_yt_title") or [])]
+    assert 0 < len(expected) < len(keys)
+    assert [k for k, keep in zip(keys, index.select("tags_yt_title:cover")) if keep] == expected
+    punk = [k for k, keep in zip(keys, index.select("release_styles:Punk ; dvi:True")) if keep]
+    assert punk == [k for k in keys if info[k]["release_styles"] and info[k]["dvi"]]
+    assert punk  # the [genre, style] pairs give their style
+    writers = index.select("track_writer_names:'Writer 0'")
+    assert [k for k, keep in zip(keys, writers) if keep] == [k for k in keys if "C-0000001" in k]
+
+
+def test_divers_light_release(tmp_path):
+    path, audio = divers_release(
+        tmp_path, works=4, versions=2, seconds=4.0, light=True, test_works=2
+    )
+    assert path.name == "divers_light.json"
+    assert divers_preproc(path, audio, tmp_path / "light.pt") == 0
+    info, splits = preproc.load_metadata(tmp_path / "light.pt")
+    assert [len(splits[s]) for s in preproc.SPLITS] == [1, 1, 2]
+    song = info["C-0000001:aByt00001"]
+    assert song["filename"] == "aB/aByt00001.wav"  # no filename field: the YouTube layout
+    own = {"id", "clique", "version", "artist", "title", "filename"}
+    own |= {"samplerate", "length", "channels"}
+    assert set(song) == own | {"divers_id", "youtube_id", "dvi", "tags_yt_title"}
+
+
+def test_divers_missing_audio_and_a_clique_left_with_one_version(tmp_path):
+    path, audio = divers_release(tmp_path, works=4, versions=2, seconds=4.0, test_works=2)
+    (audio / "cA" / "cAyt00200.wav").unlink()  # test work 2 keeps one version
+    assert divers_preproc(path, audio, tmp_path / "d.pt") == 0
+    _, splits = preproc.load_metadata(tmp_path / "d.pt")
+    assert list(splits["test"]) == ["C-0000004"]
+    rows = {row["key"]: row for row in read_report(tmp_path / "d.pt")}
+    assert rows["C-0000003:V-0000005"]["reason"] == "missing file"
+    # the release's path under the user's root
+    assert rows["C-0000003:V-0000005"]["filename"] == "cA/cAyt00200.mp4"
+    assert "left with 1 version" in rows["C-0000003:cByt00201"]["reason"]
+
+
+def test_divers_audio_at_the_release_filename(tmp_path):
+    audio = tmp_path / "audio"
+    for name in ("mine/one.mp3", "two.mp3"):
+        make_audio(audio / name, seed=len(name))
+    versions = {
+        "V-0000001": {"id": "V-0000001", "youtube_id": None, "filename": "mine/one.wav"},
+        "xyYOUTUBE1": {"id": "xyYOUTUBE1", "filename": None, "youtube_id": None},
+        "V-0000002": {"youtube_id": None, "filename": "two.mp3", "tags_yt_title": []},
+        "V-0000003": {"youtube_id": None, "filename": None},
+    }
+    release = {"test": {"C-0000001": versions}}
+    path = tmp_path / "yvi_small.json"
+    path.write_text(json.dumps(release))
+    make_audio(audio / "xy" / "xyYOUTUBE1.mp3", seed=5)  # a YouTube id as the version id
+    assert divers_preproc(path, audio, tmp_path / "y.pt", ext="mp3") == 0
+    info, splits = preproc.load_metadata(tmp_path / "y.pt")
+    filenames = [info[k]["filename"] for k in splits["test"]["C-0000001"]]
+    assert filenames == ["mine/one.mp3", "xy/xyYOUTUBE1.mp3", "two.mp3"]
+    (row,) = read_report(tmp_path / "y.pt")
+    assert row["key"] == "C-0000001:V-0000003"
+    assert "neither filename nor youtube_id" in row["reason"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([], "expected an object"),
+        ({"training": {}}, "train / valid / test at the top, found 'training'"),
+        ({"test": {"C-1": [{"version_id": "V-1"}]}}, "test/C-1 is not an object of versions"),
+        ({"test": {"C-1": {"V-1": "x"}}}, "test/C-1/V-1: expected an object of fields"),
+    ],
+)
+def test_divers_malformed_file_names_the_file_and_the_place(tmp_path, content, message):
+    path = tmp_path / "divers.json"
+    path.write_text(json.dumps(content))
+    args = [f"--path_meta={path}", f"--path_audio={tmp_path}", f"--fn_out={tmp_path / 'x.pt'}"]
+    run = run_cli(["--dataset=DiVers", "--ext_in=mp4", *args])
+    assert run.returncode != 0
+    assert str(path) in run.stderr and message in run.stderr, run.stderr
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_shs100k(tmp_path):
