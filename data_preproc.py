@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from lib import cli, preproc
+from lib import cli, metadata, preproc
 
 DATASETS = list(preproc.DATASETS) + ["folder", "Cover1000"]
 FEATURE_DATASETS = ("DaTACOS", "Cover1000")  # pitch-class files: no audio extension
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", choices=DATASETS, help="required unless --convert")
     parser.add_argument(
         "--path_meta",
         default=None,
@@ -41,7 +41,7 @@ def parse_args(argv=None):
         "JSON files, e.g. large/divers.json",
     )
     parser.add_argument(
-        "--path_audio", required=True, help="audio root; stored file names are relative to it"
+        "--path_audio", help="audio root; stored file names are relative to it (not --convert)"
     )
     parser.add_argument(
         "--ext_in",
@@ -74,7 +74,27 @@ def parse_args(argv=None):
     parser.add_argument(
         "--seed", type=int, default=43, help="'folder' and 'Cover1000': seed of the split"
     )
+    parser.add_argument(
+        "--convert",
+        metavar="METADATA_FILE",
+        help="instead of building: write --fn_out, a plain copy of a metadata file made by another "
+        "pipeline (e.g. the DiVers authors' divers.pt) whose numpy arrays or scalars the loader "
+        "refuses",
+    )
+    parser.add_argument(
+        "--trust_pickle",
+        action="store_true",
+        help="with --convert: read the file with full pickle, which can run code; only for a "
+        "file whose maker you trust, when the safe reading refuses it",
+    )
     args = parser.parse_args(argv)
+    if args.trust_pickle and not args.convert:
+        parser.error("--trust_pickle goes with --convert")
+    if args.convert:
+        return args
+    for name in ("dataset", "path_audio"):
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required (unless --convert)")
     if args.ext_in is None and args.dataset not in FEATURE_DATASETS:
         parser.error(f"--ext_in is required for --dataset={args.dataset}")
     try:
@@ -110,8 +130,16 @@ def _percent(new, old):
     return {s: round(100 * new[s] / old[s], 1) if old[s] else None for s in preproc.SPLITS}
 
 
+def convert(args):
+    count = metadata.convert_metadata(args.convert, args.fn_out, trust=args.trust_pickle)
+    print(f"Wrote {args.fn_out}: {count} songs of {args.convert} as plain values")
+    return 0
+
+
 def preprocess(argv):
     args = parse_args(argv)
+    if args.convert:
+        return convert(args)
     print("=" * 100)
     print(args)
     print("=" * 100)

@@ -75,6 +75,17 @@ ALLOWED_GLOBALS = [
 ]
 
 
+# What numpy arrays need besides ALLOWED_GLOBALS: the array class and its rebuilding function
+# (it allocates an array of a shape and dtype; the data then come as plain bytes or as a list
+# that the same restricted unpickler reads). Only ``safe_torch_load(allow_arrays=True)`` uses it.
+ARRAY_GLOBALS = [
+    bytes,  # an empty array's data
+    np.ndarray,
+    np._core.multiarray._reconstruct,
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),  # numpy 1 files
+]
+
+
 class WriteError(RunError):
     """A file could not be written (disk full, file too large, no permission, read-only disk);
     the file that was there before, if any, is unchanged. Not an ``OSError`` on purpose: callers
@@ -169,22 +180,29 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
-def safe_torch_load(path, map_location="cpu", error=None, what="file"):
-    """``torch.load(weights_only=True)`` with ``ALLOWED_GLOBALS``; every failure becomes ``error``
-    (default ``LoadError``) with a message naming the file and the problem."""
+def safe_torch_load(
+    path, map_location="cpu", error=None, what="file", allow_arrays=False, refused_hint=""
+):
+    """``torch.load(weights_only=True)`` with ``ALLOWED_GLOBALS`` (and ``ARRAY_GLOBALS`` with
+    ``allow_arrays``); every failure becomes ``error`` (default ``LoadError``) with a message
+    naming the file and the problem. ``refused_hint`` ends the message of a refused file (what
+    the user can do about it)."""
     error = error or LoadError
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise error(f"{path}: {what} not found")
+    allowed = ALLOWED_GLOBALS + (ARRAY_GLOBALS if allow_arrays else [])
     try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         offending = _offending_global(err) if isinstance(err, pickle.UnpicklingError) else None
         if offending:
+            accepted = "tensors, containers, configs, numbers"
+            accepted += ", arrays" if allow_arrays else ""
             raise error(
                 f"{path}: refused to load: it contains {offending}, which is not plain data "
-                "(only tensors, containers, configs and numbers are accepted)"
+                f"(only {accepted} are accepted){refused_hint}"
             ) from err
         detail = type(err).__name__
         if not isinstance(err, pickle.UnpicklingError):  # torch's text there is only advice
