@@ -28,6 +28,7 @@ import time
 import warnings
 from datetime import timedelta
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -36,7 +37,14 @@ from lib import cli, config, metrics, precision, report, retrieval, sweep, train
 from lib.checkpoint import load_checkpoint, load_model_state, run_config
 from lib.config import ConfigError, check_accelerator, parse_arguments
 from lib.dataset import Dataset
-from lib.extract import cache_parts, describe_windows, embeddings_for, settings_for
+from lib.extract import (
+    NON_MUSIC_FIELD,
+    cache_parts,
+    describe_windows,
+    embeddings_for,
+    non_music_mask,
+    settings_for,
+)
 from lib.filters import DomainIndex, FilterError
 from lib.metadata import SPLITS
 from lib.model_base import build_model
@@ -44,6 +52,7 @@ from lib.schema import TestArgs
 from lib.tensor_ops import parse_redux
 
 SHORTCUTS = {**config.SHORTCUTS, "accelerator": "fabric.accelerator"}
+
 
 def parse_args(argv):
     args = parse_arguments(TestArgs, argv, SHORTCUTS)
@@ -58,6 +67,13 @@ def parse_args(argv):
             parse_redux(args.redux)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if args.music_only and args.noise_segment_seconds is None:
+        raise ConfigError(
+            "music_only=true needs noise_segment_seconds=<seconds>: the length of the segments "
+            "that noise_inds_sparse counts, which the DiVers release does not document"
+        )
+    if args.noise_segment_seconds is not None and args.noise_segment_seconds <= 0:
+        raise ConfigError(f"noise_segment_seconds must be > 0, got {args.noise_segment_seconds}")
     return args
 
 
@@ -301,6 +317,12 @@ class Partition:
         training.check_input_kind(model, self.dataset)
         self.keys = list(self.dataset.versions)
         self.domains = DomainIndex(self.dataset.info, self.keys, source=conf.path.meta)
+        if args.music_only and not any(NON_MUSIC_FIELD in self.dataset.info[k] for k in self.keys):
+            raise ConfigError(
+                f"music_only: no track of {args.partition} in {conf.path.meta} has "
+                f"{NON_MUSIC_FIELD} (DiVers's full files have it; data_preproc.py "
+                "--dataset=DiVers keeps it)"
+            )
         self.key_parts = cache_parts(
             args.checkpoint,
             OmegaConf.to_container(conf.model, resolve=True),
@@ -311,6 +333,25 @@ class Partition:
         )
         self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
+
+    def music_only(self, windows, embeddings, selected):
+        """``embeddings`` with the windows that lie mostly in non-music segments masked, the
+        tracks ``selected`` (bool (N,) or None: all) that keep a window, and what was left out
+        among the selected: {"windows", "left_out", "tracks", "tracks_left_out"}."""
+        count = embeddings.z.size(1)
+        segment = self.args.noise_segment_seconds
+        left_out = non_music_mask(self.dataset.info, self.keys, windows, count, segment)
+        left_out &= ~embeddings.mask.cpu()
+        masked, kept = embeddings.without_windows(left_out)
+        chosen = np.ones(len(self.keys), dtype=bool) if selected is None else selected
+        windows_of = (~embeddings.mask.cpu()).numpy()
+        stats = {
+            "windows": int(windows_of[chosen].sum()),
+            "left_out": int(left_out.numpy()[chosen].sum()),
+            "tracks": int(chosen.sum()),
+            "tracks_left_out": int((chosen & ~kept.numpy()).sum()),
+        }
+        return masked, chosen & kept.numpy(), stats
 
     def embeddings(self, windows):
         """The partition's embeddings with the ``extract.Windows`` ``windows``."""
@@ -338,13 +379,22 @@ def evaluate(
     None = all); printed, and returned as a list of runs."""
     qsel, csel, cfilter = selection
     candidates = partition.embeddings(candidate_windows)
+    music = {}
+    if args.music_only:
+        candidates, csel, music["candidates"] = partition.music_only(
+            candidate_windows, candidates, csel
+        )
     if csel is not None:
         candidates = candidates.subset(torch.from_numpy(csel))
     runs = []
     for windows in query_windows:
         queries = partition.embeddings(windows)
-        if qsel is not None:
-            queries = queries.subset(torch.from_numpy(qsel))
+        chosen = qsel
+        if args.music_only:
+            queries, chosen, music["queries"] = partition.music_only(windows, queries, qsel)
+            fabric.print(music_only_line(music))
+        if chosen is not None:
+            queries = queries.subset(torch.from_numpy(chosen))
         if len(queries) == 0 or len(candidates) == 0:
             raise FilterError(
                 f"no {'queries' if len(queries) == 0 else 'candidates'} "
@@ -385,9 +435,25 @@ def evaluate(
                 "ncand": ncand,
                 "song_ids": queries.ids[index],
                 "cliques": queries.cliques[index],
+                **({"music_only": dict(music)} if music else {}),
             }
         )
     return runs
+
+
+ROLE_NAMES = {"queries": "query", "candidates": "candidate"}
+
+
+def music_only_line(music):
+    """'music_only: left out 12 of 80 query windows (1 of 10 tracks: no window left), ...'."""
+    parts = []
+    for role in ("queries", "candidates"):
+        stats = music[role]
+        parts.append(
+            f"{stats['left_out']} of {stats['windows']} {ROLE_NAMES[role]} windows "
+            f"({stats['tracks_left_out']} of {stats['tracks']} tracks left with none)"
+        )
+    return "music_only: left out " + ", ".join(parts) + " (mostly in non-music segments)"
 
 
 def run_name(redux, query_windows, candidate_windows):

@@ -94,6 +94,50 @@ def whole_window_seconds(nsamples, sr):
     return (max(nsamples, 1) + 0.5) / sr
 
 
+# DiVers's ``noise_inds_sparse``: the indices of a track's segments that a sound-event tagger
+# found to be non-music; a window is left out by ``music_only`` when more than this share of
+# its audio lies in such segments
+NON_MUSIC_FIELD = "noise_inds_sparse"
+MOSTLY = 0.5
+
+
+def window_spans(windows, track_seconds, count):
+    """(start, end) seconds of a track's first ``count`` windows, cut at the track's end (its
+    padding holds no music or noise): whole-track windows span the first ``maxlen`` s."""
+    if windows.slen <= 0:
+        return [(0.0, min(track_seconds, windows.maxlen))] * count
+    return [
+        (i * windows.shop, min(i * windows.shop + windows.slen, track_seconds))
+        for i in range(count)
+    ]
+
+
+def non_music_windows(windows, track_seconds, segments, segment_seconds, count):
+    """Bool (count,): True where more than ``MOSTLY`` of a window's audio lies in the segments
+    ``segments`` (indices of ``segment_seconds``-long segments from the track's start)."""
+    spans = [(k * segment_seconds, (k + 1) * segment_seconds) for k in sorted(set(segments))]
+    out = torch.zeros(count, dtype=torch.bool)
+    for i, (start, end) in enumerate(window_spans(windows, track_seconds, count)):
+        if end <= start:
+            continue
+        noise = sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
+        out[i] = noise > MOSTLY * (end - start)
+    return out
+
+
+def non_music_mask(info, keys, windows, count, segment_seconds):
+    """Bool (len(keys), count): the windows of each track that lie mostly in its non-music
+    segments (``info[key]["noise_inds_sparse"]``; a track without the field has none)."""
+    return torch.stack(
+        [
+            non_music_windows(
+                windows, info[k]["length"], info[k].get(NON_MUSIC_FIELD, ()), segment_seconds, count
+            )
+            for k in keys
+        ]
+    )
+
+
 @torch.inference_mode()
 def window_embeddings(model, audio, slen, shop, device, max_windows=32, max_count=None):
     """Embeddings (S, D) float32 (on the CPU) of the windows of ``slen`` s every ``shop`` s of one

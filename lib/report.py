@@ -32,6 +32,8 @@ def write_outputs(folder, runs, settings):
     for run in runs:
         summary = run["summary"]
         entry = {"query": run["query"], "candidate": run["candidate"], "redux": run["redux"]}
+        if "music_only" in run:
+            entry["music_only"] = run["music_only"]
         for key, value in summary.items():
             if isinstance(value, tuple):
                 entry[key] = {"mean": _num(value[0]), "ci95": _num(value[1])}

@@ -65,6 +65,12 @@ class Embeddings:
             return self
         return Embeddings(self.cliques, self.ids, self.z[:, :keep], self.mask[:, :keep])
 
+    def without_windows(self, left_out):
+        """The same tracks with the windows ``left_out`` (N, S) bool masked as padding too, and
+        bool (N,) of the tracks that keep a window (a track without one cannot be compared)."""
+        mask = self.mask | left_out.to(self.mask.device)
+        return Embeddings(self.cliques, self.ids, self.z, mask), ~mask.all(1).cpu()
+
     def subset(self, index):
         """The tracks at ``index`` (a slice, or indices / a bool mask on the CPU)."""
         if not isinstance(index, slice):

@@ -304,6 +304,12 @@ class TestArgs:
     max_elements: int = key(DEFAULT_MAX_ELEMENTS, "segment pairs per distance block (memory bound)")
     precision: str = key("32", "32; bf16 (a GPU or a CPU with native bf16) or 16 (a GPU): "
                                "mixed precision")
+    music_only: bool = key(False, "leave out the query and candidate windows that lie mostly in "
+                                  "the segments the metadata's noise_inds_sparse marks non-music "
+                                  "(DiVers); needs noise_segment_seconds")
+    noise_segment_seconds: Optional[float] = key(None, "length (s) of the segments that "
+                                                       "noise_inds_sparse counts (DiVers does not "
+                                                       "document it: no default)")
     sweep_cfilters: Optional[str] = key(None, "fork_tags or a file of candidate filters: one "
                                               "table of all")
     sweep_metas: Union[Optional[str], List[str]] = key(None, "a glob or list of metadata "

@@ -92,6 +92,8 @@ def row(item, summary, query_len, note=""):
     if summary is None:
         return {**out, "queries": 0, "candidates": 0}
     out.update(queries=summary["n_queries"], candidates=summary["n_candidates"])
+    if not summary["n_queries"] and not note:
+        out["note"] = "no query has another version among the candidates"
     for metric in ("MAP", "MR1", "ARP"):
         out[metric], out[f"{metric}_ci"] = summary[metric]
     return out

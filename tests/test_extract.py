@@ -155,3 +155,37 @@ def test_audio_changes_make_the_cache_stale(dataset):
     with open(path, "ab") as handle:
         handle.write(b"\x00\x00")
     assert X.tracks_digest(dataset, keys) != before
+
+
+# --------------------------------------------------------------------------------------------------
+# music_only: windows that lie mostly in the segments DiVers marks non-music
+# --------------------------------------------------------------------------------------------------
+
+
+def test_windows_mostly_in_non_music_segments():
+    windows = X.Windows(slen=10.0, shop=5.0, maxlen=600.0, nwin=6, sr=16000)
+    # 4 s segments 1, 2 and 3 are non-music: 4-16 s
+    out = X.non_music_windows(windows, 27.0, [3, 1, 2, 2], 4.0, count=6)
+    # windows 0-10 (6 s of noise: more than half), 5-15 (10 s), 10-20 (6 s), 15-25 (1 s),
+    # 20-27 (none), 25-27 (none; cut at the track's end)
+    assert out.tolist() == [True, True, True, False, False, False]
+    # exactly half is not "mostly"
+    half = X.non_music_windows(windows, 27.0, [0], 5.0, count=1)
+    assert half.tolist() == [False]
+    # a window past the track's end has no audio: kept (it is padding anyway)
+    assert X.non_music_windows(windows, 8.0, [0, 1], 4.0, count=3).tolist() == [True, True, False]
+
+
+def test_whole_track_window_and_the_mask_of_a_partition():
+    whole = X.Windows(slen=0.0, shop=0.0, maxlen=20.0, nwin=1, sr=16000)
+    # the first 20 s count: 12 s of noise in them
+    assert X.non_music_windows(whole, 60.0, [0, 1, 2], 4.0, count=1).tolist() == [True]
+    assert X.non_music_windows(whole, 60.0, [0, 1], 4.0, count=1).tolist() == [False]
+    info = {
+        "a": {"length": 12.0, "noise_inds_sparse": [0]},
+        "b": {"length": 12.0},  # no field: all music
+        "c": {"length": 12.0, "noise_inds_sparse": []},
+    }
+    windows = X.Windows(slen=5.0, shop=5.0, maxlen=600.0, nwin=3, sr=16000)
+    mask = X.non_music_mask(info, ["a", "b", "c"], windows, 3, 5.0)
+    assert mask.tolist() == [[True, False, False], [False] * 3, [False] * 3]
