@@ -71,6 +71,19 @@ def test_fork_configs_differ_from_dvi_only_in_paths_and_workers():
         assert fork == dvi
 
 
+@pytest.mark.parametrize("subset", ["divers", "divers_small", "yvi"])
+@pytest.mark.parametrize(
+    "model", ["clews", "dvinetp", "cqtnet", "bytecover2x", "bytecover3x", "coverhunterc"]
+)
+def test_divers_configs_are_the_dvi2_ones_with_their_metadata_and_audio(subset, model):
+    dvi2 = OmegaConf.to_container(OmegaConf.load(f"config/dvi2-{model}.yaml"))
+    divers = OmegaConf.to_container(OmegaConf.load(f"config/{subset}-{model}.yaml"))
+    assert divers["path"].pop("meta") == f"cache/metadata-{subset}.pt"
+    assert divers["path"].pop("audio") == "data/divers/audio/"
+    dvi2["path"].pop("meta"), dvi2["path"].pop("audio")
+    assert divers == dvi2
+
+
 # the small-collection configs of every model, in benchmarks/bench_paper.py's order
 SMALL_CONFIGS = [
     f"config/small-{name}.yaml"
