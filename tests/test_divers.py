@@ -113,3 +113,31 @@ def test_music_only_needs_the_segment_length(divers, tmp_path):
     assert run.returncode == 2
     (line,) = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert "noise_segment_seconds" in line and "does not document" in line
+
+
+def test_stratified_sweep_over_divers_metadata_files(divers, tmp_path):
+    """The fork's stratified evaluation: one metadata file per stratum (here the test works in
+    two halves), one table whose rows are the single runs on each file."""
+    _, meta, ckpt = divers
+    info, splits = preproc.load_metadata(meta)
+    cliques = sorted(splits["test"])
+    files = []
+    for i, part in enumerate((cliques[:2], cliques[2:])):
+        path = tmp_path / "strata" / f"divers_stratum_{i}.pt"
+        path.parent.mkdir(exist_ok=True)
+        stratum = dict(splits, test={c: splits["test"][c] for c in part})
+        preproc.save_metadata(str(path), info, stratum)
+        files.append(path)
+    pattern = f"sweep_metas={tmp_path / 'strata' / '*.pt'}"
+    sweep = evaluate(ckpt, tmp_path, pattern, "qslen=-1", "cslen=-1", out="strata")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    with open(tmp_path / "strata" / "sweep" / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["metadata file"] for r in rows] == [str(f) for f in files]
+    for path, row in zip(files, rows):
+        track_level = ["qslen=-1", "cslen=-1"]
+        alone = evaluate(ckpt, tmp_path, f"path_meta={path}", *track_level, out=path.stem)
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        (result,) = results(tmp_path / path.stem)
+        assert float(row["MAP"]) == pytest.approx(result["MAP"]["mean"])
+        assert int(row["queries"]) == result["n_queries"] == 6
