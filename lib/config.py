@@ -11,6 +11,7 @@ fork's top-level ``nnodes=`` / ``ngpus=`` are shortcuts for ``fabric.nnodes`` / 
 and ``fabric.devices`` is another name for ``fabric.ngpus``.
 """
 
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -23,16 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lib import registry, schema
 from lib.errors import UsageError
-from lib.schema import ACCELERATORS, LOGGERS, MONITOR_MODES, PAD_MODES
+from lib.schema import ACCELERATORS, LOGGERS
 
 SHORTCUTS = {"nnodes": "fabric.nnodes", "ngpus": "fabric.ngpus", "fabric.devices": "fabric.ngpus"}
-# string keys with a fixed set of values
-CHOICES = {
-    "fabric.accelerator": ACCELERATORS,
-    "logger": LOGGERS,
-    "data.pad_mode": PAD_MODES,
-    "training.monitor.mode": MONITOR_MODES,
-}
 NULLS = ("null", "~")
 # what evaluating or embedding with a trained model reads of its config
 # (test.py checks the paths it reads itself: path_audio= / path_meta= may give them)
@@ -148,13 +142,43 @@ def _type_error(err, known, prefix, source):
     )
 
 
-def check_choices(conf, source=None):
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(conf, key)
-        if value is not None and value not in choices:
-            raise ConfigError(
-                f"{_where(source)}{key}={value!r} is not one of {', '.join(choices)}"
-            )
+def check_values(conf, section, source=None, prefix=""):
+    """Every value of the typed ``conf`` (of the schema dataclass ``section``) that its key's
+    ``schema.Valid`` declaration refuses is a ConfigError: one line naming the key, the value
+    and what is valid."""
+    for item in dataclasses.fields(section):
+        name = prefix + item.name
+        value = conf.get(item.name) if OmegaConf.is_config(conf) else None
+        if value is None or OmegaConf.is_missing(conf, item.name):
+            continue
+        if isinstance(value, DictConfig):
+            inner = OmegaConf.get_type(value)
+            if dataclasses.is_dataclass(inner):
+                check_values(value, inner, source, name + ".")
+            continue
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value)
+        valid = item.metadata.get("valid")
+        problem = valid.problem(value) if valid is not None else None
+        if problem:
+            raise ConfigError(f"{_where(source)}{name}={value!r} {problem}")
+
+
+def check_dependencies(conf, source=None):
+    """Keys that only mean something with another key say so when set without it."""
+    if conf.ssl.method == "none":
+        defaults = schema.SslConfig()
+        for name in ("views", "view_offset", "hidden", "out"):
+            if conf.ssl[name] != getattr(defaults, name):
+                raise ConfigError(
+                    f"{_where(source)}ssl.{name}={conf.ssl[name]!r} only means something with "
+                    "ssl.method (now none: supervised training)"
+                )
+
+
+def check_run_values(conf, source=None):
+    check_values(conf, schema.TrainConfig, source)
+    check_dependencies(conf, source)
 
 
 def typed_run_config(data, source=None, needed=None):
@@ -172,7 +196,7 @@ def typed_run_config(data, source=None, needed=None):
     section = model_schema(model.get("name"), source)
     conf = typed(schema.TrainConfig, dict(data, model={}), source, needed=needed)
     conf.model = typed(section, model, source, prefix="model.")
-    check_choices(conf, source)
+    check_run_values(conf, source)
     return conf
 
 
@@ -308,7 +332,7 @@ def load_config(args, required=("jobname", "conf")):
             f"model.name={model_name}: another model needs its own config file (conf=...)"
         )
     apply_overrides(conf, overrides, run_keys(conf))
-    check_choices(conf)
+    check_run_values(conf)
     check_logger(conf.logger)
     return conf
 
@@ -317,6 +341,7 @@ def parse_arguments(section, args, shortcuts=None):
     """A script's typed ``key=value`` arguments of the schema dataclass ``section``."""
     conf = OmegaConf.structured(section)
     apply_overrides(conf, parse_overrides(args, shortcuts or {}), schema_keys(section))
+    check_values(conf, section)
     return conf
 
 

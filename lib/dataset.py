@@ -32,7 +32,7 @@ from lib.tensor_ops import force_length
 
 
 # self-supervised views (ssl.views): two renditions of one passage, or two times of one track
-VIEWS = ("same-passage", "different-time")
+VIEWS = schema.SSL_VIEWS
 
 
 def label_budget(cliques, fraction, seed, source="metadata"):

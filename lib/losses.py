@@ -19,8 +19,7 @@ the negatives closer than the positive (hard ones, d_an < d_ap), else among all 
 import torch
 import torch.nn.functional as F
 
-POSITIVE_MINING = ("random", "easy", "hard")
-NEGATIVE_MINING = ("random", "semihard", "hard", "move_legacy_semihard")
+from lib.schema import NEGATIVE_MINING, POSITIVE_MINING  # declared with the config keys
 
 
 def pair_masks(labels, ids=None):

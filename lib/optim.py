@@ -20,17 +20,7 @@ import torch
 
 from lib import config, schema
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = (
-    "flat",
-    "plateau_N",
-    "poly_P",
-    "warmpoly_W_P",
-    "sd_D",
-    "wsd_W_D",
-    "cosine_W",
-    "step_F_E1_E2...",
-)
+OPTIMIZERS, SCHEDULES = schema.OPTIMIZERS, schema.SCHEDULES
 
 
 def get_optimizer(conf, params):

@@ -9,17 +9,103 @@ the ``help`` of each field (``python train.py --help`` lists them).
 """
 
 import dataclasses
+import difflib
+import re
 import typing
 from dataclasses import dataclass
-from typing import Any, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 from omegaconf import MISSING
 
 
-def key(default, help_text):
+@dataclass(frozen=True)
+class Valid:
+    """The values a key accepts beyond its type, checked by ``lib.config`` with the types: one of
+    ``choices``, within [``low``, ``high``] (open ends with ``low_open`` / ``high_open``), or
+    text that ``grammar`` accepts (it returns what is wrong, or None). A list value is checked
+    item by item."""
+
+    choices: tuple = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    grammar: Optional[Callable[[str], Optional[str]]] = None
+
+    def problem(self, value):
+        """What is wrong with ``value`` ("is not one of a, b", "must be > 0"), or None."""
+        if isinstance(value, (list, tuple)):
+            return next((p for p in map(self.problem, value) if p is not None), None)
+        if self.choices and value not in self.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"is not one of {', '.join(map(str, self.choices))}{hint}"
+        if self.grammar is not None:
+            return self.grammar(value)
+        if self.low is not None and (value < self.low or self.low_open and value == self.low):
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and (value > self.high or self.high_open and value == self.high):
+            return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+        return None
+
+    def bounds(self):
+        """'>= 1', '> 0, <= 1', ... for ``--help`` ('' without bounds)."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ", ".join(parts)
+
+
+def one_of(*choices):
+    return Valid(choices=tuple(choices))
+
+
+def at_least(low):
+    return Valid(low=low)
+
+
+POSITIVE = Valid(low=0, low_open=True)
+NON_NEGATIVE = Valid(low=0)
+PROBABILITY = Valid(low=0, high=1)
+
+# training.optim.sched: a name and its numbers, joined by "_" (lib.optim's schedules)
+SCHEDULE_ARGUMENTS = {
+    "flat": (0, 0),
+    "plateau": (1, 1),
+    "poly": (1, 1),
+    "warmpoly": (2, 2),
+    "sd": (1, 1),
+    "wsd": (2, 2),
+    "cosine": (0, 1),
+    "step": (2, None),
+}
+SCHEDULES = ("flat", "plateau_N", "poly_P", "warmpoly_W_P", "sd_D", "wsd_W_D", "cosine_W")
+SCHEDULES += ("step_F_E1_E2...",)
+_NUMBER = re.compile(r"^\d+(\.\d*)?(e-?\d+)?$")
+
+
+def schedule_problem(spec):
+    """What is wrong with a schedule name (None: nothing)."""
+    name, *numbers = str(spec).split("_")
+    fewest, most = SCHEDULE_ARGUMENTS.get(name, (None, None))
+    valid = fewest is not None and all(_NUMBER.match(n) for n in numbers)
+    valid = valid and fewest <= len(numbers) and (most is None or len(numbers) <= most)
+    if valid:
+        return None
+    close = difflib.get_close_matches(name, list(SCHEDULE_ARGUMENTS), n=1)
+    hint = f"; did you mean {close[0]}_...?" if close and close[0] != name else ""
+    return f"is not a schedule ({', '.join(SCHEDULES)}; N, P, W, D, F, E: numbers){hint}"
+
+
+SCHEDULE = Valid(grammar=schedule_problem)
+
+
+def key(default, help_text, valid=None):
     """A schema field: ``default`` (``MISSING`` = required; a list or dataclass is copied per
-    config) and the text ``--help`` shows for it."""
-    meta = {"help": help_text}
+    config), the text ``--help`` shows for it and, if it has one, its ``Valid`` values."""
+    meta = {"help": help_text, "valid": valid}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
@@ -32,6 +118,11 @@ ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 LOGGERS = ("tensorboard", "csv", "wandb")  # training logs; the fork's configs said "wandb"
 PAD_MODES = ("repeat", "zeros", "crazy")
 MONITOR_MODES = ("max", "min")
+MONITOR_QUANTITIES = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SSL_VIEWS = ("same-passage", "different-time")
+POSITIVE_MINING = ("random", "easy", "hard")
+NEGATIVE_MINING = ("random", "semihard", "hard", "move_legacy_semihard")
 # segment pairs per distance block of the retrieval engine: 32 MiB of fp32 distances
 DEFAULT_MAX_ELEMENTS = 2**23
 
@@ -50,22 +141,34 @@ class PathConfig:
 
 @dataclass
 class FabricConfig:
-    nnodes: int = key(1, "machines (Lightning Fabric num_nodes)")
-    ngpus: int = key(1, "processes per machine: GPUs, or CPU processes with accelerator=cpu")
-    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps")
+    nnodes: int = key(1, "machines (Lightning Fabric num_nodes)", at_least(1))
+    ngpus: int = key(
+        1, "processes per machine: GPUs, or CPU processes with accelerator=cpu", at_least(1)
+    )
+    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps", one_of(*ACCELERATORS))
     precision: str = key("32", "32; bf16-mixed (a GPU or a CPU with native bf16) or 16-mixed "
                                "(a GPU)")
 
 
 @dataclass
 class DataConfig:
-    nworkers: int = key(0, "audio decoding processes (DataLoader workers)")
-    samplerate: int = key(16000, "sample rate (Hz) the audio is decoded and resampled to")
-    audiolen: float = key(MISSING, "seconds of audio per training / validation excerpt")
-    maxlen: Optional[float] = key(None, "seconds of a track an excerpt may start in (null: all)")
-    pad_mode: str = key("repeat", "padding of short excerpts: repeat, zeros or crazy")
-    n_per_class: int = key(MISSING, "versions per item: the anchor and n - 1 other versions")
-    p_samesong: float = key(0.0, "probability that the anchor may be its own other version")
+    nworkers: int = key(0, "audio decoding processes (DataLoader workers)", at_least(0))
+    samplerate: int = key(
+        16000, "sample rate (Hz) the audio is decoded and resampled to", at_least(1)
+    )
+    audiolen: float = key(MISSING, "seconds of audio per training / validation excerpt", POSITIVE)
+    maxlen: Optional[float] = key(
+        None, "seconds of a track an excerpt may start in (null: all)", POSITIVE
+    )
+    pad_mode: str = key(
+        "repeat", "padding of short excerpts: repeat, zeros or crazy", one_of(*PAD_MODES)
+    )
+    n_per_class: int = key(
+        MISSING, "versions per item: the anchor and n - 1 other versions", at_least(2)
+    )
+    p_samesong: float = key(
+        0.0, "probability that the anchor may be its own other version", PROBABILITY
+    )
     decoded_cache: bool = key(False, "keep decoded audio (float16) in <path.cache>/decoded-"
                                      "<samplerate>hz/: each file is decoded once, not per epoch")
     label_fraction: float = key(1.0, "fraction of the training cliques kept, every version of "
@@ -76,7 +179,7 @@ class DataConfig:
 
 @dataclass
 class Augmentation:
-    p: float = key(MISSING, "probability per example (0: inactive)")
+    p: float = key(MISSING, "probability per example (0: inactive)", PROBABILITY)
 
 
 @dataclass
@@ -86,10 +189,10 @@ class RangeAugmentation(Augmentation):
 
 @dataclass
 class SpecAugment(Augmentation):
-    n: int = key(1, "up to n masks")
+    n: int = key(1, "up to n masks", at_least(0))
     full: bool = key(True, "mask the union of frequency and time bands (false: intersection)")
-    f_pc: float = key(MISSING, "largest frequency band, fraction of the bins")
-    t_pc: float = key(MISSING, "largest time band, fraction of the frames")
+    f_pc: float = key(MISSING, "largest frequency band, fraction of the bins", PROBABILITY)
+    t_pc: float = key(MISSING, "largest time band, fraction of the frames", PROBABILITY)
 
 
 @dataclass
@@ -117,13 +220,19 @@ class ReqTime(Augmentation):
 
 @dataclass
 class Clipping(Augmentation):
-    max_qtl: float = key(MISSING, "largest fraction of the peak that is clipped off")
-    p_soft: float = key(MISSING, "probability of soft (tanh) rather than hard clipping")
+    max_qtl: float = key(
+        MISSING, "largest fraction of the peak that is clipped off", PROBABILITY
+    )
+    p_soft: float = key(
+        MISSING, "probability of soft (tanh) rather than hard clipping", PROBABILITY
+    )
 
 
 @dataclass
 class Length(Augmentation):
-    rmin: float = key(MISSING, "shortest kept fraction of the excerpt")
+    rmin: float = key(
+        MISSING, "shortest kept fraction of the excerpt", Valid(low=0, low_open=True, high=1)
+    )
 
 
 @dataclass
@@ -151,26 +260,30 @@ class AugmentationsConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = key("adam", "optimiser: adam, adamw or sgd")
-    lr: float = key(MISSING, "learning rate")
-    wd: float = key(0.0, "weight decay (adamw only)")
+    name: str = key("adam", "optimiser: adam, adamw or sgd", one_of(*OPTIMIZERS))
+    lr: float = key(MISSING, "learning rate", POSITIVE)
+    wd: float = key(0.0, "weight decay (adamw only)", NON_NEGATIVE)
     sched: Optional[str] = key("flat", "schedule: flat (or null), plateau_N, poly_P, warmpoly_W_P, "
-                                       "sd_D, wsd_W_D, cosine_W, step_F_E1_E2...")
-    min_lr: float = key(0.0, "stop when the learning rate falls below it")
+                                       "sd_D, wsd_W_D, cosine_W, step_F_E1_E2...", SCHEDULE)
+    min_lr: float = key(0.0, "stop when the learning rate falls below it", NON_NEGATIVE)
 
 
 @dataclass
 class MonitorConfig:
     quantity: str = key("m_MAP", "validation value for the best checkpoint and plateaus "
-                                 "(m_MAP, m_MR1, m_ARP, m_COMP)")
-    mode: str = key("max", "max or min: which direction is better")
+                                 "(m_MAP, m_MR1, m_ARP, m_COMP)", one_of(*MONITOR_QUANTITIES))
+    mode: str = key("max", "max or min: which direction is better", one_of(*MONITOR_MODES))
 
 
 @dataclass
 class TrainingConfig:
-    batchsize: int = key(MISSING, "anchors per process and step (x n_per_class versions)")
-    numepochs: int = key(MISSING, "epochs")
-    save_freq: Optional[int] = key(None, "also keep checkpoint_epochN.ckpt every N epochs")
+    batchsize: int = key(
+        MISSING, "anchors per process and step (x n_per_class versions)", at_least(1)
+    )
+    numepochs: int = key(MISSING, "epochs (0: only the starting model is evaluated)", at_least(0))
+    save_freq: Optional[int] = key(
+        None, "also keep checkpoint_epochN.ckpt every N epochs", at_least(1)
+    )
     optim: OptimConfig = key(OptimConfig, "optimiser and learning-rate schedule")
     monitor: MonitorConfig = key(MonitorConfig, "what picks the best checkpoint")
     freeze: str = key("none", "none (train everything) or encoder (train only the model's "
@@ -182,10 +295,13 @@ class SslConfig:
     method: str = key("none", "self-supervised pre-training (no labels read): none, "
                               "contrastive, byol, barlow, vicreg, dino or clews")
     views: str = key("same-passage", "same-passage (two cuts of one excerpt, augmented apart) "
-                                     "or different-time (two excerpts of one track)")
-    view_offset: float = key(2.0, "same-passage: seconds at most between the views' starts")
-    hidden: int = key(2048, "width of the projector's hidden layers")
-    out: int = key(2048, "projector output (contrastive, byol, barlow, vicreg)")
+                                     "or different-time (two excerpts of one track)",
+                     one_of(*SSL_VIEWS))
+    view_offset: float = key(
+        2.0, "same-passage: seconds at most between the views' starts", NON_NEGATIVE
+    )
+    hidden: int = key(2048, "width of the projector's hidden layers", at_least(1))
+    out: int = key(2048, "projector output (contrastive, byol, barlow, vicreg)", at_least(1))
 
 
 ###################################################################################################
@@ -194,22 +310,22 @@ class SslConfig:
 
 @dataclass
 class Shingling:
-    len: float = key(MISSING, "training shingle (segment) length, seconds")
-    hop: float = key(MISSING, "training shingle hop, seconds")
+    len: float = key(MISSING, "training shingle (segment) length, seconds", POSITIVE)
+    hop: float = key(MISSING, "training shingle hop, seconds", POSITIVE)
 
 
 @dataclass
 class Cqt:
-    hoplen: float = key(MISSING, "CQT hop, seconds")
-    noctaves: int = key(MISSING, "octaves")
-    nbinsoct: int = key(12, "bins per octave")
-    fscale: float = key(1.0, "filter scale (kernel length factor)")
+    hoplen: float = key(MISSING, "CQT hop, seconds", POSITIVE)
+    noctaves: int = key(MISSING, "octaves", at_least(1))
+    nbinsoct: int = key(12, "bins per octave", at_least(1))
+    fscale: float = key(1.0, "filter scale (kernel length factor)", POSITIVE)
 
 
 @dataclass
 class Pool:
-    len: int = key(MISSING, "average pooling width over CQT frames")
-    hop: int = key(MISSING, "average pooling stride over CQT frames")
+    len: int = key(MISSING, "average pooling width over CQT frames", at_least(1))
+    hop: int = key(MISSING, "average pooling stride over CQT frames", at_least(1))
 
 
 @dataclass
@@ -219,9 +335,13 @@ class PooledCqt(Cqt):
 
 @dataclass
 class Mining:
-    positive: str = key("hard", "triplet positive mining: hard or random")
+    positive: str = key(
+        "hard", "triplet positive mining: hard, easy or random", one_of(*POSITIVE_MINING)
+    )
     negative: str = key(
-        "hard", "triplet negative mining: hard, semihard, random or move_legacy_semihard"
+        "hard",
+        "triplet negative mining: hard, semihard, random or move_legacy_semihard",
+        one_of(*NEGATIVE_MINING),
     )
 
 
@@ -234,12 +354,16 @@ class ModelConfig:
 @dataclass
 class ByteCoverConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
-    ncha: int = key(MISSING, "CNN width")
-    zdim: int = key(MISSING, "embedding width")
-    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
-    smooth: float = key(MISSING, "label smoothing of the cross-entropy")
-    margin: float = key(MISSING, "triplet margin")
-    lamb: float = key(MISSING, "weight of the positive-distance / sub-centre regulariser")
+    ncha: int = key(MISSING, "CNN width", at_least(1))
+    zdim: int = key(MISSING, "embedding width", at_least(1))
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id", at_least(1))
+    smooth: float = key(
+        MISSING, "label smoothing of the cross-entropy", Valid(low=0, high=1, high_open=True)
+    )
+    margin: float = key(MISSING, "triplet margin", NON_NEGATIVE)
+    lamb: float = key(
+        MISSING, "weight of the positive-distance / sub-centre regulariser", NON_NEGATIVE
+    )
     mining: Mining = key(Mining, "triplet mining")
 
 
@@ -252,9 +376,9 @@ class TrainConfig:
     conf: Optional[str] = key(None, "the YAML config file (required)")
     seed: int = key(43, "random seed")
     checkpoint: Optional[str] = key(None, "checkpoint to resume from (default: the run's last)")
-    limit_batches: Optional[int] = key(None, "training batches per epoch at most")
-    limit_num: Optional[int] = key(None, "first N cliques of every partition")
-    logger: str = key("tensorboard", "training logs: tensorboard, csv or wandb")
+    limit_batches: Optional[int] = key(None, "training batches per epoch at most", at_least(1))
+    limit_num: Optional[int] = key(None, "first N cliques of every partition", at_least(1))
+    logger: str = key("tensorboard", "training logs: tensorboard, csv or wandb", one_of(*LOGGERS))
     path: PathConfig = key(PathConfig, "files")
     fabric: FabricConfig = key(FabricConfig, "devices and processes")
     data: DataConfig = key(DataConfig, "training data")
@@ -266,9 +390,9 @@ class TrainConfig:
 
 @dataclass
 class TestFabric:
-    nnodes: int = key(1, "machines")
-    ngpus: int = key(1, "processes per machine")
-    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps")
+    nnodes: int = key(1, "machines", at_least(1))
+    ngpus: int = key(1, "processes per machine", at_least(1))
+    accelerator: str = key("auto", "one of auto, cpu, cuda, gpu, mps", one_of(*ACCELERATORS))
 
 
 Seconds = Optional[float]
@@ -284,8 +408,8 @@ class TestArgs:
     path_audio: Optional[str] = key(None, "audio root (default: the config's path.audio)")
     path_meta: Optional[str] = key(None, "metadata file (default: the config's path.meta)")
     partition: str = key("test", "train, valid or test")
-    limit_num: Optional[int] = key(None, "first N cliques of the partition")
-    maxlen: float = key(600.0, "seconds of each track used")
+    limit_num: Optional[int] = key(None, "first N cliques of the partition", at_least(1))
+    maxlen: float = key(600.0, "seconds of each track used", POSITIVE)
     redux: Optional[str] = key(None, "segment-distance reduction, e.g. bpwr-10 (null: the "
                                      "model's)")
     qslen: Union[Seconds, List[float]] = key(None, "query window length (s) or a list of "
@@ -300,8 +424,12 @@ class TestArgs:
     cfilter: Optional[str] = key(None, "which tracks are candidates")
     cache_dir: str = key("cache/embeddings", "embedding cache folder")
     out: Optional[str] = key(None, "results folder (default <checkpoint folder>/results/...)")
-    nworkers: Optional[int] = key(None, "audio decoding processes (default data.nworkers)")
-    max_elements: int = key(DEFAULT_MAX_ELEMENTS, "segment pairs per distance block (memory bound)")
+    nworkers: Optional[int] = key(
+        None, "audio decoding processes (default data.nworkers)", at_least(0)
+    )
+    max_elements: int = key(
+        DEFAULT_MAX_ELEMENTS, "segment pairs per distance block (memory bound)", at_least(1)
+    )
     precision: str = key("32", "32; bf16 (a GPU or a CPU with native bf16) or 16 (a GPU): "
                                "mixed precision")
     music_only: bool = key(False, "leave out the query and candidate windows that lie mostly in "
@@ -309,7 +437,8 @@ class TestArgs:
                                   "(DiVers); needs noise_segment_seconds")
     noise_segment_seconds: Optional[float] = key(None, "length (s) of the segments that "
                                                        "noise_inds_sparse counts (DiVers does not "
-                                                       "document it: no default)")
+                                                       "document it: no default)",
+                                                POSITIVE)
     sweep_cfilters: Optional[str] = key(None, "fork_tags or a file of candidate filters: one "
                                               "table of all")
     sweep_metas: Union[Optional[str], List[str]] = key(None, "a glob or list of metadata "
@@ -363,7 +492,10 @@ def type_name(annotation):
 def help_rows(schema, prefix=""):
     """[(dotted key, type name, default text, help)] of every key of ``schema``, depth first."""
     rows = []
+    valid = {item.name: item.metadata.get("valid") for item in dataclasses.fields(schema)}
     for name, annotation, default, text in fields(schema):
+        if valid[name] is not None and valid[name].bounds():
+            text = f"{text} ({valid[name].bounds()})"
         sub = section_schema(annotation)
         if sub is not None:
             if default is None:

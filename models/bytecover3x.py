@@ -16,7 +16,7 @@ from torch import nn
 from lib import losses
 from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
-from lib.schema import MISSING, ByteCoverConfig, key
+from lib.schema import MISSING, ByteCoverConfig, at_least, key
 
 SUBCENTRE_INIT = 0.076  # sub-centres start uniform in (-0.076, 0.076), as the original
 # this project's names before it took the original's
@@ -36,7 +36,7 @@ def maxmean(x, y):
 
 @dataclass
 class ByteCover3xConfig(ByteCoverConfig):
-    nsub: int = key(MISSING, "sub-centres per clique")
+    nsub: int = key(MISSING, "sub-centres per clique", at_least(1))
 
 
 class Model(ByteCoverModel):

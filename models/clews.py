@@ -14,40 +14,56 @@ from torch import nn
 from lib import tensor_ops
 from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock
 from lib.model_base import SegmentModel
-from lib.schema import MISSING, Cqt, ModelConfig, key
+from lib.schema import MISSING, POSITIVE, Cqt, ModelConfig, Valid, at_least, key
 
 LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
 
 
+def redux_problem(name):
+    """What is wrong with a segment-distance reduction's name (None: nothing)."""
+    try:
+        tensor_ops.parse_redux(name)
+    except ValueError as err:
+        return f"is not a reduction ({str(err).split('valid: ')[-1]})"
+    return None
+
+
+REDUCTION = Valid(grammar=redux_problem)
+
+
 @dataclass
 class ClewsCqt(Cqt):
-    pool: int = key(MISSING, "average pooling width (= stride) over CQT frames")
+    pool: int = key(MISSING, "average pooling width (= stride) over CQT frames", at_least(1))
 
 
 @dataclass
 class Frontend:
-    cqtpow: float = key(0.5, "CQT magnitude compression exponent")
-    channels: List[int] = key(MISSING, "channels of the two front-end convolutions")
+    cqtpow: float = key(0.5, "CQT magnitude compression exponent", POSITIVE)
+    channels: List[int] = key(
+        MISSING, "channels of the two front-end convolutions", at_least(1)
+    )
 
 
 @dataclass
 class Backbone:
-    blocks: List[int] = key(MISSING, "residual blocks per stage")
-    channels: List[int] = key(MISSING, "channels per stage")
-    down: List[int] = key(MISSING, "stride of each stage's first block")
+    blocks: List[int] = key(MISSING, "residual blocks per stage", at_least(1))
+    channels: List[int] = key(MISSING, "channels per stage", at_least(1))
+    down: List[int] = key(MISSING, "stride of each stage's first block", at_least(1))
 
 
 @dataclass
 class Redux:
-    pos: str = key("bpwr-5", "reduction of positive pairs' segment distances (and retrieval's)")
-    neg: str = key("min", "reduction of negative pairs' segment distances")
+    pos: str = key(
+        "bpwr-5", "reduction of positive pairs' segment distances (and retrieval's)", REDUCTION
+    )
+    neg: str = key("min", "reduction of negative pairs' segment distances", REDUCTION)
 
 
 @dataclass
 class Loss:
     redux: Redux = key(Redux, "segment-distance reductions")
-    gamma: float = key(5.0, "uniformity temperature")
-    epsilon: float = key(1e-6, "epsilon in the uniformity log")
+    gamma: float = key(5.0, "uniformity temperature", POSITIVE)
+    epsilon: float = key(1e-6, "epsilon in the uniformity log", POSITIVE)
 
 
 @dataclass
@@ -55,7 +71,7 @@ class ClewsConfig(ModelConfig):
     cqt: ClewsCqt = key(ClewsCqt, "CQT front end")
     frontend: Frontend = key(Frontend, "convolutional front end")
     backbone: Backbone = key(Backbone, "IBN residual backbone")
-    zdim: int = key(MISSING, "embedding width")
+    zdim: int = key(MISSING, "embedding width", at_least(1))
     loss: Loss = key(Loss, "the CLEWS loss")
 
 

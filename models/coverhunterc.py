@@ -17,7 +17,7 @@ from torch import nn
 from lib import losses
 from lib.conformer import AttentiveStatisticsPooling, ConformerEncoder
 from lib.model_base import SegmentModel
-from lib.schema import MISSING, Mining, ModelConfig, PooledCqt, key
+from lib.schema import MISSING, NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key
 
 CENTER_WEIGHT = 0.01
 TRIPLET_WEIGHT = 0.1
@@ -50,12 +50,12 @@ LEGACY_LAYER_PARTS = {
 @dataclass
 class CoverHunterConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
-    ncha: int = key(MISSING, "conformer width (embedding width)")
-    ncha_attn: int = key(MISSING, "conformer feed-forward units")
-    nblocks: int = key(MISSING, "conformer layers")
-    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
-    gamma: float = key(MISSING, "focal loss gamma")
-    margin: float = key(MISSING, "triplet margin")
+    ncha: int = key(MISSING, "conformer width (embedding width)", at_least(1))
+    ncha_attn: int = key(MISSING, "conformer feed-forward units", at_least(1))
+    nblocks: int = key(MISSING, "conformer layers", at_least(1))
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id", at_least(1))
+    gamma: float = key(MISSING, "focal loss gamma", NON_NEGATIVE)
+    margin: float = key(MISSING, "triplet margin", NON_NEGATIVE)
     mining: Mining = key(Mining, "triplet mining")
 
 

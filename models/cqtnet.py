@@ -12,16 +12,16 @@ from torch import nn
 from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.losses import check_class_ids
 from lib.model_base import SegmentModel
-from lib.schema import MISSING, ModelConfig, PooledCqt, key
+from lib.schema import MISSING, ModelConfig, PooledCqt, at_least, key
 
 
 
 @dataclass
 class CqtNetConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
-    width: int = key(32, "channels of the first convolution (the original's 32)")
-    zdim: int = key(MISSING, "embedding width")
-    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id")
+    width: int = key(32, "channels of the first convolution (the original's 32)", at_least(1))
+    zdim: int = key(MISSING, "embedding width", at_least(1))
+    maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id", at_least(1))
 
 
 class Model(SegmentModel):

@@ -14,16 +14,16 @@ from torch import nn
 from lib import losses
 from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
 from lib.model_base import SegmentModel
-from lib.schema import MISSING, Mining, ModelConfig, PooledCqt, key
+from lib.schema import MISSING, NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key
 
 
 @dataclass
 class DviNetConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
-    ncha_in: int = key(48, "channels of the first convolution")
-    zdim: int = key(MISSING, "embedding width")
-    margin: float = key(MISSING, "triplet margin")
-    lamb: float = key(MISSING, "weight of the spread-out regulariser")
+    ncha_in: int = key(48, "channels of the first convolution", at_least(1))
+    zdim: int = key(MISSING, "embedding width", at_least(1))
+    margin: float = key(MISSING, "triplet margin", NON_NEGATIVE)
+    lamb: float = key(MISSING, "weight of the spread-out regulariser", NON_NEGATIVE)
     mining: Mining = key(Mining, "triplet mining")
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from lib import features, losses, tensor_ops
 from lib.model_base import SegmentModel
-from lib.schema import Mining, ModelConfig, PooledCqt, key
+from lib.schema import NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key, one_of
 
 INPUTS = ("audio", "pcp")
 VARIANTS = ("move", "tutorial")
@@ -41,14 +41,32 @@ CHANNELS = 256
 
 @dataclass
 class MoveConfig(ModelConfig):
-    input: str = key("audio", "audio (pitch classes from the CQT) or pcp (precomputed features)")
+    input: str = key(
+        "audio",
+        "audio (pitch classes from the CQT) or pcp (precomputed features)",
+        one_of("audio", "pcp"),
+    )
     cqt: PooledCqt = key(PooledCqt, "CQT front end of audio input (pitch classes: nbinsoct 12)")
-    variant: str = key("move", "move (ICASSP 2020) or tutorial (the small tutorial model)")
+    variant: str = key(
+        "move",
+        "move (ICASSP 2020) or tutorial (the small tutorial model)",
+        one_of("move", "tutorial"),
+    )
     transposition_invariant: bool = key(True, "23-bin stack and key pooling (false: MOVE-NT)")
-    emb_size: int = key(16000, "embedding width (move: 16000 or 4000 released; tutorial: 32)")
-    pooling: str = key("adaptive_attention", f"temporal pooling ({'/'.join(POOLINGS)}; move)")
-    final_activation: str = key("bn", f"after the linear map ({'/'.join(FINAL_ACTIVATIONS)})")
-    margin: float = key(1.0, "triplet margin on squared Euclidean distance / emb_size")
+    emb_size: int = key(
+        16000, "embedding width (move: 16000 or 4000 released; tutorial: 32)", at_least(1)
+    )
+    pooling: str = key(
+        "adaptive_attention", f"temporal pooling ({'/'.join(POOLINGS)}; move)", one_of(*POOLINGS)
+    )
+    final_activation: str = key(
+        "bn",
+        f"after the linear map ({'/'.join(FINAL_ACTIVATIONS)})",
+        one_of(*FINAL_ACTIVATIONS),
+    )
+    margin: float = key(
+        1.0, "triplet margin on squared Euclidean distance / emb_size", NON_NEGATIVE
+    )
     mining: Mining = key(Mining, "triplet mining")
 
 

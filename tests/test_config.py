@@ -1,6 +1,6 @@
 import pytest
 
-from lib.config import ConfigError, load_config, parse_overrides
+from lib.config import ConfigError, load_config, parse_arguments, parse_overrides
 
 BASE = ["jobname=run", "conf=config/shs-clews.yaml"]
 
@@ -12,7 +12,7 @@ def test_overrides_are_yaml_typed_and_win():
             "training.batchsize=10",
             "training.optim.lr=2e-4",
             "data.maxlen=null",
-            "training.optim.sched=None",
+            "path.cache=None",
             "model.loss.redux.pos=bpwr-3",
         ]
     )
@@ -20,7 +20,7 @@ def test_overrides_are_yaml_typed_and_win():
     assert conf.training.batchsize == 10
     assert isinstance(conf.training.optim.lr, float) and conf.training.optim.lr == 2e-4
     assert conf.data.maxlen is None
-    assert conf.training.optim.sched == "None"  # a string key: only null is None
+    assert conf.path.cache == "None"  # a string key: only null is None
     assert conf.model.loss.redux.pos == "bpwr-3"
     assert conf.model.zdim == 2048  # untouched keys keep the YAML's values
 
@@ -149,3 +149,69 @@ def test_every_shipped_config_fits_the_schema():
         conf = load_run_config(path)
         assert isinstance(conf.training.optim.lr, float), path
         assert isinstance(conf.model.shingling.hop, float), path
+
+
+# the values a new user tried (issue 36): each is one line naming the key, the value and what is
+# valid, exit 2, before anything is read or written
+WRONG_VALUES = [
+    ("training.optim.name=adamx", "training.optim.name='adamx' is not one of adam, adamw, sgd; "
+     "did you mean 'adam'?"),
+    ("training.optim.sched=foo_3", "training.optim.sched='foo_3' is not a schedule (flat, "),
+    ("training.optim.sched=cosin_2", "did you mean cosine_...?"),
+    ("training.batchsize=0", "training.batchsize=0 must be >= 1"),
+    ("model.zdim=-3", "model.zdim=-3 must be >= 1"),
+    ("data.samplerate=-5", "data.samplerate=-5 must be >= 1"),
+    ("augmentations.specaugment.p=1.5", "augmentations.specaugment.p=1.5 must be <= 1"),
+    ("ssl.views=other", "ssl.views='other' is not one of same-passage, different-time"),
+    ("ssl.views=different-time", "ssl.views='different-time' only means something with "
+     "ssl.method (now none"),
+    ("training.numepochs=-1", "training.numepochs=-1 must be >= 0"),
+    ("model.shingling.hop=0", "model.shingling.hop=0.0 must be > 0"),
+    ("training.optim.lr=-0.1", "training.optim.lr=-0.1 must be > 0"),
+    ("data.audiolen=0", "data.audiolen=0.0 must be > 0"),
+    ("data.n_per_class=1", "data.n_per_class=1 must be >= 2"),
+    ("model.loss.redux.pos=maximum", "model.loss.redux.pos='maximum' is not a reduction"),
+    ("model.backbone.channels=[64,0,64,64]", "channels=[64, 0, 64, 64] must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("override, message", WRONG_VALUES)
+def test_wrong_values_of_the_issue_table_are_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(["jobname=run", "conf=config/demo-clews.yaml", override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_wrong_values_stop_train_py_before_anything_is_written(tmp_path):
+    """Through the script as a user types it: exit 2, one error line, no run folder."""
+    import subprocess
+    import sys
+
+    for override, message in WRONG_VALUES[:4] + WRONG_VALUES[9:11]:
+        cmd = [sys.executable, "train.py", "jobname=run", "conf=config/demo-clews.yaml"]
+        cmd += [f"path.logs={tmp_path / 'logs'}", f"path.cache={tmp_path / 'cache'}", override]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2, (override, run.stderr[-2000:])
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-3:]
+        assert "Traceback" not in run.stderr
+        assert not (tmp_path / "logs").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("maxlen=0", "maxlen=0.0 must be > 0"),
+        ("limit_num=0", "limit_num=0 must be >= 1"),
+        ("max_elements=0", "max_elements=0 must be >= 1"),
+        ("noise_segment_seconds=-1", "noise_segment_seconds=-1.0 must be > 0"),
+        ("fabric.ngpus=0", "fabric.ngpus=0 must be >= 1"),
+        ("fabric.accelerator=tpu", "fabric.accelerator='tpu' is not one of auto, cpu"),
+    ],
+)
+def test_wrong_values_of_test_py_arguments(override, message):
+    from lib.schema import TestArgs
+
+    with pytest.raises(ConfigError) as info:
+        parse_arguments(TestArgs, ["checkpoint=x.ckpt", override])
+    assert message in str(info.value)
