@@ -289,6 +289,9 @@ def apply_overrides(conf, overrides, keys):
             OmegaConf.update(conf, key, value, merge=True)
         except OmegaConfBaseException:
             raise ConfigError(f"{key}={text}: expected {_expected(key, keys)}") from None
+    section = OmegaConf.get_type(conf)
+    if dataclasses.is_dataclass(section):  # a wrong value before the keys it leaves missing
+        check_values(conf, section)
     missing = sorted(OmegaConf.missing_keys(conf))
     if missing:
         raise ConfigError(
