@@ -331,20 +331,23 @@ class Partition:
         )
         self.nworkers = conf.data.nworkers if args.nworkers is None else args.nworkers
         self.loaded = {}
+        self.non_music = {}  # windows -> (N, S) bool, for music_only
 
     def music_only(self, windows, embeddings, selected):
         """``embeddings`` with the windows that lie mostly in non-music segments masked, the
         tracks ``selected`` (bool (N,) or None: all) that keep a window, and what was left out
         among the selected: {"windows", "left_out", "tracks", "tracks_left_out"}."""
-        count = embeddings.z.size(1)
-        segment = self.args.noise_segment_seconds
-        left_out = non_music_mask(self.dataset.info, self.keys, windows, count, segment)
-        left_out &= ~embeddings.mask.cpu()
+        if windows not in self.non_music:  # once per setting, not per filter of a sweep
+            count, segment = embeddings.z.size(1), self.args.noise_segment_seconds
+            self.non_music[windows] = non_music_mask(
+                self.dataset.info, self.keys, windows, count, segment
+            )
+        present = ~embeddings.mask.cpu()
+        left_out = self.non_music[windows] & present
         masked, kept = embeddings.without_windows(left_out)
         chosen = np.ones(len(self.keys), dtype=bool) if selected is None else selected
-        windows_of = (~embeddings.mask.cpu()).numpy()
         stats = {
-            "windows": int(windows_of[chosen].sum()),
+            "windows": int(present.numpy()[chosen].sum()),
             "left_out": int(left_out.numpy()[chosen].sum()),
             "tracks": int(chosen.sum()),
             "tracks_left_out": int((chosen & ~kept.numpy()).sum()),
@@ -443,7 +446,7 @@ ROLE_NAMES = {"queries": "query", "candidates": "candidate"}
 
 
 def music_only_line(music):
-    """'music_only: left out 12 of 80 query windows (1 of 10 tracks: no window left), ...'."""
+    """'music_only: left out 12 of 80 query windows (1 of 10 tracks left with none), ...'."""
     parts = []
     for role in ("queries", "candidates"):
         stats = music[role]

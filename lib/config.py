@@ -276,7 +276,8 @@ def _open_sections(conf, key, keys):
 
 def apply_overrides(conf, overrides, keys):
     """Set ``overrides`` ({dotted key: value text}) in the typed ``conf`` whose keys and types
-    are ``keys`` ({dotted key: annotation}). Raises ConfigError naming the key."""
+    are ``keys`` ({dotted key: annotation}), then check every value of ``conf`` against its
+    declaration (``check_values``). Raises ConfigError naming the key."""
     for key in overrides:
         if key not in keys:
             raise _unknown(key, keys)
@@ -334,8 +335,8 @@ def load_config(args, required=("jobname", "conf")):
         raise ConfigError(
             f"model.name={model_name}: another model needs its own config file (conf=...)"
         )
-    apply_overrides(conf, overrides, run_keys(conf))
-    check_run_values(conf)
+    apply_overrides(conf, overrides, run_keys(conf))  # the values: the file's and the overrides'
+    check_dependencies(conf)
     check_logger(conf.logger)
     return conf
 
@@ -344,7 +345,6 @@ def parse_arguments(section, args, shortcuts=None):
     """A script's typed ``key=value`` arguments of the schema dataclass ``section``."""
     conf = OmegaConf.structured(section)
     apply_overrides(conf, parse_overrides(args, shortcuts or {}), schema_keys(section))
-    check_values(conf, section)
     return conf
 
 

@@ -175,6 +175,19 @@ def _folder_variants(prefix):
     return list(dict.fromkeys(variants))
 
 
+def _youtube_paths(youtube_id, ext):
+    """The YouTube layout's paths of one id: ``<yt[:2]>/<yt>.<ext>``, the folder in each case
+    spelling the original tried (the plain one first)."""
+    return [f"{folder}/{youtube_id}.{ext}" for folder in _folder_variants(youtube_id[:2])]
+
+
+def _first_existing(path_audio, candidates):
+    """The first of ``candidates`` (paths relative to ``path_audio``) that exists, else the
+    first (reported as missing by the check)."""
+    found = (c for c in candidates if os.path.exists(os.path.join(path_audio, c)))
+    return next(found, candidates[0])
+
+
 def _read_sidecar(path):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -208,13 +221,7 @@ def _parse_discogs_json(files, path_audio, ext):
                     )
                     continue
                 youtube_id = str(youtube_id)
-                filename = None
-                for folder in _folder_variants(youtube_id[:2]):
-                    candidate = f"{folder}/{youtube_id}.{ext}"
-                    if os.path.exists(os.path.join(path_audio, candidate)):
-                        filename = candidate
-                        break
-                filename = filename or f"{youtube_id[:2]}/{youtube_id}.{ext}"
+                filename = _first_existing(path_audio, _youtube_paths(youtube_id, ext))
                 sidecar = _read_sidecar(
                     os.path.join(path_audio, os.path.dirname(filename), youtube_id + ".meta")
                 )
@@ -283,22 +290,20 @@ def _divers_audio_candidates(item, version, ext):
             out += [rel, f"{os.path.splitext(rel)[0]}.{ext}"]
     youtube_id = item.get("youtube_id") or (None if version.startswith("V-") else version)
     if youtube_id:
-        youtube_id = str(youtube_id)
-        out += [f"{folder}/{youtube_id}.{ext}" for folder in _folder_variants(youtube_id[:2])]
-        out.append(f"{youtube_id}.{ext}")
+        out += _youtube_paths(str(youtube_id), ext) + [f"{youtube_id}.{ext}"]
     return list(dict.fromkeys(out))
 
 
 def _divers_fields(item, where):
     """A version's release fields as this project keeps them: nulls left out, the fields named
-    in ``DIVERS_RENAMED`` renamed, ``artist``/``title`` apart; a value that is not JSON data of
-    the documented kinds raises ``DatasetError`` naming ``where``."""
+    in ``DIVERS_RENAMED`` renamed, ``artist``/``title`` apart; an empty field name raises
+    ``DatasetError`` naming ``where``."""
     fields = {}
     for name, value in item.items():
         if value is None or name in ("artist", "title"):
             continue
-        if not isinstance(name, str) or not name:
-            raise DatasetError(f"{where}: field name {name!r} is not text")
+        if not name:  # JSON names are text, but may be empty
+            raise DatasetError(f"{where}: a field without a name")
         fields[DIVERS_RENAMED.get(name, name)] = value
     return fields
 
@@ -345,13 +350,12 @@ def parse_divers(path_meta, path_audio, ext):
                         (split, clique, key, "", "no audio: neither filename nor youtube_id")
                     )
                     continue
-                found = [c for c in candidates if os.path.exists(os.path.join(path_audio, c))]
                 parsed.add(
                     split,
                     clique,
                     key,
                     version,
-                    (found or candidates)[0],
+                    _first_existing(path_audio, candidates),
                     artist=_divers_text(item.get("artist")),
                     title=_divers_text(item.get("title")),
                     extra=_divers_fields(item, where),

@@ -43,18 +43,21 @@ class Valid:
         if self.grammar is not None:
             return self.grammar(value)
         if self.low is not None and (value < self.low or self.low_open and value == self.low):
-            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+            return f"must be {self._low_bound()}"
         if self.high is not None and (value > self.high or self.high_open and value == self.high):
-            return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+            return f"must be {self._high_bound()}"
         return None
+
+    def _low_bound(self):
+        return f"{'>' if self.low_open else '>='} {self.low:g}"
+
+    def _high_bound(self):
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
 
     def bounds(self):
         """'>= 1', '> 0, <= 1', ... for ``--help`` ('' without bounds)."""
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        parts = [self._low_bound()] if self.low is not None else []
+        parts += [self._high_bound()] if self.high is not None else []
         return ", ".join(parts)
 
 

@@ -4,7 +4,6 @@ the command line calls them (``lib.cli.run``): one ``error:`` line naming the ke
 nothing written."""
 
 import dataclasses
-import importlib.util
 import typing
 
 import pytest
@@ -13,6 +12,7 @@ from omegaconf import OmegaConf
 import train
 from lib import cli, schema
 from lib.config import load_run_config
+from tests.test_evaluate import load_test_script
 
 MODELS = ("clews", "dvinetp", "cqtnet", "bytecover2x", "bytecover3x", "coverhunterc", "move")
 MODEL_CONFIGS = [f"config/small-{name}.yaml" for name in MODELS]
@@ -100,28 +100,24 @@ def test_the_walk_covers_every_checked_key():
     assert len(TRAINING_CASES) > 150
 
 
+def assert_refused(main, argv, key, folder, capsys):
+    """``main(argv)`` through ``lib.cli.run``: exit 2, one ``error: <key>=...`` line on stderr,
+    nothing written under ``folder``."""
+    assert cli.run(main, argv) == 2, argv[-1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert f"{key}=" in lines[0], lines[0]
+    assert not list(folder.iterdir())
+
+
 @pytest.mark.parametrize("conf, key, kind, value", TRAINING_CASES)
 def test_every_training_key_refuses_a_wrong_value(conf, key, kind, value, tmp_path, capsys):
     argv = ["jobname=walk", f"conf={conf}", f"path.logs={tmp_path / 'logs'}"]
     argv += [f"path.cache={tmp_path / 'cache'}", f"{key}={value}"]
-    assert cli.run(train.main, argv) == 2, (key, kind, value)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert f"{key}=" in lines[0], lines[0]
-    assert not list(tmp_path.iterdir())
+    assert_refused(train.main, argv, key, tmp_path, capsys)
 
 
 TEST_CASES = cases(schema.TestArgs)
-
-
-def load_test_script():
-    """test.py as a module (its name is also the standard library's ``test`` package)."""
-    spec = importlib.util.spec_from_file_location("test_script", "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 test_script = load_test_script()
 
 
@@ -129,8 +125,4 @@ test_script = load_test_script()
 def test_every_test_py_argument_refuses_a_wrong_value(key, kind, value, tmp_path, capsys):
     argv = [f"checkpoint={tmp_path / 'x.ckpt'}", f"out={tmp_path / 'out'}"]
     argv += [f"cache_dir={tmp_path / 'cache'}", f"{key}={value}"]
-    assert cli.run(test_script.main, argv) == 2, (key, kind, value)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert f"{key}=" in lines[0], lines[0]
-    assert not list(tmp_path.iterdir())
+    assert_refused(test_script.main, argv, key, tmp_path, capsys)
