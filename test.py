@@ -26,15 +26,14 @@ import re
 import sys
 import time
 import warnings
-from datetime import timedelta
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lib import cli, config, metrics, precision, report, retrieval, sweep, training
-from lib.checkpoint import load_checkpoint, load_model_state, run_config
+from lib import cli, config, distributed, metrics, precision, report, retrieval, sweep, training
+from lib.checkpoint import load_checkpoint, run_config, trained_model
 from lib.config import ConfigError, check_accelerator, parse_arguments
 from lib.dataset import Dataset
 from lib.extract import (
@@ -47,7 +46,6 @@ from lib.extract import (
 )
 from lib.filters import DomainIndex, FilterError
 from lib.metadata import SPLITS
-from lib.model_base import build_model
 from lib.schema import TestArgs
 from lib.tensor_ops import parse_redux
 
@@ -92,25 +90,6 @@ def model_config(args, state):
         raise ConfigError(f"{source}: no path.{key} (give path_{key}=...)")
     conf.data.path = conf.path
     return conf, source
-
-
-def make_fabric(args):
-    # imported here, not at the top: Lightning takes seconds to import and a bad argument or
-    # file should be reported at once
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy
-
-    world = args.fabric.ngpus * args.fabric.nnodes
-    strategy = DDPStrategy(timeout=timedelta(minutes=60)) if world > 1 else "auto"
-    fabric = Fabric(
-        accelerator=args.fabric.accelerator,
-        devices=args.fabric.ngpus,
-        num_nodes=args.fabric.nnodes,
-        strategy=strategy,
-        precision=args.precision,
-    )
-    fabric.launch()
-    return fabric
 
 
 def as_list(value):
@@ -166,13 +145,13 @@ def short_hash(text):
 def gather_results(fabric, index, per_query, nrel, ncand):
     """Every process's per-query rows on every process, in query order."""
     device = fabric.device
-    index = training.gather_rows(fabric, index.to(device)).cpu()
+    index = distributed.gather_rows(fabric, index.to(device)).cpu()
     order = index.argsort()
     out = {}
     for key, values in per_query.items():
-        out[key] = training.gather_rows(fabric, values.to(device)).cpu()[order]
-    nrel = training.gather_rows(fabric, nrel.to(device)).cpu()[order]
-    ncand = training.gather_rows(fabric, ncand.to(device)).cpu()[order]
+        out[key] = distributed.gather_rows(fabric, values.to(device)).cpu()[order]
+    nrel = distributed.gather_rows(fabric, nrel.to(device)).cpu()[order]
+    ncand = distributed.gather_rows(fabric, ncand.to(device)).cpu()[order]
     return index[order], out, nrel, ncand
 
 
@@ -185,17 +164,12 @@ def main(argv):
     args = parse_args(argv)
     state = load_checkpoint(args.checkpoint)
     conf, conf_source = model_config(args, state)
-    fabric = make_fabric(args)
+    fabric = distributed.make_fabric(args.fabric, args.precision, timeout_minutes=60)
     printer = fabric.print
     printer("-" * 65 + "\n" + OmegaConf.to_yaml(args) + "-" * 65)
 
     torch.backends.cudnn.benchmark = False
-    try:
-        model = build_model(conf.model, sr=conf.data.samplerate)
-    except ValueError as err:
-        raise ConfigError(f"{conf_source}: {err}") from err
-    load_model_state(model, state, source=args.checkpoint)
-    model.to(fabric.device).eval()
+    model = trained_model(state, conf, conf_source, args.checkpoint).to(fabric.device)
     if "epoch" in state:
         printer(
             f"  ({state['epoch']} epochs; best was {float(state.get('cost_best', math.nan)):.3f})"

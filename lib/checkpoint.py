@@ -154,14 +154,20 @@ def run_config(checkpoint, state, conf_path=None):
     return typed_run_config(data, source, needed=EVALUATION_SECTIONS), source
 
 
-def load_trained_model(checkpoint, conf_path=None, device="cpu"):
-    """(model in eval mode on ``device``, its config, config source) from a checkpoint of this
-    project or of the original code."""
-    state = load_checkpoint(checkpoint)
-    conf, source = run_config(checkpoint, state, conf_path)
+def trained_model(state, conf, source, checkpoint):
+    """The model of ``conf`` (typed run config read from ``source``) with the weights of
+    ``state`` (read from ``checkpoint``), in eval mode on the CPU."""
     try:
         model = build_model(conf.model, sr=conf.data.samplerate)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
     load_model_state(model, state, source=os.fspath(checkpoint))
-    return model.to(device).eval(), conf, source
+    return model.eval()
+
+
+def load_trained_model(checkpoint, conf_path=None, device="cpu"):
+    """(model in eval mode on ``device``, its config, config source) from a checkpoint of this
+    project or of the original code."""
+    state = load_checkpoint(checkpoint)
+    conf, source = run_config(checkpoint, state, conf_path)
+    return trained_model(state, conf, source, checkpoint).to(device), conf, source

@@ -174,6 +174,17 @@ def check_dependencies(conf, source=None):
                     f"{_where(source)}ssl.{name}={conf.ssl[name]!r} only means something with "
                     "ssl.method (now none: supervised training)"
                 )
+    if conf.training.freeze == "encoder":
+        if conf.ssl.method != "none":
+            raise ConfigError(
+                f"{_where(source)}training.freeze=encoder only means something without "
+                f"ssl.method (now {conf.ssl.method}): a pre-training trains the encoder"
+            )
+        if registry.model_class(conf.model.name).projection_module is None:
+            raise ConfigError(
+                f"{_where(source)}training.freeze=encoder: model.name={conf.model.name} "
+                "declares no projection to train alone"
+            )
 
 
 def check_run_values(conf, source=None):

@@ -124,6 +124,8 @@ MONITOR_MODES = ("max", "min")
 MONITOR_QUANTITIES = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SSL_VIEWS = ("same-passage", "different-time")
+SSL_METHODS = ("none", "contrastive", "byol", "barlow", "vicreg", "dino", "clews")  # lib.ssl's
+FREEZE = ("none", "encoder")
 POSITIVE_MINING = ("random", "easy", "hard")
 NEGATIVE_MINING = ("random", "semihard", "hard", "move_legacy_semihard")
 # segment pairs per distance block of the retrieval engine: 32 MiB of fp32 distances
@@ -290,13 +292,15 @@ class TrainingConfig:
     optim: OptimConfig = key(OptimConfig, "optimiser and learning-rate schedule")
     monitor: MonitorConfig = key(MonitorConfig, "what picks the best checkpoint")
     freeze: str = key("none", "none (train everything) or encoder (train only the model's "
-                              "projection, the encoder frozen in eval mode: a linear probe)")
+                              "projection, the encoder frozen in eval mode: a linear probe)",
+                      one_of(*FREEZE))
 
 
 @dataclass
 class SslConfig:
     method: str = key("none", "self-supervised pre-training (no labels read): none, "
-                              "contrastive, byol, barlow, vicreg, dino or clews")
+                              "contrastive, byol, barlow, vicreg, dino or clews",
+                      one_of(*SSL_METHODS))
     views: str = key("same-passage", "same-passage (two cuts of one excerpt, augmented apart) "
                                      "or different-time (two excerpts of one track)",
                      one_of(*SSL_VIEWS))

@@ -198,6 +198,26 @@ def test_wrong_values_stop_train_py_before_anything_is_written(tmp_path):
         assert not (tmp_path / "logs").exists() and not (tmp_path / "cache").exists()
 
 
+# keys that only mean something with (or without) another key
+CROSS_KEYS = [
+    ("config/demo-clews.yaml", ["ssl.method=byol", "training.freeze=encoder"],
+     "training.freeze=encoder only means something without ssl.method (now byol)"),
+    ("config/demo-clews.yaml", ["ssl.hidden=64"],
+     "ssl.hidden=64 only means something with ssl.method (now none"),
+    ("config/small-cqtnet.yaml", ["training.freeze=encoder"],
+     "training.freeze=encoder: model.name=cqtnet declares no projection to train alone"),
+    ("config/demo-clews.yaml", ["ssl.method=simclr"],
+     "ssl.method='simclr' is not one of none, contrastive, byol, barlow, vicreg, dino, clews"),
+]
+
+
+@pytest.mark.parametrize("path, overrides, message", CROSS_KEYS)
+def test_keys_that_need_another_key_say_so(path, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(["jobname=run", f"conf={path}", *overrides])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -15,7 +15,7 @@ from lib import ssl
 from lib.audio import write_audio
 from lib.dataset import Dataset
 from lib.model_base import build_model
-from lib.training import stack_versions
+from lib.steps import stack_versions
 from tests.corpus import folder_corpus, run_script
 
 SR = 8000
@@ -114,7 +114,7 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(method):
     with torch.inference_mode():
         h = encoder.prepare(audio)
     h = h.clone()
-    pretext = ssl.Pretext(method, encoder, total_steps=40, hidden=128, out=64)
+    pretext = ssl.make_pretext(method, encoder, total_steps=40, hidden=128, out=64)
     params = list(encoder.parameters()) + pretext.head_parameters()
     optim = torch.optim.Adam(params, lr=1e-3)
     encoder.train(), pretext.train()
@@ -143,12 +143,12 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(method):
 def test_heads_stay_out_of_the_encoders_state_and_unknown_methods_are_refused():
     encoder = tiny_clews()
     before = set(encoder.state_dict())
-    pretext = ssl.Pretext("byol", encoder, total_steps=10, hidden=32, out=16)
+    pretext = ssl.make_pretext("byol", encoder, total_steps=10, hidden=32, out=16)
     assert set(encoder.state_dict()) == before
     assert {k.split(".")[0] for k in pretext.state_dict()} == {"projector", "predictor", "teacher"}
-    assert ssl.Pretext("clews", encoder, total_steps=10).head_parameters() == []
+    assert ssl.make_pretext("clews", encoder, total_steps=10).head_parameters() == []
     with pytest.raises(ValueError, match="ssl.method"):
-        ssl.Pretext("simsiam", encoder, total_steps=10)
+        ssl.make_pretext("simsiam", encoder, total_steps=10)
 
 
 # --- train.py: pre-training, resuming it, fine-tuning from its encoder ---------------------------
@@ -229,7 +229,9 @@ def test_pretraining_resumes_with_its_heads_and_a_fine_tune_starts_from_the_enco
     assert bad.returncode == 2 and "ssl.method='simclr'" in bad.stderr
     both = ["ssl.method=byol", "training.freeze=encoder"]
     both = run_script(train_cmd(corpus, tmp_path, "both", *both))
-    assert both.returncode == 2 and "training.freeze=encoder with ssl.method" in both.stderr
+    assert both.returncode == 2 and "training.freeze=encoder only means something without "\
+        "ssl.method (now byol)" in both.stderr
+    assert not (tmp_path / "both").exists()  # refused before the run folder
 
 
 @pytest.mark.parametrize("method", ["contrastive", "dino"])
