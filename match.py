@@ -27,17 +27,9 @@ import os
 import socket
 import sys
 
-import torch
-
-from lib import api
-from lib import calibration as K
-from lib import catalogue as C
-from lib import cli
-from lib import inference as I
-from lib import retrieval as R
-from lib import store, tensor_ops
+from lib import api, calibration, catalogue, cli, inference, tensor_ops
 from lib.audio import AudioError
-from lib.api import clock
+from lib.catalogue import clock
 from lib.errors import UsageError
 from lib.files import atomic_write
 
@@ -68,29 +60,6 @@ def report_failed(failed, log):
 ###################################################################################################
 
 
-def embeddings_folder_store(folder):
-    """The embedding store of an inference.py output folder (``<folder>/store``, or the folder
-    itself); one is collected from its ``.pt`` files when an earlier version wrote none."""
-    for candidate in (os.path.join(folder, I.STORE_DIR), folder):
-        found = store.read(candidate)
-        if found is not None:
-            return found
-    settings = I.read_manifest(folder)
-    if settings is None:
-        raise UsageError(f"{folder}: no {I.MANIFEST} (embeddings must come from inference.py)")
-    files = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder)
-        for name in names
-        if name.endswith(".pt")
-    )
-    if not files:
-        raise UsageError(f"{folder}: no .pt embedding files")
-    tracks = [I.output_track(folder, f, f) for f in files]
-    print(f"Collect {len(files)} embedding files of {folder} into {folder}/{I.STORE_DIR}")
-    return store.read(I.collect_store(folder, tracks, settings))
-
-
 def cmd_index(args):
     if (args.audio is None) == (args.embeddings is None):
         raise UsageError("give either --audio (with --checkpoint) or --embeddings")
@@ -111,15 +80,12 @@ def cmd_index(args):
         )
         cat = built.data
     else:
-        embeddings = embeddings_folder_store(args.embeddings)
-        tracks = embeddings.manifest["tracks"]
-        print(f"Index {len(tracks)} tracks, {int((~embeddings.mask).sum())} windows...")
-        cat = C.load(api.index_store(args.out, embeddings, args.index, args.nlist))
+        cat = api.Catalogue.from_embeddings(args.out, args.embeddings, args.index, args.nlist).data
     print(
         f"Catalogue {args.out}: {len(cat.tracks)} tracks, {cat.index.ntotal} windows, "
         f"{cat.info['kind']}"
     )
-    report_failed(failed, os.path.join(args.out, "embeddings", I.FAILURE_LOG))
+    report_failed(failed, os.path.join(args.out, "embeddings", inference.FAILURE_LOG))
     return 1 if failed else 0
 
 
@@ -136,7 +102,8 @@ def cmd_add(args):
     if done["already"]:
         print(f"{len(done['already'])} file(s) already in the catalogue, left as they are")
     print(f"Catalogue {args.catalogue}: {before} + {len(done['added'])} = {len(cat)} tracks")
-    report_failed(done["failed"], os.path.join(args.catalogue, api.ADDED_DIR, I.FAILURE_LOG))
+    log = os.path.join(args.catalogue, api.ADDED_DIR, inference.FAILURE_LOG)
+    report_failed(done["failed"], log)
     return 1 if done["failed"] else 0
 
 
@@ -159,8 +126,8 @@ def cmd_calibrate(args):
         args.nworkers,
         plot,
     )
-    print("\n".join(K.summary(cat.data.calibration, decision)))
-    print(f"Stored in {os.path.join(args.catalogue, C.META_FILE)}; plot in {plot}")
+    print("\n".join(calibration.summary(cat.data.calibration, decision)))
+    print(f"Stored in {os.path.join(args.catalogue, catalogue.META_FILE)}; plot in {plot}")
     if failed:
         print(f"{len(failed)} labelled file(s) unreadable, left out:", file=sys.stderr)
         for _, reason in failed[:10]:
@@ -281,53 +248,27 @@ def cmd_serve(args):
 
 
 def cmd_mirex(args):
-    collection = C.read_file_list(args.collection)
-    queries = C.read_file_list(args.queries)
-    try:
-        rows = C.collection_rows(collection, queries)
-    except C.CatalogueError as err:
-        raise UsageError(f"{args.queries}: {err}") from err
-    embedder = load_embedder(args.checkpoint, args)
-    model, device, mixed = embedder.model, embedder.device, embedder.precision
-    win_len = I.window_length(model, args.win_len)
-    work = args.workdir or args.out + ".embeddings"
-    jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(collection)]
-    summary = I.embed_into_folder(
-        work,
-        model,
-        args.checkpoint,
-        jobs,
-        win_len,
-        args.hop_size,
-        device,
-        args.nworkers,
-        args.overwrite,
-        precision=mixed,
+    done = api.mirex_distances(
+        load_embedder(args.checkpoint, args),
+        args.collection,
+        args.queries,
+        args.out,
+        args.name,
+        workdir=args.workdir,
+        win_len=args.win_len,
+        hop=args.hop_size,
+        redux=args.redux,
+        nworkers=args.nworkers,
+        overwrite=args.overwrite,
     )
-    if summary["failed"]:
-        for _, reason in summary["failed"]:
+    if done["failed"]:
+        for _, reason in done["failed"]:
             print(f"error: {reason}", file=sys.stderr)
         print("no distance matrix written: every collection file must be embedded", file=sys.stderr)
         return 1
-    embedded = store.read(os.path.join(work, I.STORE_DIR))  # the collection, in its order
-    ids = torch.arange(len(collection))
-    z, mask = torch.from_numpy(embedded.z), torch.from_numpy(embedded.mask)
-    tracks = R.Embeddings(ids, ids, z, mask).trimmed()
-    redux = tensor_ops.parse_redux(args.redux or model.default_redux)  # once for every block
-    bq, bc = R.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(collection))
-    dist = torch.cat(
-        [
-            R.query_block_distances(
-                model, tracks.subset(rows[i : i + bq]), tracks, redux, device, bc
-            )
-            for i in range(0, len(rows), bq)
-        ]
-    )
-    text = C.mirex_text(args.name, collection, rows, dist.numpy())
-    atomic_write(args.out, lambda h: h.write(text), text=True)
     print(
-        f"Distance matrix of {len(queries)} queries x {len(collection)} files ({redux}) in "
-        f"{args.out}"
+        f"Distance matrix of {done['queries']} queries x {done['collection']} files "
+        f"({done['redux']}) in {args.out}"
     )
     return 0
 
@@ -373,7 +314,7 @@ def parse_args(argv):
         default="auto",
         choices=("auto", "flat", "ivf"),
         help="FAISS index: flat = exact, ivf = inverted lists; auto: flat below "
-        f"{C.FLAT_BELOW} windows",
+        f"{catalogue.FLAT_BELOW} windows",
     )
     p.add_argument("--nlist", type=int, default=None, help="ivf cells (default sqrt(windows))")
     model_args(p)

@@ -18,28 +18,22 @@ arguments, ``RunError`` subclasses such as ``AudioError`` and ``CatalogueError``
 and the problem).
 """
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
 import torch
-from tqdm import tqdm
 
-from lib import calibration as K
-from lib import catalogue as C
-from lib import inference as I
-from lib import precision as P
-from lib import store, tensor_ops
-from lib.audio import AudioError, get_info, load_audio
+from lib import calibration, catalogue, inference, retrieval, store, tensor_ops
+from lib import precision as precisions
+from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
+from lib.files import atomic_write
 from lib.extract import file_digest, window_embeddings
-from lib.metadata import load_metadata
 
 ADDED_DIR = "added"  # under a catalogue: embeddings of added audio (a stopped add resumes)
-CALIBRATION_DIR = "calibration"  # under a catalogue: embeddings of the labelled set
 DEFAULT_HOP = 5.0
 
 
@@ -61,10 +55,10 @@ class Embedder:
         """A checkpoint of this project or of the original code (``conf``: a config YAML, by
         default the one beside the checkpoint or inside it); ``device`` auto, cpu, cuda[:N] or
         mps; ``precision`` 32, bf16 or 16; ``digest``: the file's sha256 when already known."""
-        device = I.pick_device(device)
-        mixed = P.check(precision, device, "precision")
+        device = inference.pick_device(device)
+        mixed = precisions.check(precision, device, "precision")
         model, _, _ = load_trained_model(checkpoint, conf, device)
-        I.check_takes_audio(model, checkpoint)
+        inference.check_takes_audio(model, checkpoint)
         return cls(model, checkpoint, device, mixed, digest)
 
     @property
@@ -84,7 +78,7 @@ class Embedder:
 
     def window_length(self, win_len=None):
         """Seconds per window: ``win_len``, or the model's training length."""
-        return I.window_length(self.model, -1 if win_len is None else win_len)
+        return inference.window_length(self.model, -1 if win_len is None else win_len)
 
     def embed(self, audio, samplerate=None, win_len=None, hop=DEFAULT_HOP):
         """(windows, dim) float32 embeddings of windows of ``win_len`` s (default: the model's
@@ -113,7 +107,7 @@ class Embedder:
     def embed_waveform(self, waveform, win_len, hop):
         """(S, D) float32 tensor of a waveform at the model's rate."""
         audio = torch.from_numpy(np.ascontiguousarray(waveform))
-        with torch.inference_mode(), P.autocast(self.precision, self.device):
+        with torch.inference_mode(), precisions.autocast(self.precision, self.device):
             return window_embeddings(self.model, audio, win_len, hop, self.device)
 
     def embed_folder_into(
@@ -122,7 +116,7 @@ class Embedder:
         """``inference.py``'s folder mode: every (input, output) of ``jobs`` into ``folder``
         (resumable, checked against the settings recorded there, unless ``overwrite``
         recomputes them); returns its summary."""
-        return I.embed_into_folder(
+        return inference.embed_into_folder(
             folder,
             self.model,
             self.checkpoint,
@@ -217,20 +211,6 @@ class QueryResult:
         }
 
 
-def clock(seconds):
-    """``m:ss.s`` of a time in seconds (negative ones as 0)."""
-    seconds = max(0.0, float(seconds))
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
-
-
-def aligned_ranges(offset, duration):
-    """(clip range, track range) in seconds of a clip of ``duration`` s whose start lies at
-    track time ``offset`` (negative: the clip starts before the track)."""
-    clip0 = max(0.0, -offset)
-    track0 = max(0.0, offset)
-    return (clip0, duration), (track0, track0 + duration - clip0)
-
-
 ###################################################################################################
 # The catalogue
 ###################################################################################################
@@ -243,7 +223,7 @@ class Catalogue:
         """Open ``folder``; the model is the catalogue's checkpoint (loaded when first needed)
         unless ``embedder`` is given, which must be that same checkpoint."""
         self.folder = os.fspath(folder)
-        self._data = C.load(self.folder)
+        self._data = catalogue.load(self.folder)
         self._stamp = self._meta_stamp()
         self._device, self._precision = device, precision
         self._embedder = None
@@ -273,22 +253,33 @@ class Catalogue:
         recomputes them). Returns (catalogue, [(file, reason)] of the files that could not be
         read)."""
         work = os.path.join(folder, "embeddings")
-        jobs, other = I.plan_folder(os.fspath(audio), work)
+        jobs, other = inference.plan_folder(os.fspath(audio), work)
         if other:
             print(f"  {len(other)} file(s) without an audio extension left out, e.g. {other[0]}")
         win_len = embedder.window_length(win_len)
         extra = {"path_in": os.path.abspath(audio)}
         summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers, extra, overwrite)
         if not summary["tracks"]:
-            raise C.CatalogueError(f"{audio}: no track could be embedded; nothing to index")
-        index_store(folder, store.read(os.path.join(work, I.STORE_DIR)), index, nlist)
+            raise catalogue.CatalogueError(f"{audio}: no track could be embedded; nothing to index")
+        index_store(folder, store.read(os.path.join(work, inference.STORE_DIR)), index, nlist)
         return cls(folder, embedder), summary["failed"]
+
+    @classmethod
+    def from_embeddings(cls, folder, embeddings, index="auto", nlist=None):
+        """A catalogue in ``folder`` of the outputs of ``inference.py`` in the folder
+        ``embeddings`` (its embedding store; collected first from its ``.pt`` files when an
+        earlier version wrote none); ``index``, ``nlist``: the FAISS index."""
+        found = inference.folder_store(os.fspath(embeddings))
+        windows = int((~found.mask).sum())
+        print(f"Index {len(found.manifest['tracks'])} tracks, {windows} windows...")
+        index_store(folder, found, index, nlist)
+        return cls(folder)
 
     # ---------------------------------------------------------------------------------------
 
     @property
     def data(self):
-        """The loaded ``lib.catalogue.Catalogue`` (arrays, index, tracks, settings)."""
+        """The loaded ``lib.catalogue.CatalogueState`` (arrays, index, tracks, settings)."""
         return self._data
 
     @property
@@ -304,7 +295,7 @@ class Catalogue:
 
     def _meta_stamp(self):
         try:
-            status = os.stat(os.path.join(self.folder, C.META_FILE))
+            status = os.stat(os.path.join(self.folder, catalogue.META_FILE))
         except OSError:
             return None
         return status.st_mtime_ns, status.st_size, status.st_ino
@@ -315,7 +306,7 @@ class Catalogue:
         stamp = self._meta_stamp()
         if stamp == self._stamp:
             return False
-        self._data = C.load(self.folder)
+        self._data = catalogue.load(self.folder)
         self._stamp = stamp
         self._decision = None
         return True
@@ -353,11 +344,11 @@ class Catalogue:
     def decision(self):
         """The calibrated decision (``lib.calibration.Decision``) for the catalogue's size now,
         or None when it is not calibrated (or was, for other settings)."""
-        calibration = self._data.calibration
-        if not C.calibration_applies(calibration, self.settings):
+        measured = self._data.calibration
+        if not catalogue.calibration_applies(measured, self.settings):
             return None
         if self._decision is None or self._decision.size != len(self):
-            self._decision = K.Decision(calibration, self.folder, len(self))
+            self._decision = calibration.Decision(measured, self.folder, len(self))
         return self._decision
 
     def describe(self):
@@ -372,7 +363,7 @@ class Catalogue:
         if decision is None:
             lines.append("not calibrated: 'match.py calibrate' sets the 'no version' threshold")
         else:
-            lines += K.summary(data.calibration, decision)
+            lines += calibration.summary(data.calibration, decision)
         return lines
 
     # ---------------------------------------------------------------------------------------
@@ -399,7 +390,7 @@ class Catalogue:
         win_len = float(self.settings["win_len"])
         hop = float(hop) if hop else float(self.settings["hop_size"])
         windows = embedder.embed_waveform(waveform, win_len, hop).numpy()
-        found = C.search(
+        found = catalogue.search(
             self._data, windows, topk, redux, exact, neighbours, shortlist, nprobe, clip_hop=hop
         )
         decision = None if max_distance is not None else self.decision
@@ -409,7 +400,7 @@ class Catalogue:
         matches = []
         for rank, m in enumerate(found, 1):
             track = self.tracks[m.row]
-            clip_s, track_s = aligned_ranges(m.offset, duration)
+            clip_s, track_s = catalogue.aligned_ranges(m.offset, duration)
             pairs = [
                 {
                     "clip_s": [i * hop, min(i * hop + win_len, duration)],
@@ -454,15 +445,15 @@ class Catalogue:
         embedder = self.embedder
         work = os.path.join(self.folder, ADDED_DIR)
         win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
-        jobs = [(t["source"], added_output(work, t["source"])) for t in todo]
+        jobs = [(t["source"], inference.output_for_source(work, t["source"])) for t in todo]
         summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
         out["failed"] = summary["failed"]
         failed = {src for src, _ in summary["failed"]}
         good = [(t, dst) for t, (_, dst) in zip(todo, jobs) if t["source"] not in failed]
         if good:
             tracks = [{"id": t["id"], "source": t["source"]} for t, _ in good]
-            embeddings = [I.read_output(dst) for _, dst in good]
-            self._data = C.append(self.folder, tracks, embeddings)
+            embeddings = [inference.read_output(dst) for _, dst in good]
+            self._data = catalogue.append(self.folder, tracks, embeddings)
             self._stamp = self._meta_stamp()
             self._decision = None
             out["added"] = [t["id"] for t in tracks]
@@ -472,7 +463,7 @@ class Catalogue:
         """[{"id", "source", "already"?}] for the files to add; clashing ids are an error."""
         if isinstance(audio, (str, os.PathLike)) and os.path.isdir(audio):
             root = os.fspath(audio)
-            files, _ = I.find_files(root)
+            files, _ = inference.find_files(root)
             names = [os.path.splitext(os.path.relpath(f, root))[0] for f in files]
         else:
             single = isinstance(audio, (str, os.PathLike))
@@ -526,72 +517,25 @@ class Catalogue:
         nworkers=2,
         plot=None,
     ):
-        """Measure and store the "no version" threshold (see ``lib.calibration``) on the
+        """Measure and store the "no version" threshold (``lib.calibration.calibrate``) on the
         labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``).
         Returns (decision for the catalogue now, [(file, reason)] of unreadable files, which
         are left out)."""
-        if not 0 < target < 1:
-            raise UsageError(f"false-alarm target must be between 0 and 1, got {target}")
-        if clip_len <= 0 or clips_per_track < 1:
-            raise UsageError("clip length must be > 0 s and clips per track >= 1")
-        tracks = labelled_tracks(meta, audio_root, partition)
-        embedder = self.embedder
-        win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
-        work = os.path.join(self.folder, CALIBRATION_DIR)
-        jobs = [(t["source"], added_output(work, t["source"])) for t in tracks]
-        summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
-        failed = {src for src, _ in summary["failed"]}
-        kept = [(t, dst) for t, (_, dst) in zip(tracks, jobs) if t["source"] not in failed]
-        cliques = [t["clique"] for t, _ in kept]
-        if len(set(cliques)) < 2 or len(cliques) == len(set(cliques)):
-            raise K.CalibrationError(
-                f"{meta}: partition {partition!r} needs at least two works and one with two "
-                "readable versions"
-            )
-        z, mask = store.stack([I.read_output(dst) for _, dst in kept])
-        labelled = C.Catalogue(work, self.settings, [t for t, _ in kept], z, mask, None, None)
-        durations = [get_info(t["source"]).duration for t, _ in kept]  # the file as it is now
-        draws = K.draw_clips(durations, clip_len, clips_per_track, seed)
-        rows = np.arange(len(kept))
-        redux = tensor_ops.parse_redux(self.settings["redux"])
-
-        def clips():
-            for track, start in draws:
-                source = kept[track][0]["source"]
-                try:
-                    x = load_audio(source, embedder.samplerate, start, clip_len)
-                except AudioError as err:
-                    raise K.CalibrationError(str(err)) from err
-                yield track, embedder.embed_waveform(x, win_len, hop).numpy()
-
-        with tqdm(total=len(draws), desc="Calibration clips", ncols=80, ascii=True) as bar:
-            nonversion, counts, true = K.measure(
-                cliques,
-                clips(),
-                lambda q: C.track_distances(labelled, q, rows, redux),
-                progress=lambda: bar.update(1),
-            )
-        name = K.write_measurements(self.folder, nonversion, counts, true)
-        calibration = {
-            "file": name,
-            "settings": {k: self.settings[k] for k in C.CALIBRATION_SETTINGS},
-            "target_false_alarm": float(target),
-            "clip_len": float(clip_len),
-            "clips": int(len(draws)),
-            "labelled_tracks": len(kept),
-            "source": f"{os.path.abspath(meta)}, partition {partition}",
-            "seed": int(seed),
-            "created": K.created_now(),
-        }
-        decision = K.Decision(calibration, self.folder, len(self))
-        calibration.update(
-            catalogue_tracks=len(self), threshold=decision.threshold, recall=decision.recall
+        failed = calibration.calibrate(
+            self.folder,
+            self.embedder,
+            meta,
+            audio_root,
+            partition,
+            target,
+            clip_len,
+            clips_per_track,
+            seed,
+            nworkers,
+            plot,
         )
-        C.set_calibration(self.folder, calibration)
         self.refresh()
-        if plot:
-            K.plot(plot, true, nonversion, counts, decision)
-        return self.decision, summary["failed"]
+        return self.decision, failed
 
 
 def index_store(folder, embeddings, kind="auto", nlist=None):
@@ -599,32 +543,63 @@ def index_store(folder, embeddings, kind="auto", nlist=None):
     the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.catalogue``)."""
     manifest = embeddings.manifest
     settings = {k: manifest["settings"][k] for k in CATALOGUE_SETTINGS}
-    return C.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
+    return catalogue.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
 
 
-def added_output(folder, source):
-    """Where the embedding of ``source`` goes under ``folder`` (named by its absolute path, so
-    files of any folders can be added side by side)."""
-    digest = hashlib.sha1(os.path.abspath(source).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(folder, digest[:2], f"{digest}.pt")
+###################################################################################################
+# MIREX
+###################################################################################################
 
 
-def labelled_tracks(meta, audio_root, partition):
-    """[{"id", "source", "clique"}] of the versions of ``partition`` in the metadata file
-    ``meta``; files that are missing are an error naming them."""
-    info, splits = load_metadata(meta)
-    if partition not in splits:
-        raise UsageError(f"{meta}: no partition {partition!r} (has {', '.join(sorted(splits))})")
-    tracks = []
-    for clique, keys in sorted(splits[partition].items()):
-        for key in keys:
-            song = info[key]
-            source = os.path.join(audio_root, song["filename"])
-            tracks.append({"id": key, "source": source, "clique": str(clique)})
-    missing = [t["source"] for t in tracks if not os.path.isfile(t["source"])]
-    if missing:
-        raise UsageError(
-            f"{len(missing)} audio file(s) of {meta} not found under {audio_root}, e.g. "
-            + ", ".join(missing[:3])
-        )
-    return tracks
+def mirex_distances(
+    embedder,
+    collection,
+    queries,
+    out,
+    name,
+    workdir=None,
+    win_len=None,
+    hop=DEFAULT_HOP,
+    redux=None,
+    nworkers=2,
+    overwrite=False,
+):
+    """The MIREX cover-song task's distance matrix: every file of the list ``collection`` (one
+    path a line) embedded (into ``workdir``, default ``<out>.embeddings``: a stopped run
+    resumes), the files of the list ``queries`` (a subset) against all of them with the
+    reduction ``redux`` (default: the model's), written to ``out`` in MIREX's text format under
+    the submission ``name``. Nothing is written unless every collection file was embedded.
+    Returns {"failed": [(file, reason)], "queries", "collection", "redux"}."""
+    listed = catalogue.read_file_list(collection)
+    asked = catalogue.read_file_list(queries)
+    try:
+        rows = catalogue.collection_rows(listed, asked)
+    except catalogue.CatalogueError as err:
+        raise UsageError(f"{queries}: {err}") from err
+    work = workdir or os.fspath(out) + ".embeddings"
+    jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(listed)]
+    length = embedder.window_length(win_len)
+    summary = embedder.embed_folder_into(work, jobs, length, hop, nworkers, overwrite=overwrite)
+    model = embedder.model
+    redux = redux or model.default_redux
+    done = {"failed": summary["failed"], "queries": len(rows), "collection": len(listed)}
+    done["redux"] = redux
+    if summary["failed"]:
+        return done
+    embedded = store.read(os.path.join(work, inference.STORE_DIR))  # the collection, in order
+    ids = torch.arange(len(listed))
+    z, mask = torch.from_numpy(embedded.z), torch.from_numpy(embedded.mask)
+    tracks = retrieval.Embeddings(ids, ids, z, mask).trimmed()
+    parsed = tensor_ops.parse_redux(redux)  # once for every block
+    bq, bc = retrieval.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(listed))
+    dist = torch.cat(
+        [
+            retrieval.query_block_distances(
+                model, tracks.subset(rows[i : i + bq]), tracks, parsed, embedder.device, bc
+            )
+            for i in range(0, len(rows), bq)
+        ]
+    )
+    text = catalogue.mirex_text(name, listed, rows, dist.numpy())
+    atomic_write(out, lambda h: h.write(text), text=True)
+    return done

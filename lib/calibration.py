@@ -29,9 +29,15 @@ import time
 
 import numpy as np
 from scipy.special import gammaln
+from tqdm import tqdm
 
-from lib.errors import RunError
+from lib import catalogue, inference, store, tensor_ops
+from lib.audio import AudioError, get_info, load_audio
+from lib.errors import RunError, UsageError
 from lib.files import atomic_write
+from lib.metadata import load_metadata
+
+CALIBRATION_DIR = "calibration"  # under a catalogue: embeddings of the labelled set
 
 
 class CalibrationError(RunError):
@@ -268,3 +274,110 @@ def plot(path, true, nonversion, counts, decision):
 
 def created_now():
     return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+###################################################################################################
+# Measuring a catalogue's calibration
+###################################################################################################
+
+
+def calibrate(
+    folder,
+    embedder,
+    meta,
+    audio_root,
+    partition="valid",
+    target=0.05,
+    clip_len=20.0,
+    clips_per_track=2,
+    seed=0,
+    nworkers=2,
+    plot_path=None,
+):
+    """Measure and store the "no version" threshold of the catalogue in ``folder`` on the
+    labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``):
+    ``embedder`` (an ``api.Embedder`` of the catalogue's checkpoint) embeds its tracks with the
+    catalogue's settings (kept under ``folder/calibration``: a stopped run resumes) and clips
+    drawn from them. Returns [(file, reason)] of unreadable files, which are left out."""
+    if not 0 < target < 1:
+        raise UsageError(f"false-alarm target must be between 0 and 1, got {target}")
+    if clip_len <= 0 or clips_per_track < 1:
+        raise UsageError("clip length must be > 0 s and clips per track >= 1")
+    state = catalogue.load(folder)
+    settings = state.settings
+    tracks = labelled_tracks(meta, audio_root, partition)
+    win_len, hop = float(settings["win_len"]), float(settings["hop_size"])
+    work = os.path.join(folder, CALIBRATION_DIR)
+    jobs = [(t["source"], inference.output_for_source(work, t["source"])) for t in tracks]
+    summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
+    failed = {src for src, _ in summary["failed"]}
+    kept = [(t, dst) for t, (_, dst) in zip(tracks, jobs) if t["source"] not in failed]
+    cliques = [t["clique"] for t, _ in kept]
+    if len(set(cliques)) < 2 or len(cliques) == len(set(cliques)):
+        raise CalibrationError(
+            f"{meta}: partition {partition!r} needs at least two works and one with two "
+            "readable versions"
+        )
+    z, mask = store.stack([inference.read_output(dst) for _, dst in kept])
+    labelled = catalogue.CatalogueState(work, settings, [t for t, _ in kept], z, mask, None, None)
+    durations = [get_info(t["source"]).duration for t, _ in kept]  # the file as it is now
+    draws = draw_clips(durations, clip_len, clips_per_track, seed)
+    rows = np.arange(len(kept))
+    redux = tensor_ops.parse_redux(settings["redux"])
+
+    def clips():
+        for track, start in draws:
+            source = kept[track][0]["source"]
+            try:
+                x = load_audio(source, embedder.samplerate, start, clip_len)
+            except AudioError as err:
+                raise CalibrationError(str(err)) from err
+            yield track, embedder.embed_waveform(x, win_len, hop).numpy()
+
+    with tqdm(total=len(draws), desc="Calibration clips", ncols=80, ascii=True) as bar:
+        nonversion, counts, true = measure(
+            cliques,
+            clips(),
+            lambda q: catalogue.track_distances(labelled, q, rows, redux),
+            progress=lambda: bar.update(1),
+        )
+    name = write_measurements(folder, nonversion, counts, true)
+    calibration = {
+        "file": name,
+        "settings": {k: settings[k] for k in catalogue.CALIBRATION_SETTINGS},
+        "target_false_alarm": float(target),
+        "clip_len": float(clip_len),
+        "clips": int(len(draws)),
+        "labelled_tracks": len(kept),
+        "source": f"{os.path.abspath(meta)}, partition {partition}",
+        "seed": int(seed),
+        "created": created_now(),
+    }
+    size = len(state.tracks)
+    decision = Decision(calibration, folder, size)
+    calibration.update(catalogue_tracks=size, threshold=decision.threshold, recall=decision.recall)
+    catalogue.set_calibration(folder, calibration)
+    if plot_path:
+        plot(plot_path, true, nonversion, counts, decision)
+    return summary["failed"]
+
+
+def labelled_tracks(meta, audio_root, partition):
+    """[{"id", "source", "clique"}] of the versions of ``partition`` in the metadata file
+    ``meta``; files that are missing are an error naming them."""
+    info, splits = load_metadata(meta)
+    if partition not in splits:
+        raise UsageError(f"{meta}: no partition {partition!r} (has {', '.join(sorted(splits))})")
+    tracks = []
+    for clique, keys in sorted(splits[partition].items()):
+        for key in keys:
+            song = info[key]
+            source = os.path.join(audio_root, song["filename"])
+            tracks.append({"id": key, "source": source, "clique": str(clique)})
+    missing = [t["source"] for t in tracks if not os.path.isfile(t["source"])]
+    if missing:
+        raise UsageError(
+            f"{len(missing)} audio file(s) of {meta} not found under {audio_root}, e.g. "
+            + ", ".join(missing[:3])
+        )
+    return tracks

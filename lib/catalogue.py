@@ -295,7 +295,10 @@ def set_calibration(folder, calibration):
 
 
 @dataclass
-class Catalogue:
+class CatalogueState:
+    """What a catalogue folder holds now: its tracks and settings, their window embeddings and
+    the index of the windows (``load``)."""
+
     folder: str
     settings: dict
     tracks: list
@@ -373,7 +376,7 @@ def load_generation(folder, meta, mmap):
     z, mask = kept.z, kept.mask
     if z.shape[0] != len(meta["tracks"]) or index.ntotal != len(segments):
         raise CatalogueError(f"{folder}: files do not agree with each other; rebuild it")
-    return Catalogue(
+    return CatalogueState(
         folder,
         meta["settings"],
         meta["tracks"],
@@ -393,11 +396,27 @@ def load_generation(folder, meta, mmap):
 
 
 @dataclass
-class Match:
+class TrackHit:
+    """A track that a search found for a clip."""
+
     row: int  # catalogue track row
     distance: float  # track distance (the reduction)
     offset: float  # seconds: the track time at which the clip's start aligns
     pairs: list  # [(clip window, track window, segment distance)], closest first
+
+
+def clock(seconds):
+    """``m:ss.s`` of a time in seconds (negative ones as 0)."""
+    seconds = max(0.0, float(seconds))
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def aligned_ranges(offset, duration):
+    """(clip range, track range) in seconds of a clip of ``duration`` s whose start lies at
+    track time ``offset`` (negative: the clip starts before the track)."""
+    clip0 = max(0.0, -offset)
+    track0 = max(0.0, offset)
+    return (clip0, duration), (track0, track0 + duration - clip0)
 
 
 def shortlist(cat, query, neighbours=256, size=100, nprobe=16):
@@ -493,7 +512,7 @@ def search(
     clip_hop=None,
 ):
     """The ``topk`` catalogue tracks closest to the clip windows ``query`` (Sq, D) (windows
-    every ``clip_hop`` s; default: the catalogue's hop), as ``Match`` objects sorted by
+    every ``clip_hop`` s; default: the catalogue's hop), as ``TrackHit`` objects sorted by
     distance."""
     redux = tensor_ops.parse_redux(redux or cat.settings["redux"])  # once for every block
     query = np.asarray(query, dtype=np.float32)
@@ -511,7 +530,7 @@ def search(
     for i in order:
         seg, valid = segment_distances(cat, query, int(rows[i]))
         matches.append(
-            Match(
+            TrackHit(
                 int(rows[i]),
                 float(dist[i]),
                 best_offset(seg, valid, clip_hop, track_hop),

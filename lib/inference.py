@@ -12,6 +12,7 @@ embedded file's windows as one embedding store (``lib/store.py``; tracks in inpu
 these settings), which ``match.py index`` reads as it is.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -255,6 +256,13 @@ def embed_into_folder(
     return summary
 
 
+def output_for_source(folder, source):
+    """Where the embedding of ``source`` goes under ``folder`` (named by its absolute path, so
+    files of any folders can be added side by side)."""
+    digest = hashlib.sha1(os.path.abspath(source).encode("utf-8", "surrogateescape")).hexdigest()
+    return os.path.join(folder, digest[:2], f"{digest}.pt")
+
+
 def output_track(folder, src, dst):
     """The store's record of the output ``dst`` of ``src``: its id is the output's path under
     ``folder`` without the extension."""
@@ -281,6 +289,29 @@ def collect_store(folder, tracks, settings):
         read_output,
         {"what": "inference.py outputs", "settings": settings, "tracks": tracks},
     )
+
+
+def folder_store(folder):
+    """The embedding store of an inference.py output folder (``<folder>/store``, or the folder
+    itself); one is collected from its ``.pt`` files when an earlier version wrote none."""
+    for candidate in (os.path.join(folder, STORE_DIR), folder):
+        found = store.read(candidate)
+        if found is not None:
+            return found
+    settings = read_manifest(folder)
+    if settings is None:
+        raise UsageError(f"{folder}: no {MANIFEST} (embeddings must come from inference.py)")
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.endswith(".pt")
+    )
+    if not files:
+        raise UsageError(f"{folder}: no .pt embedding files")
+    tracks = [output_track(folder, f, f) for f in files]
+    print(f"Collect {len(files)} embedding files of {folder} into {folder}/{STORE_DIR}")
+    return store.read(collect_store(folder, tracks, settings))
 
 
 def write_failure_log(path, failed):

@@ -15,6 +15,7 @@ from lib import config, registry, schema, tensor_ops
 from lib.layers import (
     bytecover_frontend,
     bytecover_resblocks,
+    cqtnet_blocks,
     make_cqt,
     max_abs_normalise,
 )
@@ -57,6 +58,7 @@ class SegmentModel(nn.Module, abc.ABC):
     def __init__(self, conf, sr=16000):
         super().__init__()
         self.conf = config.typed(self.Config, conf, prefix="model.")
+        config.check_values(self.conf, self.Config, prefix="model.")
         self.sr = sr
         self.minlen = self.conf.shingling.len
         if self.front_end == "cqt":
@@ -152,6 +154,30 @@ class SegmentModel(nn.Module, abc.ABC):
         return tensor_ops.distance_tensor_redux(dist, redux, mask=mask)
 
 
+class CqtNetModel(SegmentModel):
+    """What CQTNet and DVINet+ share: the CQTNet stack (``block1`` .. ``block5``) at a width of
+    the config on max-abs normalised CQT shingles, flattened; a ``zdim`` embedding; cosine
+    retrieval with the ``min`` reduction (the defaults). Each adds its own linear map and loss."""
+
+    def __init__(self, conf, sr=16000):
+        super().__init__(conf, sr)
+        width = self.stack_width()
+        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
+        self.embedding_dim = self.conf.zdim
+
+    @abc.abstractmethod
+    def stack_width(self):
+        """Channels of the first convolution, from the config (the models name the key apart)."""
+
+    def features(self, h):
+        """CQT shingles (B, S, F, T') -> flattened CNN features (B * S, 16 * width)."""
+        nb, ns, nf, nt = h.shape
+        h = max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))
+        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
+            h = block(h)
+        return h.flatten(1)
+
+
 class ByteCoverModel(SegmentModel):
     """What ByteCover2x and ByteCover3x share: the ResNet50-IBN CNN at width ``ncha`` on
     max-abs normalised CQT shingles (``frontend``, ``resblocks``), cosine retrieval, zero-padded
@@ -172,13 +198,6 @@ class ByteCoverModel(SegmentModel):
         """CQT shingles (B, S, F, T') -> CNN feature maps (B * S, ncha, F'', T'')."""
         nb, ns, nf, nt = h.shape
         return self.resblocks(self.frontend(max_abs_normalise(h.reshape(nb * ns, nf, nt))))
-
-    def select_weights(self, weights):
-        """The entries of a weights file (a state dict, names as saved) that are this model's,
-        under this model's names: the file of another codebase may hold more (heads, a teacher)
-        under prefixes of its own. Identity here; ``lib.checkpoint.load_model_state`` calls it
-        before checking the names."""
-        return weights
 
     @staticmethod
     def legacy_key(key):

@@ -359,6 +359,15 @@ class ModelConfig:
 
 
 @dataclass
+class CqtNetStackConfig(ModelConfig):
+    """The keys of the CQTNet stack's models (CQTNet, DVINet+: ``lib.model_base.CqtNetModel``);
+    each adds its width under its own name."""
+
+    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+    zdim: int = key(MISSING, "embedding width", at_least(1))
+
+
+@dataclass
 class ByteCoverConfig(ModelConfig):
     cqt: PooledCqt = key(PooledCqt, "CQT front end")
     ncha: int = key(MISSING, "CNN width", at_least(1))

@@ -39,8 +39,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lib.api import clock
 from lib.audio import AUDIO_EXTENSIONS, AudioError
+from lib.catalogue import clock
 from lib.errors import RunError, UsageError
 
 DEFAULT_MAX_UPLOAD_MB = 20

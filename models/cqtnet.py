@@ -9,42 +9,34 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
+from lib.layers import cqtnet_legacy_key
 from lib.losses import check_class_ids
-from lib.model_base import SegmentModel
-from lib.schema import MISSING, ModelConfig, PooledCqt, at_least, key
-
+from lib.model_base import CqtNetModel
+from lib.schema import MISSING, CqtNetStackConfig, at_least, key
 
 
 @dataclass
-class CqtNetConfig(ModelConfig):
-    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+class CqtNetConfig(CqtNetStackConfig):
     width: int = key(32, "channels of the first convolution (the original's 32)", at_least(1))
-    zdim: int = key(MISSING, "embedding width", at_least(1))
     maxcliques: int = key(MISSING, "classifier rows: must exceed every clique id", at_least(1))
 
 
-class Model(SegmentModel):
+class Model(CqtNetModel):
     Config = CqtNetConfig
-    segment_metric = "cos"
-    default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        width = self.conf.width
-        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
-        self.embedding_dim = self.conf.zdim
-        self.fc0 = nn.Linear(16 * width, self.embedding_dim)
+        self.fc0 = nn.Linear(16 * self.conf.width, self.embedding_dim)
         self.maxcliques = self.conf.maxcliques
         self.fc1 = nn.Linear(self.embedding_dim, self.maxcliques)  # the clique classifier
 
+    def stack_width(self):
+        return self.conf.width
+
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (embeddings (B, S, zdim), None)."""
-        nb, ns, nf, nt = h.shape
-        h = max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))
-        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
-            h = block(h)
-        return self.fc0(h.flatten(1)).view(nb, ns, -1), None
+        nb, ns = h.shape[:2]
+        return self.fc0(self.features(h)).view(nb, ns, -1), None
 
     def loss(self, labels, ids, z, extra=None):
         """Cross-entropy of the clique classifier on every segment embedding (B, S, D); each

@@ -12,41 +12,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import losses
-from lib.layers import cqtnet_blocks, cqtnet_legacy_key, max_abs_normalise
-from lib.model_base import SegmentModel
-from lib.schema import MISSING, NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key
+from lib.layers import cqtnet_legacy_key
+from lib.model_base import CqtNetModel
+from lib.schema import MISSING, NON_NEGATIVE, CqtNetStackConfig, Mining, at_least, key
 
 
 @dataclass
-class DviNetConfig(ModelConfig):
-    cqt: PooledCqt = key(PooledCqt, "CQT front end")
+class DviNetConfig(CqtNetStackConfig):
     ncha_in: int = key(48, "channels of the first convolution", at_least(1))
-    zdim: int = key(MISSING, "embedding width", at_least(1))
     margin: float = key(MISSING, "triplet margin", NON_NEGATIVE)
     lamb: float = key(MISSING, "weight of the spread-out regulariser", NON_NEGATIVE)
     mining: Mining = key(Mining, "triplet mining")
 
 
-class Model(SegmentModel):
+class Model(CqtNetModel):
     Config = DviNetConfig
-    segment_metric = "cos"
-    default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
-        width = self.conf.ncha_in
-        self.block1, self.block2, self.block3, self.block4, self.block5 = cqtnet_blocks(width)
-        self.embedding_dim = self.conf.zdim
-        self.fc = nn.Linear(16 * width, self.embedding_dim)
+        self.fc = nn.Linear(16 * self.conf.ncha_in, self.embedding_dim)
         self.positives, self.negatives = losses.mining_from_conf(self.conf)
+
+    def stack_width(self):
+        return self.conf.ncha_in
 
     def embed(self, h):
         """CQT shingles (B, S, F, T') -> (unit-norm embeddings (B, S, zdim), None)."""
-        nb, ns, nf, nt = h.shape
-        h = max_abs_normalise(h.reshape(nb * ns, 1, nf, nt))
-        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
-            h = block(h)
-        return F.normalize(self.fc(h.flatten(1)), dim=-1).view(nb, ns, -1), None
+        nb, ns = h.shape[:2]
+        return F.normalize(self.fc(self.features(h)), dim=-1).view(nb, ns, -1), None
 
     @staticmethod
     def legacy_key(key):

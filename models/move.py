@@ -44,13 +44,13 @@ class MoveConfig(ModelConfig):
     input: str = key(
         "audio",
         "audio (pitch classes from the CQT) or pcp (precomputed features)",
-        one_of("audio", "pcp"),
+        one_of(*INPUTS),
     )
     cqt: PooledCqt = key(PooledCqt, "CQT front end of audio input (pitch classes: nbinsoct 12)")
     variant: str = key(
         "move",
         "move (ICASSP 2020) or tutorial (the small tutorial model)",
-        one_of("move", "tutorial"),
+        one_of(*VARIANTS),
     )
     transposition_invariant: bool = key(True, "23-bin stack and key pooling (false: MOVE-NT)")
     emb_size: int = key(
@@ -91,26 +91,14 @@ def pitch_classes(cqt, bins_per_octave):
 class Model(SegmentModel):
     Config = MoveConfig
     segment_metric = "nsqeuc"
-    default_redux = "min"
 
     def __init__(self, conf, sr=16000):
         super().__init__(conf, sr)
         c = self.conf
-        if c.input not in INPUTS:
-            raise ValueError(f"model.input={c.input!r}: one of {', '.join(INPUTS)}")
         if c.input == "pcp":  # frames of precomputed pitch classes instead of audio samples
             self.sr = features.PCP_RATE
             self.cqt, self.cqtpool = nn.Identity(), nn.Identity()
             self.input_kind = "pcp"
-        if c.variant not in VARIANTS:
-            raise ValueError(f"model.variant={c.variant!r}: one of {', '.join(VARIANTS)}")
-        if c.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling={c.pooling!r}: one of {', '.join(POOLINGS)}")
-        if c.final_activation not in FINAL_ACTIVATIONS:
-            raise ValueError(
-                f"model.final_activation={c.final_activation!r}: one of "
-                f"{', '.join(FINAL_ACTIVATIONS)}"
-            )
         if c.cqt.nbinsoct % PITCH_CLASSES:
             raise ValueError(f"model.cqt.nbinsoct={c.cqt.nbinsoct}: pitch classes need 12k bins")
         tutorial = c.variant == "tutorial"

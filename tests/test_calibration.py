@@ -151,7 +151,7 @@ def test_calibrated_threshold_keeps_the_false_alarm_rate_on_unseen_works(corpus,
     ids = [f"{f.parent.name}/{f.stem}" for f in pool[: len(catalogue)]]
     assert [t["id"] for t in catalogue.tracks] == ids
     z, mask = store.stack(embedded)
-    tracks = C.Catalogue("", catalogue.settings, [{}] * len(pool), z, mask, None, None)
+    tracks = C.CatalogueState("", catalogue.settings, [{}] * len(pool), z, mask, None, None)
     draws = K.draw_clips([get_info(str(f)).duration for f in pool], CLIP, 1, seed=7)
     clips = [load_audio(str(pool[t]), SR, start, CLIP) for t, start in draws]
     distances = np.stack(

@@ -176,7 +176,10 @@ def test_dvinetp_loss_by_hand():
 
 
 def test_unknown_mining_strategy_is_an_error():
-    with pytest.raises(ValueError, match="model.mining.negative"):
+    from lib.config import ConfigError
+
+    # refused by the schema's declaration, as a config's value, when the model is built
+    with pytest.raises(ConfigError, match="model.mining.negative='medium' is not one of"):
         small(dvinetp, mining={"negative": "medium"})
 
 
