@@ -1,4 +1,6 @@
-"""Segment embeddings of whole tracks for evaluation, and their on-disk cache.
+"""Segment embeddings of whole tracks for evaluation, their on-disk cache, and the embedding job
+that test.py's cache, inference.py and the catalogue share (``run_job``: tracks decoded by worker
+processes ahead of the model, failures listed, each result handed to its keeper).
 
 Window settings are in seconds: a window length ``slen`` <= 0 means one embedding for the whole
 track (truncated to ``maxlen``); otherwise windows of ``slen`` every ``shop`` seconds, at most
@@ -178,6 +180,15 @@ def embed_track(model, audio, slen, shop, nwin, device, max_windows=32):
     return out, mask
 
 
+###################################################################################################
+# The embedding job: decoding workers ahead of the model
+###################################################################################################
+
+
+class TrackFailed(Exception):
+    """One track of an embedding job failed (the message names it); the job goes on."""
+
+
 def unbatched(batch):
     """``collate_fn`` for loaders of one item at a time that keeps numpy arrays as they are: a
     worker then sends the audio through its pipe, not through shared memory (/dev/shm), which
@@ -186,26 +197,69 @@ def unbatched(batch):
     return batch[0]
 
 
-class TrackAudio(torch.utils.data.Dataset):
-    """Full tracks (truncated to ``maxlen`` s) of ``keys``: items (row, audio (T,) float32
-    numpy array or None, error message or None); a decoding error travels back as text to be
-    raised in the main process, naming the file."""
+class Decoding(torch.utils.data.Dataset):
+    """The tracks an embedding job decodes: items (item, waveform (T,) float32 numpy array or
+    None, error text or None) of ``items``; an error travels back as text, naming the file, so
+    that the main process lists it and goes on (a decoder crash does not stop the others).
+    Subclasses define ``decode(item)`` and ``name(item)`` (the file)."""
 
-    def __init__(self, dataset, keys, rows, maxlen):
-        self.dataset, self.keys, self.rows, self.maxlen = dataset, keys, rows, maxlen
+    def __init__(self, items):
+        self.items = list(items)
 
     def __len__(self):
-        return len(self.rows)
+        return len(self.items)
 
     def __getitem__(self, i):
-        row = self.rows[i]
-        key = self.keys[row]
-        duration = None if self.maxlen is None or self.maxlen <= 0 else float(self.maxlen)
+        item = self.items[i]
         try:
-            x = self.dataset.load_track(key, duration)
+            return item, self.decode(item), None
         except AudioError as err:
-            return row, None, str(err)
-        return row, x, None
+            return item, None, str(err)
+        except Exception as err:
+            return item, None, f"{self.name(item)}: {type(err).__name__}: {err}"
+
+
+def run_job(decoding, embed, bar, nworkers=0, prefetch=2, report=None):
+    """Decode the tracks of ``decoding`` in ``nworkers`` worker processes, ahead of
+    ``embed(item, audio (T,) tensor)`` in this one (which embeds and keeps the result). A track
+    that cannot be decoded, or whose ``embed`` raises ``TrackFailed``, is listed (and given to
+    ``report``); the job goes on. ``bar``: the progress bar, one step a track. Returns
+    [(item, reason)] of the failed tracks."""
+    loader = torch.utils.data.DataLoader(
+        decoding,
+        batch_size=1,
+        collate_fn=unbatched,
+        num_workers=nworkers,
+        prefetch_factor=prefetch if nworkers > 0 else None,
+    )
+    failed = []
+    for item, audio, error in loader:
+        if error is None:
+            try:
+                embed(item, torch.from_numpy(audio))
+            except TrackFailed as err:
+                error = str(err)
+        if error is not None:
+            failed.append((item, error))
+            if report is not None:
+                report(error)
+        bar.update(1)
+    return failed
+
+
+class TrackAudio(Decoding):
+    """Full tracks (truncated to ``maxlen`` s) of the dataset's ``keys`` at rows ``rows``."""
+
+    def __init__(self, dataset, keys, rows, maxlen):
+        super().__init__(rows)
+        self.dataset, self.keys, self.maxlen = dataset, keys, maxlen
+
+    def decode(self, row):
+        duration = None if self.maxlen is None or self.maxlen <= 0 else float(self.maxlen)
+        return self.dataset.load_track(self.keys[row], duration)
+
+    def name(self, row):
+        return self.dataset.filename[self.keys[row]]
 
 
 ###################################################################################################
@@ -307,13 +361,6 @@ def extract_shard(
         return
     if len(todo) < len(rows) and printer is not None:
         printer(f"  resuming: {len(rows) - len(todo):,} of {len(rows):,} tracks already embedded")
-    loader = torch.utils.data.DataLoader(
-        TrackAudio(dataset, keys, todo, maxlen),
-        batch_size=1,
-        collate_fn=unbatched,
-        num_workers=nworkers,
-        prefetch_factor=4 if nworkers > 0 else None,
-    )
     last_flush = time.time()
     bar = tqdm(
         total=len(rows),
@@ -323,37 +370,36 @@ def extract_shard(
         unit="track",
         dynamic_ncols=True,
     )
-    unreadable = []
-    try:
-        for row, audio, error in loader:
-            if error is not None:  # go on: one run lists every unreadable file
-                unreadable.append(error)
-                bar.update(1)
-                continue
-            key, audio = keys[row], torch.from_numpy(audio)
-            try:
-                z, mask = embed_track(model, audio, slen, shop, nwin, device)
-            except torch.OutOfMemoryError as err:
-                raise ExtractionError(
-                    f"{dataset.filename[key]}: out of memory while embedding "
-                    f"({audio.shape[-1] / dataset.samplerate:.0f} s of audio); lower maxlen"
-                ) from err
-            if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > store.FP16_MAX:
-                raise ExtractionError(
-                    f"{dataset.filename[key]}: the model gave non-finite or fp16-overflowing "
-                    "embeddings for this track"
-                )
-            i = local[row]
-            shard["z"][i] = z.numpy().astype(np.float16)
-            shard["mask"][i] = mask.numpy()
-            shard["done"][i] = True
-            bar.update(1)
-            if time.time() - last_flush > FLUSH_EVERY_S:
-                store.flush_shard(shard)
-                last_flush = time.time()
+
+    def keep(row, audio):
+        nonlocal last_flush
+        key = keys[row]
+        try:
+            z, mask = embed_track(model, audio, slen, shop, nwin, device)
+        except torch.OutOfMemoryError as err:
+            raise ExtractionError(
+                f"{dataset.filename[key]}: out of memory while embedding "
+                f"({audio.shape[-1] / dataset.samplerate:.0f} s of audio); lower maxlen"
+            ) from err
+        if not bool(torch.isfinite(z).all()) or float(z.abs().max()) > store.FP16_MAX:
+            raise ExtractionError(
+                f"{dataset.filename[key]}: the model gave non-finite or fp16-overflowing "
+                "embeddings for this track"
+            )
+        i = local[row]
+        shard["z"][i] = z.numpy().astype(np.float16)
+        shard["mask"][i] = mask.numpy()
+        shard["done"][i] = True
+        if time.time() - last_flush > FLUSH_EVERY_S:
+            store.flush_shard(shard)
+            last_flush = time.time()
+
+    try:  # go on past unreadable tracks: one run lists every one of them
+        failed = run_job(TrackAudio(dataset, keys, todo, maxlen), keep, bar, nworkers, prefetch=4)
     finally:
         store.flush_shard(shard)
         bar.close()
+    unreadable = [reason for _, reason in failed]
     if unreadable:
         raise ExtractionError(unreadable_message(unreadable))
 

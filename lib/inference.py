@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from lib import precision as precisions
 from lib import store
-from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from lib.audio import AUDIO_EXTENSIONS, load_audio
 from lib.errors import UsageError
-from lib.extract import file_digest, unbatched, window_embeddings
+from lib.extract import Decoding, TrackFailed, file_digest, run_job, window_embeddings
 from lib.files import LoadError, atomic_torch_save, atomic_write, read_json, safe_torch_load
 
 MANIFEST = "inference.json"
@@ -155,24 +155,19 @@ def write_manifest(folder, settings):
     atomic_write(os.path.join(folder, MANIFEST), lambda handle: handle.write(text), text=True)
 
 
-class DecodedFiles(torch.utils.data.Dataset):
-    """Items (index, audio (T,) float32 numpy array or None, error text or None); a decoding
-    error travels back as text so that the main process reports it and goes on."""
+class DecodedFiles(Decoding):
+    """The audio files ``paths`` at ``samplerate`` (items: their positions); silent ones are
+    refused."""
 
     def __init__(self, paths, samplerate):
+        super().__init__(range(len(paths)))
         self.paths, self.samplerate = paths, samplerate
 
-    def __len__(self):
-        return len(self.paths)
+    def decode(self, i):
+        return load_audio(self.paths[i], self.samplerate, refuse_silence=True)
 
-    def __getitem__(self, i):
-        try:
-            x = load_audio(self.paths[i], self.samplerate, refuse_silence=True)
-        except AudioError as err:
-            return i, None, str(err)
-        except Exception as err:  # a decoder crash must not stop the other files
-            return i, None, f"{self.paths[i]}: {type(err).__name__}: {err}"
-        return i, x, None
+    def name(self, i):
+        return self.paths[i]
 
 
 def decoding_workers(nworkers, nfiles):
@@ -196,32 +191,29 @@ def embed_files(
     summary = {"done": [], "skipped": skipped, "failed": []}
     if not todo:
         return summary
-    workers = decoding_workers(nworkers, len(todo))
-    loader = torch.utils.data.DataLoader(
-        DecodedFiles([src for src, _ in todo], model.sr),
-        batch_size=1,
-        collate_fn=unbatched,
-        num_workers=workers,
-        prefetch_factor=2 if workers > 0 else None,
-    )
     seconds, start = 0.0, time.time()
+
+    def keep(i, audio):
+        nonlocal seconds
+        src, dst = todo[i]
+        try:
+            with precisions.autocast(precision, device):
+                z = window_embeddings(model, audio, win_len, hop_size, device)
+            atomic_torch_save(z.contiguous(), dst)
+        except (RuntimeError, OSError) as err:
+            raise TrackFailed(f"{src}: {type(err).__name__}: {err}") from err
+        summary["done"].append(src)
+        seconds += audio.numel() / model.sr
+
     with tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True) as bar:
-        for i, audio, error in loader:
-            src, dst = todo[i]
-            if error is None:
-                audio = torch.from_numpy(audio)
-                try:
-                    with precisions.autocast(precision, device):
-                        z = window_embeddings(model, audio, win_len, hop_size, device)
-                    atomic_torch_save(z.contiguous(), dst)
-                    summary["done"].append(src)
-                    seconds += audio.numel() / model.sr
-                except (RuntimeError, OSError) as err:
-                    error = f"{src}: {type(err).__name__}: {err}"
-            if error is not None:
-                summary["failed"].append((src, error))
-                bar.write(f"  failed: {error}")
-            bar.update(1)
+        failed = run_job(
+            DecodedFiles([src for src, _ in todo], model.sr),
+            keep,
+            bar,
+            decoding_workers(nworkers, len(todo)),
+            report=lambda error: bar.write(f"  failed: {error}"),
+        )
+    summary["failed"] = [(todo[i][0], reason) for i, reason in failed]
     summary["audio_seconds"] = seconds
     summary["wall_seconds"] = time.time() - start
     return summary
