@@ -40,7 +40,7 @@ from lib import cli, synth
 from lib.audio import write_audio
 from lib.errors import RunError
 from lib.metadata import load_metadata
-from lib.server import post_upload, wait_for_url
+from lib.matching.server import post_upload, wait_for_url
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = "demo.json"  # written in OUT first: --fresh only ever deletes a folder holding it

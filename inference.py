@@ -21,7 +21,7 @@ import sys
 
 from lib import cli, precision
 from lib.checkpoint import load_trained_model
-from lib.inference import (
+from lib.matching.inference import (
     FAILURE_LOG,
     STORE_DIR,
     InferenceError,

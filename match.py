@@ -27,9 +27,10 @@ import os
 import socket
 import sys
 
-from lib import api, calibration, catalogue, cli, inference, tensor_ops
+from lib import cli, tensor_ops
+from lib.matching import api, calibration, catalogue, inference
 from lib.audio import AudioError
-from lib.catalogue import clock
+from lib.matching.catalogue import clock
 from lib.errors import UsageError
 from lib.files import atomic_write
 
@@ -225,7 +226,7 @@ def listening_socket(host, port):
 def cmd_serve(args):
     import uvicorn  # only the server needs it
 
-    from lib import server
+    from lib.matching import server
 
     cat = open_catalogue(args)
     service = server.Service(cat, args.topk, int(args.max_upload_mb * 1e6))

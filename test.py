@@ -45,9 +45,7 @@ from lib.extract import (
     settings_for,
 )
 from lib.filters import DomainIndex, FilterError
-from lib.metadata import SPLITS
 from lib.schema import TestArgs
-from lib.tensor_ops import parse_redux
 
 SHORTCUTS = {**config.SHORTCUTS, "accelerator": "fabric.accelerator"}
 
@@ -58,13 +56,6 @@ def parse_args(argv):
         raise ConfigError("missing required argument checkpoint=PATH; usage: " + USAGE)
     check_accelerator(args.fabric.accelerator, "fabric.accelerator")
     args.precision = precision.check(args.precision, args.fabric.accelerator)
-    if args.partition not in SPLITS:
-        raise ConfigError(f"partition={args.partition!r} is not one of {', '.join(SPLITS)}")
-    if args.redux is not None:
-        try:
-            parse_redux(args.redux)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
     if args.music_only and args.noise_segment_seconds is None:
         raise ConfigError(
             "music_only=true needs noise_segment_seconds=<seconds>: the length of the segments "

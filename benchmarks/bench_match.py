@@ -5,11 +5,11 @@ Catalogue: 20,000 tracks x 24 windows x 1024-d (fp16 on disk), cliques of 4 vers
 24 random "section" vectors in a shifted order plus per-version noise, so versions exist; the
 cliques' sections are drawn around 200 random "style" centres, so the space is clustered. Queries:
 200 clips of 20 s = one 20 s window each, a section of a random track plus noise. For every
-query: latency of ``lib.catalogue.search`` (two-stage: FAISS IVF, 256 nearest windows per clip
-window, 100 tracks scored with ``bpwr-5``), latency of the exact search over all tracks (the
+query: latency of ``lib.matching.catalogue.search`` (two-stage: FAISS IVF, 256 nearest windows per
+clip window, 100 tracks scored with ``bpwr-5``), latency of the exact search over all tracks (the
 baseline, same process), recall@10 of the two-stage top 10 against the exact top 10.
 
-Inference: ``lib.inference.embed_files`` (what ``inference.py`` runs: decoding in worker
+Inference: ``lib.matching.inference.embed_files`` (what ``inference.py`` runs: decoding in worker
 processes, 20 s windows every 5 s) with the full-size CLEWS of config/dvi2-clews.yaml (random
 weights) on generated audio; audio seconds embedded per wall-clock second.
 
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from lib import catalogue as C
+from lib.matching import catalogue as C
 from lib import retrieval as R
 
 
@@ -127,7 +127,7 @@ def bench_inference(args):
     from omegaconf import OmegaConf
 
     from lib import synth
-    from lib.inference import embed_files
+    from lib.matching.inference import embed_files
     from lib.model_base import build_model
 
     conf = OmegaConf.load("config/dvi2-clews.yaml")

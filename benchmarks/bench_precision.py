@@ -1,8 +1,8 @@
 """32 bits against bf16 (and, on a GPU, fp16) mixed precision (lib/precision.py), each ratio
 against the 32-bit run of the same process, on this machine's CPU (or a GPU with --device cuda).
 
-1. Embedding throughput, decoding included (``lib.inference.embed_files``, what inference.py
-   runs): full-size CLEWS (config/dvi2-clews.yaml, random weights), mp3 files, 20 s windows
+1. Embedding throughput, decoding included (``lib.matching.inference.embed_files``, what
+   inference.py runs): full-size CLEWS (config/dvi2-clews.yaml, random weights), mp3 files, 20 s windows
    every 5 s; and the relative difference of the embeddings.
 2. A CLEWS training step (the small model of bench_train_step: 16 tracks x 40 s, Adam).
 3. Accuracy parity (with ``--demo runs/demo``, the folder ``demo.py`` leaves): on the demo's
@@ -22,12 +22,13 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.bench_train_step import SR, bench_conf
-from lib import catalogue, precision, retrieval, synth
+from lib import precision, retrieval, synth
+from lib.matching import catalogue
 from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
 from lib.dataset import Dataset
 from lib.extract import embed_track, settings_for, window_embeddings
-from lib.inference import embed_files
+from lib.matching.inference import embed_files
 from lib.model_base import build_model
 from models.clews import Model
 

@@ -3,8 +3,8 @@
 1. evaluation (``lib.retrieval.evaluate``, all tracks against all, ``bpwr-10``) against the
    number of tracks N: the time should grow as N^2 and stay close to the matrix-product floor
    (the same distance products and nothing else), measured at each N;
-2. catalogue query latency (two-stage search, ``lib.catalogue``) against the catalogue's size in
-   windows, against exact search over every track at the smallest size;
+2. catalogue query latency (two-stage search, ``lib.matching.catalogue``) against the catalogue's
+   size in windows, against exact search over every track at the smallest size;
 3. embedding time and peak memory (RSS) against file length (``lib.extract.window_embeddings``,
    what inference.py runs per file; each length in a fresh process): time should grow
    linearly, the memory used while embedding (beyond the decoded waveform) stay flat.
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from benchmarks import bench_eval, bench_match  # noqa: E402
-from lib import catalogue  # noqa: E402
+from lib.matching import catalogue  # noqa: E402
 from lib import retrieval as R  # noqa: E402
 from lib.extract import window_embeddings  # noqa: E402
 from lib.model_base import build_model  # noqa: E402

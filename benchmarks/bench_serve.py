@@ -31,7 +31,7 @@ import numpy as np
 
 from lib import synth
 from lib.audio import load_audio, write_audio
-from lib.server import post_upload, wait_for_url
+from lib.matching.server import post_upload, wait_for_url
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CHECKPOINT = os.path.join(ROOT, "runs/demo/runs/demo-clews/checkpoint_last.ckpt")

@@ -27,7 +27,8 @@ from lib import config, schema
 from lib import features as F
 from lib.audio import AudioError, load_audio
 from lib.audio_cache import DecodedAudioCache
-from lib.metadata import RECHECK_HINT, SPLITS, DatasetError, load_metadata
+from lib.metadata import RECHECK_HINT, DatasetError, load_metadata
+from lib.schema import SPLITS
 from lib.tensor_ops import force_length
 
 

@@ -13,7 +13,6 @@ import torch
 from lib.errors import RunError
 from lib.files import atomic_torch_save, safe_torch_load
 
-SPLITS = ("train", "valid", "test")
 # what to do about audio files found missing or unreadable after preprocessing
 RECHECK_HINT = "run data_preproc.py again (--check=full decodes every file) to drop them"
 

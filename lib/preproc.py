@@ -44,11 +44,11 @@ from lib.files import atomic_write
 from lib.filters import DOMAINS
 from lib.metadata import (  # noqa: F401  (also preproc.* for its users)
     RECHECK_HINT,
-    SPLITS,
     DatasetError,
     load_metadata,
     save_metadata,
 )
+from lib.schema import SPLITS
 
 CHECK_MODES = ("quick", "full")
 QUICK_CHECK_SECONDS = 1.0  # length of each decoded probe in the quick check

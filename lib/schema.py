@@ -17,6 +17,8 @@ from typing import Any, Callable, List, Optional, Union
 
 from omegaconf import MISSING
 
+from lib import tensor_ops
+
 
 @dataclass(frozen=True)
 class Valid:
@@ -105,6 +107,19 @@ def schedule_problem(spec):
 SCHEDULE = Valid(grammar=schedule_problem)
 
 
+def redux_problem(name):
+    """What is wrong with a segment-distance reduction's name (None: nothing)."""
+    try:
+        tensor_ops.parse_redux(name)
+    except ValueError as err:
+        return f"is not a reduction ({str(err).split('valid: ')[-1]})"
+    return None
+
+
+REDUCTION = Valid(grammar=redux_problem)
+SPLITS = ("train", "valid", "test")
+
+
 def key(default, help_text, valid=None):
     """A schema field: ``default`` (``MISSING`` = required; a list or dataclass is copied per
     config), the text ``--help`` shows for it and, if it has one, its ``Valid`` values."""
@@ -177,7 +192,8 @@ class DataConfig:
     decoded_cache: bool = key(False, "keep decoded audio (float16) in <path.cache>/decoded-"
                                      "<samplerate>hz/: each file is decoded once, not per epoch")
     label_fraction: float = key(1.0, "fraction of the training cliques kept, every version of "
-                                     "each (label budgets; valid and test are never cut)")
+                                     "each (label budgets; valid and test are never cut)",
+                                Valid(low=0, low_open=True, high=1))
     label_seed: int = key(0, "seed of the cliques data.label_fraction keeps")
     path: Optional[PathConfig] = key(None, "copy of the top-level path section (as the original)")
 
@@ -423,11 +439,11 @@ class TestArgs:
     fabric: TestFabric = key(TestFabric, "devices and processes")
     path_audio: Optional[str] = key(None, "audio root (default: the config's path.audio)")
     path_meta: Optional[str] = key(None, "metadata file (default: the config's path.meta)")
-    partition: str = key("test", "train, valid or test")
+    partition: str = key("test", "train, valid or test", one_of(*SPLITS))
     limit_num: Optional[int] = key(None, "first N cliques of the partition", at_least(1))
     maxlen: float = key(600.0, "seconds of each track used", POSITIVE)
     redux: Optional[str] = key(None, "segment-distance reduction, e.g. bpwr-10 (null: the "
-                                     "model's)")
+                                     "model's)", REDUCTION)
     qslen: Union[Seconds, List[float]] = key(None, "query window length (s) or a list of "
                                                    "lengths; null: training shingle; <= 0: "
                                                    "whole track")

@@ -1,6 +1,7 @@
 """The embedding store: the window embeddings of N tracks in one folder, the one on-disk format
 of the evaluation cache (``lib/extract.py``), of ``inference.py``'s collected outputs
-(``lib/inference.py``) and of the catalogue (``lib/catalogue.py``, which adds a FAISS index).
+(``lib/matching/inference.py``) and of the catalogue (``lib/matching/catalogue.py``, which adds
+a FAISS index).
 
     z.npy          (N, S, D) float16 window embeddings, read memory-mapped
     mask.npy       (N, S) bool, True = padding (track i has its S_i <= S windows first)

@@ -8,7 +8,7 @@ Shapes: waveforms (B, T); CQT shingles (B, S, 84, T'); embeddings (B, S, zdim).
 
 from torch import nn
 
-from lib import losses
+from models.parts import losses
 from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
 from lib.schema import ByteCoverConfig

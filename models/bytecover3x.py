@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import losses
+from models.parts import losses
 from lib.layers import GeMPool
 from lib.model_base import ByteCoverModel
 from lib.schema import MISSING, ByteCoverConfig, at_least, key

@@ -14,21 +14,9 @@ from torch import nn
 from lib import tensor_ops
 from lib.layers import CQTPrepare, GeMPool, MyIBNResBlock
 from lib.model_base import SegmentModel
-from lib.schema import MISSING, POSITIVE, Cqt, ModelConfig, Valid, at_least, key
+from lib.schema import MISSING, POSITIVE, REDUCTION, Cqt, ModelConfig, at_least, key
 
 LOSS_FRIENDLY_BASE = 10.0  # b in log1p(beta * mean exp(b - gamma * d)), beta = 1 / (eps * e^b)
-
-
-def redux_problem(name):
-    """What is wrong with a segment-distance reduction's name (None: nothing)."""
-    try:
-        tensor_ops.parse_redux(name)
-    except ValueError as err:
-        return f"is not a reduction ({str(err).split('valid: ')[-1]})"
-    return None
-
-
-REDUCTION = Valid(grammar=redux_problem)
 
 
 @dataclass

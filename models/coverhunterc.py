@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lib import losses
-from lib.conformer import AttentiveStatisticsPooling, ConformerEncoder
+from models.parts import losses
+from models.parts.conformer import AttentiveStatisticsPooling, ConformerEncoder
 from lib.model_base import SegmentModel
 from lib.schema import MISSING, NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.layers import cqtnet_legacy_key
-from lib.losses import check_class_ids
+from models.parts.losses import check_class_ids
 from lib.model_base import CqtNetModel
 from lib.schema import MISSING, CqtNetStackConfig, at_least, key
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import losses
+from models.parts import losses
 from lib.layers import cqtnet_legacy_key
 from lib.model_base import CqtNetModel
 from lib.schema import MISSING, NON_NEGATIVE, CqtNetStackConfig, Mining, at_least, key

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import features, losses, tensor_ops
+from lib import features, tensor_ops
+from models.parts import losses
 from lib.model_base import SegmentModel
 from lib.schema import NON_NEGATIVE, Mining, ModelConfig, PooledCqt, at_least, key, one_of
 

@@ -20,8 +20,7 @@ MODEL_CONFIGS = [f"config/small-{name}.yaml" for name in MODELS]
 # keys that other code checks with its own one-line errors (tested where that code is)
 FREE = {"jobname", "conf", "checkpoint", "model.name", "path_audio", "path_meta", "out"}
 FREE |= {"cache_dir", "qfilter", "cfilter", "sweep_cfilters", "sweep_metas"}
-FREE |= {"fabric.precision", "precision", "partition", "redux"}
-FREE |= {"data.label_fraction"}
+FREE |= {"fabric.precision", "precision"}
 
 
 def leaf_fields(section, prefix=""):

@@ -10,7 +10,7 @@ embeddings and the evaluation cache are written.
 
 Faults tested next to the feature they hit: kill -9 during a training epoch
 (tests/test_train.py), NaN/inf losses (tests/test_train.py), kill -9 during inference
-(tests/test_inference.py), colliding outputs (tests/test_inference.py)."""
+(tests/matching/test_inference.py), colliding outputs (tests/matching/test_inference.py)."""
 
 import csv
 import os
@@ -29,7 +29,7 @@ from lib.audio import write_audio
 from lib.checkpoint import load_checkpoint
 from lib.preproc import load_metadata, save_metadata
 from tests.corpus import ROOT, folder_corpus, run_script
-from tests.test_inference import tiny_checkpoint
+from tests.matching.test_inference import tiny_checkpoint
 
 SR = 16000
 

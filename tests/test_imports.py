@@ -10,12 +10,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def own_modules():
-    """{module name: path} of lib/*, models/* and the top-level scripts."""
+    """{module name: path} of lib/, models/ (their sub-packages too) and the top-level scripts."""
     found = {p.stem: p for p in ROOT.glob("*.py")}
     for package in ("lib", "models"):
-        for path in (ROOT / package).glob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             if path.stem != "__init__":
-                found[f"{package}.{path.stem}"] = path
+                parts = path.relative_to(ROOT).with_suffix("").parts
+                found[".".join(parts)] = path
     return found
 
 

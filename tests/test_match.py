@@ -10,10 +10,10 @@ import pytest
 
 import inference
 import match
-from lib import catalogue as C
+from lib.matching import catalogue as C
 from lib import synth
 from lib.audio import load_audio, write_audio
-from tests.test_inference import tiny_checkpoint
+from tests.matching.test_inference import tiny_checkpoint
 
 SR = 16000
 

@@ -10,7 +10,7 @@ from lib import synth
 from lib.audio import load_audio, write_audio
 from lib.metadata import save_metadata
 from tests.corpus import ROOT
-from tests.test_inference import tiny_checkpoint
+from tests.matching.test_inference import tiny_checkpoint
 
 SR = 16000
 

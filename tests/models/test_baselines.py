@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lib import losses as L
+from models.parts import losses as L
 from lib import retrieval as R
 from lib import tensor_ops as T
 from tests import golden_recipe

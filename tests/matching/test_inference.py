@@ -16,7 +16,7 @@ import inference
 from lib import extract, precision, store, synth
 from lib.audio import load_audio, write_audio
 from lib.checkpoint import save_checkpoint
-from lib.inference import decoding_workers
+from lib.matching.inference import decoding_workers
 from models.clews import Model
 from tests.corpus import ROOT, randomised
 from tests.models.test_clews import tiny_conf

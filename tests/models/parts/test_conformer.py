@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import conformer as C
+from models.parts import conformer as C
 
 
 def test_subsampling_shapes_of_a_20_s_shingle():

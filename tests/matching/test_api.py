@@ -1,4 +1,4 @@
-"""lib/api.py: the README's Python example as it is written, embedding files and arrays,
+"""lib/matching/api.py: the README's Python example as it is written, embedding files and arrays,
 adding tracks to a live catalogue without rebuilding (atomically, with a reader querying while
 another process adds), and the errors of bad requests."""
 
@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from lib import catalogue as C
+from lib.matching import catalogue as C
 from lib import synth
-from lib.api import Catalogue, Embedder
+from lib.matching.api import Catalogue, Embedder
 from lib.audio import load_audio
 from lib.errors import UsageError
 from lib.extract import frame_count
 from tests.corpus import ROOT
-from tests.test_inference import tiny_checkpoint
+from tests.matching.test_inference import tiny_checkpoint
 
 SR = 16000
 

@@ -38,7 +38,7 @@ INDEX_FILE = "segments.faiss"
 META_FILE = "catalogue.json"
 LOCK_FILE = ".writer.lock"
 GENERATION = re.compile(r"generation-\d{6}")
-CALIBRATION_FILE = re.compile(r"calibration-[0-9a-f]{12}\.npz")  # lib/calibration.py's
+CALIBRATION_FILE = re.compile(r"calibration-[0-9a-f]{12}\.npz")  # lib/matching/calibration.py's
 FIRST_VERSION_FILES = ("z.npy", "mask.npy", "manifest.json", "segments.npy", INDEX_FILE)
 FLAT_BELOW = 50_000  # windows: below this an exact flat index is as fast as any
 

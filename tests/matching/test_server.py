@@ -26,7 +26,7 @@ import data_preproc
 import match
 from lib import synth
 from lib.audio import load_audio, write_audio
-from lib.server import post_upload, wait_for_url
+from lib.matching.server import post_upload, wait_for_url
 from tests.corpus import ROOT
 from tests.trained_model import PATH as TRAINED
 

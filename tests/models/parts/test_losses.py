@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lib import losses as L
+from models.parts import losses as L
 
 DIST = torch.tensor(
     [

@@ -1,4 +1,5 @@
-"""lib/calibration.py: the false-alarm rate of a catalogue size from measured distances (hand
+"""lib/matching/calibration.py:
+the false-alarm rate of a catalogue size from measured distances (hand
 cases and brute force), and a calibration on a generated corpus whose threshold gives about
 the target false-alarm rate on clips of works that are not in the catalogue."""
 
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 
 import match
-from lib import calibration as K
-from lib import catalogue as C
+from lib.matching import calibration as K
+from lib.matching import catalogue as C
 from lib import store, synth, tensor_ops
-from lib.api import Catalogue
+from lib.matching.api import Catalogue
 from lib.audio import get_info, load_audio
 from lib.metadata import save_metadata
-from tests.test_inference import tiny_checkpoint
+from tests.matching.test_inference import tiny_checkpoint
 
 SR = 16000
 

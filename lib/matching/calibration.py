@@ -18,7 +18,8 @@ non-version and gets a lower threshold for the same rate. The recall is the shar
 a version whose closest version is within D.
 
 The measurements are kept as ``calibration-<digest>.npz`` in the catalogue folder, named by its
-``catalogue.json`` (``lib/catalogue.py``), so thresholds can be recomputed as the catalogue grows.
+``catalogue.json`` (``lib/matching/catalogue.py``), so thresholds can be recomputed as the
+catalogue grows.
 """
 
 import functools
@@ -31,7 +32,8 @@ import numpy as np
 from scipy.special import gammaln
 from tqdm import tqdm
 
-from lib import catalogue, inference, store, tensor_ops
+from lib import store, tensor_ops
+from lib.matching import catalogue, inference
 from lib.audio import AudioError, get_info, load_audio
 from lib.errors import RunError, UsageError
 from lib.files import atomic_write

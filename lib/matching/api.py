@@ -1,6 +1,6 @@
 """The Python API: what ``inference.py`` and ``match.py`` do, as two objects.
 
-    from lib.api import Embedder, Catalogue
+    from lib.matching.api import Embedder, Catalogue
 
     model = Embedder.load("runs/demo/runs/demo-clews/checkpoint_last.ckpt")  # or an original one
     z = model.embed("song.mp3")                      # (windows, dim) float32, 10 s every 5 s
@@ -25,7 +25,8 @@ import numpy as np
 import soxr
 import torch
 
-from lib import calibration, catalogue, inference, retrieval, store, tensor_ops
+from lib import retrieval, store, tensor_ops
+from lib.matching import calibration, catalogue, inference
 from lib import precision as precisions
 from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
@@ -217,7 +218,7 @@ class QueryResult:
 
 
 class Catalogue:
-    """A catalogue folder (``lib/catalogue.py``) with the model that made it."""
+    """A catalogue folder (``lib/matching/catalogue.py``) with the model that made it."""
 
     def __init__(self, folder, embedder=None, device="auto", precision="32"):
         """Open ``folder``; the model is the catalogue's checkpoint (loaded when first needed)
@@ -279,7 +280,7 @@ class Catalogue:
 
     @property
     def data(self):
-        """The loaded ``lib.catalogue.CatalogueState`` (arrays, index, tracks, settings)."""
+        """The loaded ``catalogue.CatalogueState`` (arrays, index, tracks, settings)."""
         return self._data
 
     @property
@@ -342,7 +343,7 @@ class Catalogue:
 
     @property
     def decision(self):
-        """The calibrated decision (``lib.calibration.Decision``) for the catalogue's size now,
+        """The calibrated decision (``calibration.Decision``) for the catalogue's size now,
         or None when it is not calibrated (or was, for other settings)."""
         measured = self._data.calibration
         if not catalogue.calibration_applies(measured, self.settings):
@@ -517,7 +518,7 @@ class Catalogue:
         nworkers=2,
         plot=None,
     ):
-        """Measure and store the "no version" threshold (``lib.calibration.calibrate``) on the
+        """Measure and store the "no version" threshold (``calibration.calibrate``) on the
         labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``).
         Returns (decision for the catalogue now, [(file, reason)] of unreadable files, which
         are left out)."""
@@ -540,7 +541,7 @@ class Catalogue:
 
 def index_store(folder, embeddings, kind="auto", nlist=None):
     """A catalogue in ``folder`` of an embedding store of ``inference.py``'s kind (its tracks and
-    the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.catalogue``)."""
+    the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.matching.catalogue``)."""
     manifest = embeddings.manifest
     settings = {k: manifest["settings"][k] for k in CATALOGUE_SETTINGS}
     return catalogue.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)

@@ -40,7 +40,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from lib.audio import AUDIO_EXTENSIONS, AudioError
-from lib.catalogue import clock
+from lib.matching.catalogue import clock
 from lib.errors import RunError, UsageError
 
 DEFAULT_MAX_UPLOAD_MB = 20

@@ -1,0 +1,1 @@
+"""Pieces that only the models of ``models/`` use: losses and the Conformer."""
