@@ -38,15 +38,13 @@ def get_optimizer(conf, params):
 
 
 def _parse(spec):
+    """(name, [numbers]) of a schedule name that the schema's grammar accepts (which also gives
+    each its count of numbers); a ``ValueError`` naming what is valid otherwise."""
+    problem = schema.schedule_problem(spec)
+    if problem:
+        raise ValueError(f"training.optim.sched={spec!r} {problem}")
     name, *args = str(spec).split("_")
-    try:
-        return name, [float(a) for a in args]
-    except ValueError:
-        raise ValueError(_bad(spec)) from None
-
-
-def _bad(spec):
-    return f"unknown learning-rate schedule {spec!r}; valid: {', '.join(SCHEDULES)}"
+    return name, [float(a) for a in args]
 
 
 def lr_multiplier(spec, epochs, warm_factor=0.005, min_ratio=0.0):
@@ -60,28 +58,28 @@ def lr_multiplier(spec, epochs, warm_factor=0.005, min_ratio=0.0):
     def decay(epoch, start, length, power):
         return (1 - min(max(epoch - start, 0), length) / length) ** power
 
-    if name == "flat" and not args:
+    if name == "flat":
         return lambda e: 1.0
-    if name == "poly" and len(args) == 1:
+    if name == "poly":
         return lambda e: decay(e, 0, epochs, args[0])
-    if name == "warmpoly" and len(args) == 2:
+    if name == "warmpoly":
         warm, power = int(args[0]), args[1]
         if epochs <= warm:
             raise ValueError(f"{spec}: numepochs ({epochs}) must exceed the warm-up ({warm})")
         return lambda e: (
             warmup(e, max(1, warm)) if e < warm else decay(e, warm, epochs - warm, power)
         )
-    if name == "sd" and len(args) == 1:
+    if name == "sd":
         length = int(args[0]) + 1
         return lambda e: decay(e, epochs - length, length, 2)
-    if name == "wsd" and len(args) == 2:
+    if name == "wsd":
         warm, length = int(args[0]), int(args[1]) + 1
         if epochs <= warm + length:
             raise ValueError(f"{spec}: numepochs ({epochs}) must exceed {warm} + {length} epochs")
         return lambda e: (
             warmup(e, max(1, warm)) if e < warm else decay(e, epochs - length, length, 2)
         )
-    if name == "cosine" and len(args) <= 1:
+    if name == "cosine":
         warm = int(args[0]) if args else 0
 
         def cosine(e):
@@ -91,10 +89,11 @@ def lr_multiplier(spec, epochs, warm_factor=0.005, min_ratio=0.0):
             return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return cosine
-    if name == "step" and len(args) >= 2:
+    if name == "step":
         factor, milestones = args[0], sorted(int(m) for m in args[1:])
         return lambda e: factor ** sum(e >= m for m in milestones)
-    raise ValueError(_bad(spec))
+    raise ValueError(f"training.optim.sched={spec!r}: plateau_N is stepped on the monitor, not "
+                     "by epoch")
 
 
 def get_scheduler(conf, optimizer, epochs, mode="max", warm_factor=0.005, plateau_factor=0.2):
@@ -104,8 +103,6 @@ def get_scheduler(conf, optimizer, epochs, mode="max", warm_factor=0.005, platea
     spec = conf.sched
     name, args = _parse("flat" if spec is None else spec)
     if name == "plateau":
-        if len(args) != 1:
-            raise ValueError(_bad(spec))
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=plateau_factor, patience=max(0, int(args[0]) - 1)
         )
