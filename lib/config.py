@@ -166,8 +166,8 @@ def check_values(conf, section, source=None, prefix=""):
 
 def check_dependencies(conf, source=None):
     """Keys that only mean something with another key say so when set without it."""
+    defaults = schema.SslConfig()
     if conf.ssl.method == "none":
-        defaults = schema.SslConfig()
         for name in ("views", "view_offset", "hidden", "out"):
             if conf.ssl[name] != getattr(defaults, name):
                 raise ConfigError(

@@ -112,7 +112,10 @@ def redux_problem(name):
     try:
         tensor_ops.parse_redux(name)
     except ValueError as err:
-        return f"is not a reduction ({str(err).split('valid: ')[-1]})"
+        head, dash, rest = str(name).partition("-")
+        close = difflib.get_close_matches(head, list(tensor_ops.REDUCTIONS), n=1)
+        hint = f"; did you mean {close[0]}{dash}{rest}?" if close and close[0] != head else ""
+        return f"is not a reduction ({str(err).split('valid: ')[-1]}){hint}"
     return None
 
 
