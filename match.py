@@ -120,12 +120,12 @@ def cmd_calibrate(args):
         args.meta,
         args.audio,
         args.partition,
-        args.false_alarm,
-        args.clip_len,
-        args.clips_per_track,
-        args.seed,
-        args.nworkers,
         plot,
+        target=args.false_alarm,
+        clip_len=args.clip_len,
+        clips_per_track=args.clips_per_track,
+        seed=args.seed,
+        nworkers=args.nworkers,
     )
     print("\n".join(calibration.summary(cat.data.calibration, decision)))
     print(f"Stored in {os.path.join(args.catalogue, catalogue.META_FILE)}; plot in {plot}")

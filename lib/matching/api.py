@@ -506,34 +506,14 @@ class Catalogue:
 
     # ---------------------------------------------------------------------------------------
 
-    def calibrate(
-        self,
-        meta,
-        audio_root,
-        partition="valid",
-        target=0.05,
-        clip_len=20.0,
-        clips_per_track=2,
-        seed=0,
-        nworkers=2,
-        plot=None,
-    ):
-        """Measure and store the "no version" threshold (``calibration.calibrate``) on the
-        labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``).
-        Returns (decision for the catalogue now, [(file, reason)] of unreadable files, which
-        are left out)."""
+    def calibrate(self, meta, audio_root, partition="valid", plot=None, **options):
+        """Measure and store the "no version" threshold on the labelled ``partition`` of the
+        metadata file ``meta`` (audio under ``audio_root``), the plot of the measurements in
+        ``plot`` if given; ``options``: target, clip_len, clips_per_track, seed, nworkers of
+        ``calibration.calibrate``. Returns (decision for the catalogue now, [(file, reason)] of
+        unreadable files, which are left out)."""
         failed = calibration.calibrate(
-            self.folder,
-            self.embedder,
-            meta,
-            audio_root,
-            partition,
-            target,
-            clip_len,
-            clips_per_track,
-            seed,
-            nworkers,
-            plot,
+            self.folder, self.embedder, meta, audio_root, partition, plot_path=plot, **options
         )
         self.refresh()
         return self.decision, failed
