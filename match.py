@@ -14,6 +14,9 @@
     python match.py query --catalogue=cat/ clip1.mp3 clip2.wav [--exact] [--max_distance=0.7]
     # a web page for the same (upload or record a clip), on http://127.0.0.1:8000/
     python match.py serve --catalogue=cat/ [--host=127.0.0.1 --port=8000]
+    # are two recordings versions, and where do they meet? (the catalogue's model and
+    # calibration, or --checkpoint with --threshold)
+    python match.py compare a.mp3 b.wav --catalogue=cat/ [--threshold=0.7] [--json=out.json]
     # MIREX audio cover song identification: distance matrix of queries x collection
     python match.py mirex --checkpoint=... --collection=coll.txt --queries=q.txt --out=dist.txt
 
@@ -204,6 +207,43 @@ def cmd_query(args):
 
 
 ###################################################################################################
+# compare
+###################################################################################################
+
+
+def cmd_compare(args):
+    if args.catalogue is not None:
+        result = open_catalogue(args).compare(
+            args.a, args.b, redux=args.redux, threshold=args.threshold
+        )
+    elif args.checkpoint is not None:
+        embedder = load_embedder(args.checkpoint, args)
+        win_len = args.win_len if args.win_len and args.win_len > 0 else None
+        result = api.compare(
+            embedder, args.a, args.b, None, win_len, args.hop_size, args.redux, args.threshold
+        )
+    else:
+        raise UsageError("give --catalogue (its model and calibration) or --checkpoint")
+    print(f"A {args.a} ({clock(result.durations[0])}), B {args.b} ({clock(result.durations[1])})")
+    decided = "" if result.threshold is None else (
+        f" ({result.threshold_source} threshold {result.threshold:.4f})"
+    )
+    print(f"distance {result.distance:.4f}: {result.verdict}{decided}")
+    print(
+        f"best alignment: A {clock(result.a_s[0])}-{clock(result.a_s[1])} ~ "
+        f"B {clock(result.b_s[0])}-{clock(result.b_s[1])}"
+    )
+    for pair in result.pairs:
+        a0, a1 = pair["a_s"]
+        b0, b1 = pair["b_s"]
+        print(f"  A {clock(a0)}-{clock(a1)}  B {clock(b0)}-{clock(b1)}  {pair['distance']:.4f}")
+    if args.json:
+        text = json.dumps({"a": args.a, "b": args.b, **result.as_dict()}, indent=1) + "\n"
+        atomic_write(args.json, lambda h: h.write(text), text=True)
+    return 0
+
+
+###################################################################################################
 # serve
 ###################################################################################################
 
@@ -386,6 +426,23 @@ def parse_args(argv):
         "--max_upload_mb", type=float, default=20.0, help="largest upload in MB (default 20)"
     )
 
+    p = sub.add_parser("compare", help="are two recordings versions, and where do they meet?")
+    p.add_argument("a", help="audio file A")
+    p.add_argument("b", help="audio file B")
+    p.add_argument("--catalogue", default=None, help="its model, windows and calibration")
+    p.add_argument("--checkpoint", default=None, help="a model (without --catalogue)")
+    p.add_argument("--conf", default=None, help="config YAML (default: beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--win_len", type=float, default=-1,
+                   help="window length in s without --catalogue; <= 0: the model's")
+    p.add_argument("--hop_size", type=float, default=5.0,
+                   help="window hop in s without --catalogue")
+    precision_arg(p)
+    p.add_argument("--redux", default=None, help="track reduction (default: the model's)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="versions when at most this far (default: the catalogue's calibration)")
+    p.add_argument("--json", default=None, help="also write the comparison to this JSON file")
+
     p = sub.add_parser("mirex", help="MIREX cover song distance matrix")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--collection", required=True, help="list file: one audio path per line")
@@ -419,6 +476,7 @@ def command(argv):
         "query": cmd_query,
         "serve": cmd_serve,
         "mirex": cmd_mirex,
+        "compare": cmd_compare,
     }
     return commands[args.command](args)
 

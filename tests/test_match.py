@@ -246,3 +246,51 @@ def test_offset_prefers_the_whole_clip_in_place_over_a_shorter_repeat():
     for i in range(3, 6):
         dist[i, i - 3] = 0.0
     assert C.best_offset(dist, valid, 1.0, 1.0) == -3.0
+
+
+def compare(*extra):
+    return match.main(["compare", *map(str, extra), "--device=cpu"])
+
+
+def test_compare_says_where_two_recordings_meet(setup, tmp_path, capsys):
+    """An excerpt from 6.5 s of work002/v1 against the whole track: close, and A's 20 s line up
+    at about 6.5 s of B; against another work's track: farther."""
+    _, path, audio, cat = setup
+    clip = excerpt(setup, "v1", 6.5)
+    track = sorted((audio / "work002").glob("v1.*"))[0]
+    other = sorted((audio / "work004").glob("v0.*"))[0]
+    out = tmp_path / "c.json"
+    assert compare(clip, track, f"--checkpoint={path}", "--hop_size=1", f"--json={out}") == 0
+    printed = capsys.readouterr().out
+    same = json.loads(out.read_text())
+    assert same["verdict"].startswith("no decision") and same["version"] is None
+    assert same["a_s"] == [0.0, pytest.approx(20.0, abs=0.01)]
+    assert abs(same["b_s"][0] - 6.5) <= 2.0 and same["b_s"][1] - same["b_s"][0] == pytest.approx(
+        20.0, abs=0.01
+    )
+    assert same["durations_s"][0] == pytest.approx(20.0, abs=0.05) and len(same["pairs"]) == 5
+    assert f"B {match.clock(same['b_s'][0])}-" in printed
+    far = tmp_path / "far.json"
+    assert compare(clip, other, f"--checkpoint={path}", "--hop_size=1", f"--json={far}") == 0
+    assert json.loads(far.read_text())["distance"] > same["distance"]
+    # the catalogue's model, windows and reduction give the same distance; a threshold decides
+    between = (same["distance"] + json.loads(far.read_text())["distance"]) / 2
+    decided = tmp_path / "d.json"
+    assert compare(clip, track, f"--catalogue={cat}", f"--threshold={between}",
+                   f"--json={decided}") == 0
+    result = json.loads(decided.read_text())
+    assert result["distance"] == pytest.approx(same["distance"], rel=1e-5)
+    assert result["verdict"] == "versions" and result["threshold_source"] == "threshold"
+    assert compare(clip, other, f"--catalogue={cat}", f"--threshold={between}") == 0
+    assert "not versions" in capsys.readouterr().out
+
+
+def test_compare_needs_a_model_and_readable_audio(setup, tmp_path, capsys):
+    _, path, audio, _ = setup
+    track = sorted((audio / "work002").glob("v1.*"))[0]
+    assert compare(track, track) == 2
+    assert "give --catalogue" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"not audio")
+    assert compare(track, broken, f"--checkpoint={path}") == 1
+    assert str(broken) in capsys.readouterr().err

@@ -430,6 +430,27 @@ class Catalogue:
             source = None if decision is None else "calibrated"
         return QueryResult(duration, len(windows), matches, threshold, source)
 
+    def compare(self, a, b, samplerate=None, redux=None, threshold=None):
+        """``compare`` two recordings with the catalogue's model, windows, hop and reduction;
+        without ``threshold``, the verdict is the calibrated one for a single comparison (the
+        false-alarm rate of one candidate, not of the whole catalogue)."""
+        settings = self.settings
+        result = compare(
+            self.embedder,
+            a,
+            b,
+            samplerate,
+            float(settings["win_len"]),
+            float(settings["hop_size"]),
+            redux or settings["redux"],
+            threshold,
+        )
+        measured = self._data.calibration
+        if threshold is None and catalogue.calibration_applies(measured, settings):
+            result.threshold = calibration.Decision(measured, self.folder, 1).threshold
+            result.threshold_source = "calibrated"
+        return result
+
     # ---------------------------------------------------------------------------------------
 
     def add(self, audio, ids=None, nworkers=2):
@@ -525,6 +546,85 @@ def index_store(folder, embeddings, kind="auto", nlist=None):
     manifest = embeddings.manifest
     settings = {k: manifest["settings"][k] for k in CATALOGUE_SETTINGS}
     return catalogue.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
+
+
+###################################################################################################
+# Two recordings
+###################################################################################################
+
+
+@dataclass
+class Comparison:
+    """Whether two recordings A and B are versions of one work, and where they meet."""
+
+    distance: float  # track distance (the model's reduction); smaller is closer
+    a_s: tuple  # (start, end) seconds of A that line up ...
+    b_s: tuple  # ... with this range of B (the best alignment of A's windows on B's)
+    pairs: list  # closest window pairs {"a_s", "b_s", "distance"}, closest first
+    durations: tuple  # (A, B) seconds
+    threshold: float = None  # distance at or below which they are versions; None: none given
+    threshold_source: str = None  # "threshold" (given) or "calibrated" (a catalogue's)
+
+    @property
+    def is_version(self):
+        return None if self.threshold is None else bool(self.distance <= self.threshold)
+
+    @property
+    def verdict(self):
+        if self.is_version is None:
+            return "no decision (give a threshold, or a calibrated catalogue)"
+        return "versions" if self.is_version else "not versions"
+
+    def as_dict(self):
+        return {
+            "distance": self.distance,
+            "verdict": self.verdict,
+            "version": self.is_version,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "a_s": list(self.a_s),
+            "b_s": list(self.b_s),
+            "durations_s": list(self.durations),
+            "pairs": self.pairs,
+        }
+
+
+def compare(
+    embedder, a, b, samplerate=None, win_len=None, hop=DEFAULT_HOP, redux=None, threshold=None
+):
+    """Compare the recordings ``a`` and ``b`` (paths, or mono arrays at ``samplerate``):
+    their windows of ``win_len`` s (default: the model's training length) every ``hop`` s,
+    the track distance with the reduction ``redux`` (default: the model's), where A's windows
+    line up best on B's (as a catalogue query places a clip), the closest window pairs, and
+    the verdict at ``threshold`` if given. Returns a ``Comparison``."""
+    length = embedder.window_length(win_len)
+    waveforms = [embedder.waveform(x, samplerate) for x in (a, b)]
+    durations = tuple(w.size / embedder.samplerate for w in waveforms)
+    za, zb = (embedder.embed_waveform(w, length, hop).float() for w in waveforms)
+    model = embedder.model
+    distance = float(model.distances(za[None], zb[None], redux_strategy=redux)[0, 0])
+    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=model.segment_metric).numpy()
+    windows_b = np.arange(seg.shape[1])
+    offset = catalogue.best_offset(seg, windows_b, hop, hop)
+    start_a, start_b = max(0.0, -offset), max(0.0, offset)
+    overlap = max(0.0, min(durations[0] - start_a, durations[1] - start_b))
+
+    def window_s(i, duration):
+        return [i * hop, min(i * hop + length, duration)]
+
+    pairs = [
+        {"a_s": window_s(i, durations[0]), "b_s": window_s(j, durations[1]), "distance": d}
+        for i, j, d in catalogue.closest_pairs(seg, windows_b, 5)
+    ]
+    return Comparison(
+        distance,
+        (start_a, start_a + overlap),
+        (start_b, start_b + overlap),
+        pairs,
+        durations,
+        threshold,
+        None if threshold is None else "threshold",
+    )
 
 
 ###################################################################################################

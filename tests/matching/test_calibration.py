@@ -196,3 +196,11 @@ def test_calibrated_threshold_keeps_the_false_alarm_rate_on_unseen_works(corpus,
     result = catalogue.query(x, samplerate=SR, topk=3)
     assert result.verdict == "version found" and result.matches[0].id == "work140/v1"
     assert result.matches[0].false_alarm < 0.1 <= max(m.false_alarm for m in result.matches[1:])
+
+    # two recordings: the calibrated verdict of one comparison (one candidate, not 140)
+    single = K.Decision(catalogue.data.calibration, str(cat), 1)
+    assert single.threshold >= decision.threshold
+    pair = catalogue.compare(files[140][0], files[140][1])
+    assert pair.threshold_source == "calibrated" and pair.threshold == single.threshold
+    assert pair.is_version == (pair.distance <= single.threshold)
+    assert catalogue.compare(files[140][0], files[140][1], threshold=0.0).is_version is False
