@@ -218,9 +218,8 @@ def cmd_compare(args):
         )
     elif args.checkpoint is not None:
         embedder = load_embedder(args.checkpoint, args)
-        win_len = args.win_len if args.win_len and args.win_len > 0 else None
         result = api.compare(
-            embedder, args.a, args.b, None, win_len, args.hop_size, args.redux, args.threshold
+            embedder, args.a, args.b, None, args.win_len, args.hop_size, args.redux, args.threshold
         )
     else:
         raise UsageError("give --catalogue (its model and calibration) or --checkpoint")

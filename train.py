@@ -76,8 +76,7 @@ def main(argv):
         conf.training.optim, optim, conf.training.numepochs, mode=conf.training.monitor.mode
     )
     # resume
-    last = os.path.join(log_dir, "checkpoint_last.ckpt")
-    kind, progress = training.resume(conf, last, step, optim, sched, fabric.print)
+    kind, progress = training.resume(conf, log_dir, step, optim, sched, fabric.print)
     # fit
     trainer = training.Trainer(fabric, conf, step, optim, sched, on_metric, log_dir)
     return trainer.fit(kind, progress)

@@ -27,6 +27,7 @@ from lib.metadata import DatasetError
 from lib.steps import supervised_batch
 
 METRIC_KEYS = ("m_MAP", "m_MR1", "m_ARP", "m_COMP")
+LAST_CHECKPOINT = "checkpoint_last.ckpt"  # in the run folder: what running again resumes
 
 
 def seed_epoch(seed, epoch, rank):
@@ -269,22 +270,6 @@ def error(fabric, text):
         print(f"error: {text}", file=sys.stderr, flush=True)
 
 
-def checkpoint_state(step, optim, sched, conf, epoch, cost_best):
-    """What a checkpoint holds (the original's keys), after ``epoch`` finished epochs, and what
-    the step keeps besides (a pre-training's heads and teacher under ``ssl``)."""
-    state = {
-        "model": step.net.state_dict(),
-        "optim": optim.state_dict(),
-        "sched": sched.state_dict(),
-        "conf": conf,
-        "epoch": epoch,
-        "lr": optim.param_groups[0]["lr"],
-        "cost_best": cost_best,
-    }
-    state.update(step.state())
-    return state
-
-
 class Progress:
     """Where a run stands: finished ``epoch``s and the best monitored value ``cost_best``."""
 
@@ -299,11 +284,12 @@ class Progress:
         return value > self.cost_best if self.mode == "max" else value < self.cost_best
 
 
-def resume(conf, last_path, step, optim, sched, printer):
-    """Start state of a run: its own last checkpoint (continue it), else ``checkpoint=`` (a
-    full state continues that run, weights only start a fine-tune), else scratch. Loads what
-    applies into the model, the step, the optimiser and the schedule; returns (kind, Progress)."""
-    kind, state, source = find_start_state(conf, last_path)
+def resume(conf, log_dir, step, optim, sched, printer):
+    """Start state of a run: its own last checkpoint in ``log_dir`` (continue it), else
+    ``checkpoint=`` (a full state continues that run, weights only start a fine-tune), else
+    scratch. Loads what applies into the model, the step, the optimiser and the schedule;
+    returns (kind, Progress)."""
+    kind, state, source = find_start_state(conf, os.path.join(log_dir, LAST_CHECKPOINT))
     progress = Progress(conf.training.monitor.mode)
     net = step.net
     if kind == "resume":
@@ -325,7 +311,7 @@ def save_epoch(fabric, state, log_dir, step, improved, save_freq):
     """Rank 0 writes checkpoint_last (and the step's side files), checkpoint_best when the
     monitored value improved, and checkpoint_epoch<N> every ``save_freq`` epochs."""
     if fabric.is_global_zero:
-        save_checkpoint(state, os.path.join(log_dir, "checkpoint_last.ckpt"))
+        save_checkpoint(state, os.path.join(log_dir, LAST_CHECKPOINT))
         for name, content in step.side_files(state).items():
             save_checkpoint(content, os.path.join(log_dir, name))
         if improved:
@@ -378,9 +364,18 @@ class Trainer:
                 logger.finalize("success")
 
     def state(self, progress):
-        return checkpoint_state(
-            self.step, self.optim, self.sched, self.conf, progress.epoch, progress.cost_best
-        )
+        """What a checkpoint holds (the original's keys) at ``progress``, and what the step
+        keeps besides (a pre-training's heads and teacher under ``ssl``)."""
+        return {
+            "model": self.step.net.state_dict(),
+            "optim": self.optim.state_dict(),
+            "sched": self.sched.state_dict(),
+            "conf": self.conf,
+            "epoch": progress.epoch,
+            "lr": self.optim.param_groups[0]["lr"],
+            "cost_best": progress.cost_best,
+            **self.step.state(),
+        }
 
     def baseline(self, progress):
         """The untrained (or pre-trained) model's scores, logged as epoch 0, and its weights in

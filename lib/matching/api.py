@@ -25,14 +25,14 @@ import numpy as np
 import soxr
 import torch
 
-from lib import retrieval, store, tensor_ops
-from lib.matching import calibration, catalogue, inference
 from lib import precision as precisions
+from lib import retrieval, store, tensor_ops
 from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
-from lib.files import atomic_write
 from lib.extract import file_digest, window_embeddings
+from lib.files import atomic_write
+from lib.matching import calibration, catalogue, inference
 
 ADDED_DIR = "added"  # under a catalogue: embeddings of added audio (a stopped add resumes)
 DEFAULT_HOP = 5.0
@@ -345,12 +345,18 @@ class Catalogue:
     def decision(self):
         """The calibrated decision (``calibration.Decision``) for the catalogue's size now,
         or None when it is not calibrated (or was, for other settings)."""
+        if self._decision is None or self._decision.size != len(self):
+            self._decision = self.decision_for(len(self))
+        return self._decision
+
+    def decision_for(self, size):
+        """The calibrated decision for ``size`` candidates (the false-alarm rate of that many
+        chances of a close non-version), or None when the catalogue is not calibrated (or was,
+        for other settings)."""
         measured = self._data.calibration
         if not catalogue.calibration_applies(measured, self.settings):
             return None
-        if self._decision is None or self._decision.size != len(self):
-            self._decision = calibration.Decision(measured, self.folder, len(self))
-        return self._decision
+        return calibration.Decision(measured, self.folder, size)
 
     def describe(self):
         """Lines about the catalogue: size, windows, index, calibration."""
@@ -445,10 +451,9 @@ class Catalogue:
             redux or settings["redux"],
             threshold,
         )
-        measured = self._data.calibration
-        if threshold is None and catalogue.calibration_applies(measured, settings):
-            result.threshold = calibration.Decision(measured, self.folder, 1).threshold
-            result.threshold_source = "calibrated"
+        single = None if threshold is not None else self.decision_for(1)
+        if single is not None:
+            result.threshold, result.threshold_source = single.threshold, "calibrated"
         return result
 
     # ---------------------------------------------------------------------------------------
@@ -534,7 +539,7 @@ class Catalogue:
         ``calibration.calibrate``. Returns (decision for the catalogue now, [(file, reason)] of
         unreadable files, which are left out)."""
         failed = calibration.calibrate(
-            self.folder, self.embedder, meta, audio_root, partition, plot_path=plot, **options
+            self._data, self.embedder, meta, audio_root, partition, plot_path=plot, **options
         )
         self.refresh()
         return self.decision, failed

@@ -284,7 +284,7 @@ def created_now():
 
 
 def calibrate(
-    folder,
+    state,
     embedder,
     meta,
     audio_root,
@@ -296,17 +296,17 @@ def calibrate(
     nworkers=2,
     plot_path=None,
 ):
-    """Measure and store the "no version" threshold of the catalogue in ``folder`` on the
-    labelled ``partition`` of the metadata file ``meta`` (audio under ``audio_root``):
-    ``embedder`` (an ``api.Embedder`` of the catalogue's checkpoint) embeds its tracks with the
-    catalogue's settings (kept under ``folder/calibration``: a stopped run resumes) and clips
+    """Measure and store the "no version" threshold of the loaded catalogue ``state`` (a
+    ``catalogue.CatalogueState``) on the labelled ``partition`` of the metadata file ``meta``
+    (audio under ``audio_root``): ``embedder`` (an ``api.Embedder`` of the catalogue's
+    checkpoint) embeds its tracks with the catalogue's settings (kept under
+    ``<catalogue>/calibration``: a stopped run resumes) and clips
     drawn from them. Returns [(file, reason)] of unreadable files, which are left out."""
     if not 0 < target < 1:
         raise UsageError(f"false-alarm target must be between 0 and 1, got {target}")
     if clip_len <= 0 or clips_per_track < 1:
         raise UsageError("clip length must be > 0 s and clips per track >= 1")
-    state = catalogue.load(folder)
-    settings = state.settings
+    folder, settings = state.folder, state.settings
     tracks = labelled_tracks(meta, audio_root, partition)
     win_len, hop = float(settings["win_len"]), float(settings["hop_size"])
     work = os.path.join(folder, CALIBRATION_DIR)
