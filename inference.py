@@ -19,19 +19,15 @@ import argparse
 import os
 import sys
 
-from lib import cli, precision
-from lib.checkpoint import load_trained_model
+from lib import cli, runtime
+from lib.matching.api import Embedder
 from lib.matching.inference import (
     FAILURE_LOG,
     STORE_DIR,
     InferenceError,
-    check_takes_audio,
     embed_files,
-    embed_into_folder,
     is_audio,
-    pick_device,
     plan_folder,
-    window_length,
 )
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -41,7 +37,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Window embeddings of audio files (one .pt tensor (windows, dim) per file)."
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint file (.ckpt), or an export folder"
+    )
     parser.add_argument(
         "--conf",
         default=None,
@@ -60,7 +58,16 @@ def parse_args(argv):
         "--precision",
         default="32",
         help="32 (default, the original's numbers); bf16: mixed precision on a GPU or a CPU with "
-        "native bf16; 16: fp16 mixed precision on a GPU",
+        "native bf16 (torch), OpenVINO's bf16 precision hint (openvino); 16: fp16 mixed "
+        "precision on a GPU (torch)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=runtime.BACKENDS,
+        help="what runs the model: torch (default), or its ONNX export on onnxruntime or "
+        "openvino (--checkpoint: an export folder of python -m lib.export, or a checkpoint, "
+        "exported beside it when not yet done)",
     )
     parser.add_argument(
         "--win_len",
@@ -112,26 +119,26 @@ def plan(args):
 
 def run(args):
     jobs, other, out_folder = plan(args)
-    device = pick_device(args.device)
-    mixed = precision.check(args.precision, device, "--precision")
     print("=" * 80 + "\n" + "\n".join(f"{k}: {v}" for k, v in vars(args).items()) + "\n" + "=" * 80)
     print("Load model...")
-    model, conf, source = load_trained_model(args.checkpoint, args.conf, device)
-    check_takes_audio(model, args.checkpoint)
-    win_len = window_length(model, args.win_len)
+    embedder = Embedder.load(
+        args.checkpoint, args.conf, args.device, args.precision, backend=args.backend
+    )
+    win_len = embedder.window_length(args.win_len)
     print(
-        f"  {conf.model.name} from {args.checkpoint} (config {source}) on {device}; "
-        f"windows of {win_len:g} s every {args.hop_size:g} s, precision {mixed}"
+        f"  {embedder.name} from {args.checkpoint} on {embedder.device} ({embedder.backend}); "
+        f"windows of {win_len:g} s every {args.hop_size:g} s, precision {embedder.precision}"
     )
     if other:
         print(f"  {len(other)} file(s) without an audio extension not embedded, e.g. {other[0]}")
     print(f"{len(jobs)} audio file(s)")
-    embed = dict(device=device, nworkers=args.nworkers, overwrite=args.overwrite, precision=mixed)
     if out_folder is None:
-        summary = embed_files(model, jobs, win_len, args.hop_size, **embed)
+        summary = embed_files(
+            embedder.engine, jobs, win_len, args.hop_size, args.nworkers, args.overwrite
+        )
     else:
-        summary = embed_into_folder(
-            out_folder, model, args.checkpoint, jobs, win_len, args.hop_size, **embed
+        summary = embedder.embed_folder_into(
+            out_folder, jobs, win_len, args.hop_size, args.nworkers, overwrite=args.overwrite
         )
     rate = summary.get("audio_seconds", 0) / max(summary.get("wall_seconds", 0), 1e-9)
     print(

@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 
-from lib import cli, tensor_ops
+from lib import cli, runtime, tensor_ops
 from lib.matching import api, calibration, catalogue, inference
 from lib.audio import AudioError
 from lib.matching.catalogue import clock
@@ -39,17 +39,26 @@ from lib.files import atomic_write
 
 
 def say_model(embedder):
-    print(f"Model {embedder.name} from {embedder.checkpoint} on {embedder.device}")
+    print(
+        f"Model {embedder.name} from {embedder.checkpoint} on {embedder.device} "
+        f"({embedder.backend}, {embedder.precision})"
+    )
     return embedder
 
 
 def load_embedder(checkpoint, args):
-    return say_model(api.Embedder.load(checkpoint, args.conf, args.device, args.precision))
+    return say_model(
+        api.Embedder.load(
+            checkpoint, args.conf, args.device, args.precision, backend=args.backend
+        )
+    )
 
 
 def open_catalogue(args):
     """The catalogue of ``--catalogue`` with its model (``--checkpoint``, default its own)."""
-    cat = api.Catalogue(args.catalogue, device=args.device, precision=args.precision)
+    cat = api.Catalogue(
+        args.catalogue, device=args.device, precision=args.precision, backend=args.backend
+    )
     say_model(cat.load_embedder(args.checkpoint, args.conf))
     return cat
 
@@ -340,8 +349,15 @@ def parse_args(argv):
         p.add_argument(
             "--precision",
             default="32",
-            help="32 (default); bf16: mixed precision on a GPU or a CPU with native bf16; 16: "
-            "fp16 on a GPU",
+            help="32 (default); bf16: mixed precision on a GPU or a CPU with native bf16 (torch), "
+            "OpenVINO's bf16 precision hint (openvino); 16: fp16 on a GPU (torch)",
+        )
+        p.add_argument(
+            "--backend",
+            default="torch",
+            choices=runtime.BACKENDS,
+            help="what runs the model: torch (default), or its ONNX export (python -m "
+            "lib.export; made beside the checkpoint when missing) on onnxruntime or openvino",
         )
 
     p = sub.add_parser("index", help="build a catalogue")

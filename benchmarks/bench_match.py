@@ -127,7 +127,7 @@ def bench_inference(args):
     from omegaconf import OmegaConf
 
     from lib import synth
-    from lib.matching.inference import embed_files
+    from lib.matching.inference import TorchWindows, embed_files
     from lib.model_base import build_model
 
     conf = OmegaConf.load("config/dvi2-clews.yaml")
@@ -144,7 +144,8 @@ def bench_inference(args):
     )
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(tmp, "in")) for f in fs)
     jobs = [(f, os.path.join(tmp, "out", f"{i}.pt")) for i, f in enumerate(files)]
-    summary = embed_files(model, jobs, 20.0, 5.0, torch.device("cpu"), nworkers=1)
+    engine = TorchWindows(model, "random weights", torch.device("cpu"), digest="none")
+    summary = embed_files(engine, jobs, 20.0, 5.0, nworkers=1)
     rate = summary["audio_seconds"] / summary["wall_seconds"]
     print(
         f"\ninference, full-size CLEWS ({sum(p.numel() for p in model.parameters()):,} "

@@ -28,7 +28,7 @@ from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
 from lib.dataset import Dataset
 from lib.extract import embed_track, settings_for, window_embeddings
-from lib.matching.inference import embed_files
+from lib.matching.inference import TorchWindows, embed_files
 from lib.model_base import build_model
 from models.clews import Model
 
@@ -56,9 +56,8 @@ def bench_embedding(args, modes):
     rates, outputs = {}, {}
     for mode in modes:
         jobs = [(f, os.path.join(tmp, mode, f"{i}.pt")) for i, f in enumerate(files)]
-        summary = embed_files(
-            model, jobs, 20.0, 5.0, torch.device(args.device), nworkers=1, precision=mode
-        )
+        engine = TorchWindows(model, "random weights", torch.device(args.device), mode, "none")
+        summary = embed_files(engine, jobs, 20.0, 5.0, nworkers=1)
         rates[mode] = summary["audio_seconds"] / summary["wall_seconds"]
         outputs[mode] = torch.cat([torch.load(dst, weights_only=True) for _, dst in jobs])
     base = rates["32-true"]

@@ -29,6 +29,7 @@ from lib.audio import AudioError
 from lib.errors import RunError
 from lib.metadata import RECHECK_HINT
 from lib.retrieval import Embeddings
+from lib.runtime import file_digest, frame_count, whole_window_seconds
 
 CACHE_VERSION = 2  # 2: the embedding store's manifest (lib/store.py)
 FLUSH_EVERY_S = 30.0
@@ -81,19 +82,6 @@ def window_count(maxlen, slen, shop, sr):
     if hop < 1:
         raise ValueError(f"window hop {shop} s is shorter than one sample")
     return max(1, 1 + (mxlen - length) // hop)
-
-
-def frame_count(nsamples, length, hop):
-    """Windows of ``length`` samples every ``hop`` samples over ``nsamples`` samples, the last
-    one completed by padding (the model's framing): max(ceil((T - L) / H), 0) + 1."""
-    return max(-(-(nsamples - length) // hop), 0) + 1
-
-
-def whole_window_seconds(nsamples, sr):
-    """Window length in seconds that frames ``nsamples`` samples at ``sr`` as one window: half a
-    sample more, so that int(seconds * sr) gives back the whole length despite rounding (one
-    sample short would add a second, padded window)."""
-    return (max(nsamples, 1) + 0.5) / sr
 
 
 # DiVers's ``noise_inds_sparse``: the indices of a track's segments that a sound-event tagger
@@ -265,14 +253,6 @@ class TrackAudio(Decoding):
 ###################################################################################################
 # Cache keys
 ###################################################################################################
-
-
-def file_digest(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tracks_digest(dataset, keys):

@@ -51,6 +51,8 @@ class SegmentModel(nn.Module, abc.ABC):
     # the submodule that maps pooled features to the embedding (None: not declared); with
     # training.freeze=encoder only it trains
     projection_module = None
+    # seconds: the only window length the model embeds (None: any length)
+    fixed_window = None
     embedding_dim: int  # width D of the (B, S, D) embeddings that ``embed`` returns
     maxcliques = None  # rows of the clique classifier (None: the model has none)
     Config: type  # the schema of the model's config section (a schema.ModelConfig dataclass)
@@ -118,12 +120,18 @@ class SegmentModel(nn.Module, abc.ABC):
             h, int(sr * self.minlen), dim=-1, pad_mode=self.min_pad, allow_longer=True
         )
 
+    def window_features(self, x):
+        """Windows (N, L) samples at ``sr`` -> front-end features (N, F, T'): the CQT and its
+        pooling. What ``prepare`` does after framing, and where an exported model starts
+        (``lib.export``: the runtime frames the waveform itself)."""
+        return self.cqtpool(self.cqt(x))
+
     def prepare(self, h, shingle_len=None, shingle_hop=None):
-        """Waveforms (B, T) -> CQT shingles (B, S, F, T'). Lengths in seconds; None = training:
-        ``shingles``, then the CQT and its pooling."""
+        """Waveforms (B, T) -> feature shingles (B, S, F, T'). Lengths in seconds; None =
+        training: ``shingles``, then ``window_features``."""
         h = self.shingles(h, shingle_len, shingle_hop)
         nb, ns, nt = h.shape
-        h = self.cqtpool(self.cqt(h.reshape(nb * ns, nt)))
+        h = self.window_features(h.reshape(nb * ns, nt))
         return h.view(nb, ns, h.size(-2), h.size(-1))
 
     def forward(self, h, shingle_len=None, shingle_hop=None):

@@ -198,6 +198,7 @@ class ModifiedResNet(nn.Module):
 class Model(SegmentModel):
     Config = DeezerConfig
     front_end = "own"
+    fixed_window = WINDOW
     trainable = False
     segment_metric = "cos"
     default_redux = "mean"
@@ -234,11 +235,11 @@ class Model(SegmentModel):
                 f"window {shingle_len:g} s: the Deezer backbone embeds {WINDOW:g} s windows only "
                 "(qslen=4 cslen=4)"
             )
-        h = self.shingles(h, shingle_len, shingle_hop)
-        h = h / h.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        nb, ns, nt = h.shape
-        mel = self.spec(h.reshape(nb * ns, nt))
-        return mel.view(nb, ns, mel.shape[-2], mel.shape[-1])
+        return super().prepare(h, shingle_len, shingle_hop)
+
+    def window_features(self, x):
+        """4 s windows (N, L) -> log-mel (N, 128, 126), each window divided by its peak."""
+        return self.spec(x / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8))
 
     def embed(self, h):
         """Log-mel windows (B, S, 128, T') -> (embeddings (B, S, 1024), None)."""

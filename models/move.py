@@ -134,13 +134,16 @@ class Model(SegmentModel):
         """Waveforms (B, T), or pitch classes (B, 12, T) with ``input: pcp``, -> pitch-class
         shingles (B, S, 12, T'). Lengths in seconds; None = training."""
         if self.conf.input == "audio":
-            cqt = super().prepare(h, shingle_len, shingle_hop)
-            return pitch_classes(cqt, self.conf.cqt.nbinsoct)
+            return super().prepare(h, shingle_len, shingle_hop)
         if h.ndim != 3 or h.shape[1] != PITCH_CLASSES:
             shape = tuple(h.shape)
             raise ValueError(f"input pcp: expected (B, 12, frames) pitch classes, got {shape}")
         frames = self.shingles(h, shingle_len, shingle_hop)  # (B, 12, S, T')
         return frames.permute(0, 2, 1, 3)  # (B, S, 12, T')
+
+    def window_features(self, x):
+        """Audio windows (N, L) -> pitch classes (N, 12, T') of their CQT."""
+        return pitch_classes(super().window_features(x), self.conf.cqt.nbinsoct)
 
     def embed(self, h):
         """Pitch-class shingles (B, S, 12, T') -> (embeddings (B, S, emb_size), None). Shingles

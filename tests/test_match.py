@@ -105,6 +105,34 @@ def test_query_finds_the_track_and_where(setup, tmp_path, capsys, start):
     assert len(best["pairs"]) == 5  # the closest window pairs, for detail
 
 
+def test_exported_backends_query_alike_and_add_is_not_mixed(setup, tmp_path, capsys):
+    """A catalogue built by torch answers a query run on ONNX Runtime / OpenVINO (fp32) with
+    the same tracks and distances; it records torch, 32-true, and refuses to add audio
+    embedded by another backend or precision."""
+    _, path, audio, cat = setup
+    assert C.load(str(cat)).settings["backend"] == "torch"
+    assert C.load(str(cat)).settings["precision"] == "32-true"
+    clip = excerpt(setup, "v0", 3.0)
+    found = {}
+    for backend in ("torch", "onnxruntime", "openvino"):
+        out = tmp_path / f"{backend}.json"
+        args = ["query", f"--catalogue={cat}", str(clip), "--device=cpu", "--topk=5"]
+        assert match.main([*args, f"--backend={backend}", f"--json={out}", "--exact"]) == 0
+        found[backend] = json.loads(out.read_text())[0]["matches"]
+    for backend in ("onnxruntime", "openvino"):
+        assert [m["id"] for m in found[backend]] == [m["id"] for m in found["torch"]]
+        for got, want in zip(found[backend], found["torch"]):
+            assert got["distance"] == pytest.approx(want["distance"], rel=1e-4, abs=1e-6)
+    capsys.readouterr()
+    new = tmp_path / "new.wav"
+    write_audio(str(new), load_audio(str(sorted(audio.rglob("*.wav"))[0]), SR)[: 5 * SR], SR)
+    add = ["add", str(new), f"--catalogue={cat}", "--device=cpu", "--backend=onnxruntime"]
+    assert match.main(add) == 2
+    err = capsys.readouterr().err
+    assert "made with backend torch at precision 32-true" in err and "would mix" in err
+    assert len(C.load(str(cat)).tracks) == 10
+
+
 def test_two_stage_search_agrees_with_brute_force(setup):
     _, path, _, cat = setup
     loaded = C.load(str(cat))

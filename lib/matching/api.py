@@ -25,12 +25,12 @@ import numpy as np
 import soxr
 import torch
 
+from lib import export, retrieval, runtime, store, tensor_ops
 from lib import precision as precisions
-from lib import retrieval, store, tensor_ops
 from lib.audio import load_audio
 from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
-from lib.extract import file_digest, window_embeddings
+from lib.extract import file_digest
 from lib.files import atomic_write
 from lib.matching import calibration, catalogue, inference
 
@@ -44,49 +44,76 @@ DEFAULT_HOP = 5.0
 
 
 class Embedder:
-    """A trained model ready to embed audio: ``Embedder.load(checkpoint)``."""
+    """A trained model ready to embed audio: ``Embedder.load(checkpoint)``. ``engine``: the
+    ``lib.runtime.WindowModel`` that runs it (PyTorch, or an export on ONNX Runtime / OpenVINO)."""
 
-    def __init__(self, model, checkpoint, device, precision="32-true", digest=None):
-        self.model, self.checkpoint = model, os.fspath(checkpoint)
-        self.device, self.precision = device, precision
-        self._digest = digest
+    def __init__(self, engine):
+        self.engine = engine
 
     @classmethod
-    def load(cls, checkpoint, conf=None, device="auto", precision="32", digest=None):
+    def load(
+        cls, checkpoint, conf=None, device="auto", precision="32", digest=None, backend="torch"
+    ):
         """A checkpoint of this project or of the original code (``conf``: a config YAML, by
-        default the one beside the checkpoint or inside it); ``device`` auto, cpu, cuda[:N] or
-        mps; ``precision`` 32, bf16 or 16; ``digest``: the file's sha256 when already known."""
+        default the one beside the checkpoint or inside it), or a folder of ``lib.export``;
+        ``device`` auto, cpu, cuda[:N] or mps; ``precision`` 32, bf16 or 16; ``backend`` torch,
+        onnxruntime or openvino (these two run the checkpoint's export, made beside it when
+        missing: ``lib.export.exported``); ``digest``: the checkpoint's sha256 when known."""
+        if backend not in runtime.BACKENDS:
+            raise UsageError(f"backend {backend!r}: one of {', '.join(runtime.BACKENDS)}")
+        if backend != "torch":
+            folder = export.exported(os.fspath(checkpoint), conf)
+            return cls(runtime.ExportedModel(folder, backend, precision, device))
+        if runtime.is_export(os.fspath(checkpoint)):
+            raise UsageError(
+                f"{checkpoint}: an exported model runs on --backend onnxruntime or openvino; "
+                "the torch backend needs the checkpoint"
+            )
         device = inference.pick_device(device)
         mixed = precisions.check(precision, device, "precision")
         model, _, _ = load_trained_model(checkpoint, conf, device)
         inference.check_takes_audio(model, checkpoint)
-        return cls(model, checkpoint, device, mixed, digest)
+        return cls(inference.TorchWindows(model, checkpoint, device, mixed, digest))
+
+    @property
+    def checkpoint(self):
+        return self.engine.checkpoint
+
+    @property
+    def device(self):
+        return self.engine.device
+
+    @property
+    def backend(self):
+        return self.engine.backend
+
+    @property
+    def precision(self):
+        return self.engine.precision
 
     @property
     def samplerate(self):
-        return int(self.model.sr)
+        return self.engine.samplerate
 
     @property
     def name(self):
-        return type(self.model).__module__.split(".")[-1]
+        return self.engine.name
 
     @property
     def digest(self):
         """sha256 of the checkpoint file (what a catalogue records of its model)."""
-        if self._digest is None:
-            self._digest = file_digest(self.checkpoint)
-        return self._digest
+        return self.engine.digest
 
     def window_length(self, win_len=None):
-        """Seconds per window: ``win_len``, or the model's training length."""
-        return inference.window_length(self.model, -1 if win_len is None else win_len)
+        """Seconds per window: ``win_len``, or the model's training length (None or <= 0)."""
+        return self.engine.window_length(win_len)
 
     def embed(self, audio, samplerate=None, win_len=None, hop=DEFAULT_HOP):
         """(windows, dim) float32 embeddings of windows of ``win_len`` s (default: the model's
         training length) every ``hop`` s. ``audio``: a file path, or a mono waveform (T,) at
         ``samplerate`` Hz (resampled to the model's rate when it differs)."""
         waveform = self.waveform(audio, samplerate)
-        return self.embed_waveform(waveform, self.window_length(win_len), hop).numpy()
+        return self.embed_waveform(waveform, self.window_length(win_len), hop)
 
     def waveform(self, audio, samplerate=None):
         """(T,) float32 numpy waveform at the model's rate from a path or an array."""
@@ -106,10 +133,8 @@ class Embedder:
         return x
 
     def embed_waveform(self, waveform, win_len, hop):
-        """(S, D) float32 tensor of a waveform at the model's rate."""
-        audio = torch.from_numpy(np.ascontiguousarray(waveform))
-        with torch.inference_mode(), precisions.autocast(self.precision, self.device):
-            return window_embeddings(self.model, audio, win_len, hop, self.device)
+        """(S, D) float32 numpy embeddings of a waveform (T,) at the model's rate."""
+        return self.engine.window_embeddings(np.ascontiguousarray(waveform), win_len, hop)
 
     def embed_folder_into(
         self, folder, jobs, win_len, hop, nworkers=2, extra_settings=None, overwrite=False
@@ -118,21 +143,13 @@ class Embedder:
         (resumable, checked against the settings recorded there, unless ``overwrite``
         recomputes them); returns its summary."""
         return inference.embed_into_folder(
-            folder,
-            self.model,
-            self.checkpoint,
-            jobs,
-            win_len,
-            hop,
-            self.device,
-            nworkers,
-            overwrite,
-            extra_settings=extra_settings,
-            precision=self.precision,
+            folder, self.engine, jobs, win_len, hop, nworkers, overwrite, extra_settings
         )
 
 
 CATALOGUE_SETTINGS = (
+    "backend",
+    "precision",
     "checkpoint",
     "checkpoint_sha256",
     "model",
@@ -220,21 +237,22 @@ class QueryResult:
 class Catalogue:
     """A catalogue folder (``lib/matching/catalogue.py``) with the model that made it."""
 
-    def __init__(self, folder, embedder=None, device="auto", precision="32"):
-        """Open ``folder``; the model is the catalogue's checkpoint (loaded when first needed)
-        unless ``embedder`` is given, which must be that same checkpoint."""
+    def __init__(self, folder, embedder=None, device="auto", precision="32", backend="torch"):
+        """Open ``folder``; the model is the catalogue's checkpoint (loaded when first needed,
+        on ``backend`` at ``precision``; adding audio needs the ones the catalogue was made
+        with) unless ``embedder`` is given, which must be that same checkpoint."""
         self.folder = os.fspath(folder)
         self._data = catalogue.load(self.folder)
         self._stamp = self._meta_stamp()
-        self._device, self._precision = device, precision
+        self._device, self._precision, self._backend = device, precision, backend
         self._embedder = None
         self._decision = None
         if embedder is not None:
             self.use_embedder(embedder)
 
     @classmethod
-    def open(cls, folder, embedder=None, device="auto", precision="32"):
-        return cls(folder, embedder, device, precision)
+    def open(cls, folder, embedder=None, device="auto", precision="32", backend="torch"):
+        return cls(folder, embedder, device, precision, backend)
 
     @classmethod
     def build(
@@ -318,19 +336,32 @@ class Catalogue:
             self.load_embedder()
         return self._embedder
 
+    @property
+    def made_with(self):
+        """(backend, precision) that made the catalogue's embeddings (a catalogue written
+        before they were recorded: torch, 32-true)."""
+        recorded = {**inference.FORMER_DEFAULTS, **self.settings}
+        return recorded["backend"], recorded["precision"]
+
     def load_embedder(self, checkpoint=None, conf=None):
-        """Load the model from ``checkpoint`` (default: the catalogue's own), which must be the
-        file the catalogue was built with (checked before loading); returns it."""
-        checkpoint = checkpoint or self.settings["checkpoint"]
-        if not os.path.isfile(checkpoint):
+        """Load the model from ``checkpoint`` (default: the catalogue's own; or its export),
+        which must be the file the catalogue was built with (checked before loading); returns
+        it."""
+        checkpoint = os.fspath(checkpoint or self.settings["checkpoint"])
+        if runtime.is_export(checkpoint):
+            digest = runtime.read_info(checkpoint)["checkpoint_sha256"]
+        elif os.path.isfile(checkpoint):
+            digest = file_digest(checkpoint)
+        else:
             raise UsageError(
                 f"{checkpoint}: checkpoint of the catalogue not found (give where it is now: "
                 "--checkpoint, or load_embedder(path))"
             )
-        digest = file_digest(checkpoint)
         if digest != self.settings["checkpoint_sha256"]:
             raise UsageError(f"{checkpoint}: not the checkpoint the catalogue was built with")
-        embedder = Embedder.load(checkpoint, conf, self._device, self._precision, digest)
+        embedder = Embedder.load(
+            checkpoint, conf, self._device, self._precision, digest, self._backend
+        )
         self._embedder = embedder
         return embedder
 
@@ -340,6 +371,17 @@ class Catalogue:
                 f"{embedder.checkpoint}: not the checkpoint the catalogue was built with"
             )
         self._embedder = embedder
+
+    def check_same_embeddings(self, embedder):
+        """A ``UsageError`` when ``embedder`` runs on another backend or precision than the one
+        that made the catalogue: their windows would sit in one index side by side."""
+        made = self.made_with
+        if (embedder.backend, embedder.precision) != made:
+            raise UsageError(
+                f"{self.folder}: made with backend {made[0]} at precision {made[1]}; adding "
+                f"with backend {embedder.backend} at precision {embedder.precision} would mix "
+                f"embeddings (use --backend {made[0]} --precision {made[1]})"
+            )
 
     @property
     def decision(self):
@@ -396,7 +438,7 @@ class Catalogue:
         duration = waveform.size / embedder.samplerate
         win_len = float(self.settings["win_len"])
         hop = float(hop) if hop else float(self.settings["hop_size"])
-        windows = embedder.embed_waveform(waveform, win_len, hop).numpy()
+        windows = embedder.embed_waveform(waveform, win_len, hop)
         found = catalogue.search(
             self._data, windows, topk, redux, exact, neighbours, shortlist, nprobe, clip_hop=hop
         )
@@ -470,6 +512,7 @@ class Catalogue:
         if not todo:
             return out
         embedder = self.embedder
+        self.check_same_embeddings(embedder)
         work = os.path.join(self.folder, ADDED_DIR)
         win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
         jobs = [(t["source"], inference.output_for_source(work, t["source"])) for t in todo]
@@ -549,7 +592,8 @@ def index_store(folder, embeddings, kind="auto", nlist=None):
     """A catalogue in ``folder`` of an embedding store of ``inference.py``'s kind (its tracks and
     the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.matching.catalogue``)."""
     manifest = embeddings.manifest
-    settings = {k: manifest["settings"][k] for k in CATALOGUE_SETTINGS}
+    recorded = {**inference.FORMER_DEFAULTS, **manifest["settings"]}
+    settings = {k: recorded[k] for k in CATALOGUE_SETTINGS}
     return catalogue.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
 
 
@@ -605,10 +649,12 @@ def compare(
     length = embedder.window_length(win_len)
     waveforms = [embedder.waveform(x, samplerate) for x in (a, b)]
     durations = tuple(w.size / embedder.samplerate for w in waveforms)
-    za, zb = (embedder.embed_waveform(w, length, hop).float() for w in waveforms)
-    model = embedder.model
-    distance = float(model.distances(za[None], zb[None], redux_strategy=redux)[0, 0])
-    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=model.segment_metric).numpy()
+    za, zb = (torch.from_numpy(embedder.embed_waveform(w, length, hop)) for w in waveforms)
+    engine = embedder.engine
+    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=engine.segment_metric)
+    reduced = tensor_ops.distance_tensor_redux(seg[None, None], redux or engine.default_redux)
+    distance = float(reduced)
+    seg = seg.numpy()
     windows_b = np.arange(seg.shape[1])
     offset = catalogue.best_offset(seg, windows_b, hop, hop)
     start_a, start_b = max(0.0, -offset), max(0.0, offset)
@@ -666,8 +712,8 @@ def mirex_distances(
     jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(listed)]
     length = embedder.window_length(win_len)
     summary = embedder.embed_folder_into(work, jobs, length, hop, nworkers, overwrite=overwrite)
-    model = embedder.model
-    redux = redux or model.default_redux
+    engine = embedder.engine
+    redux = redux or engine.default_redux
     done = {"failed": summary["failed"], "queries": len(rows), "collection": len(listed)}
     done["redux"] = redux
     if summary["failed"]:
@@ -681,7 +727,7 @@ def mirex_distances(
     dist = torch.cat(
         [
             retrieval.query_block_distances(
-                model, tracks.subset(rows[i : i + bq]), tracks, parsed, embedder.device, bc
+                engine, tracks.subset(rows[i : i + bq]), tracks, parsed, engine.device, bc
             )
             for i in range(0, len(rows), bq)
         ]

@@ -334,7 +334,7 @@ def calibrate(
                 x = load_audio(source, embedder.samplerate, start, clip_len)
             except AudioError as err:
                 raise CalibrationError(str(err)) from err
-            yield track, embedder.embed_waveform(x, win_len, hop).numpy()
+            yield track, embedder.embed_waveform(x, win_len, hop)
 
     with tqdm(total=len(draws), desc="Calibration clips", ncols=80, ascii=True) as bar:
         nonversion, counts, true = measure(

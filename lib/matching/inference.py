@@ -17,11 +17,12 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from lib import precision as precisions
-from lib import store
+from lib import runtime, store
 from lib.audio import AUDIO_EXTENSIONS, load_audio
 from lib.errors import UsageError
 from lib.extract import Decoding, TrackFailed, file_digest, run_job, window_embeddings
@@ -104,30 +105,66 @@ def pick_device(name):
     return torch.device(name)
 
 
+class TorchWindows(runtime.WindowModel):
+    """The PyTorch model of a checkpoint as a ``runtime.WindowModel`` (``backend`` torch):
+    ``extract.window_embeddings`` under the autocast of the Fabric ``precision``."""
+
+    backend = "torch"
+
+    def __init__(self, model, checkpoint, device, precision="32-true", digest=None):
+        self.model, self.checkpoint = model, os.fspath(checkpoint)
+        self.device, self.precision = device, precision
+        self.samplerate, self.name = int(model.sr), type(model).__module__.split(".")[-1]
+        self.segment_metric, self.default_redux = model.segment_metric, model.default_redux
+        self.train_len = float(model.get_shingle_params()[0])
+        self._digest = digest
+
+    @property
+    def digest(self):
+        if self._digest is None:
+            self._digest = file_digest(self.checkpoint)
+        return self._digest
+
+    def window_embeddings(self, waveform, win_len, hop, max_windows=32):
+        audio = torch.from_numpy(np.ascontiguousarray(waveform))
+        with torch.inference_mode(), precisions.autocast(self.precision, self.device):
+            z = window_embeddings(self.model, audio, win_len, hop, self.device, max_windows)
+        return z.numpy()
+
+
 def window_length(model, win_len):
     """Window length in seconds: ``win_len``, or the model's training length when <= 0."""
     return float(win_len) if win_len > 0 else float(model.get_shingle_params()[0])
 
 
-def settings_of(model, checkpoint, win_len, hop_size, precision="32-true"):
-    """What the embeddings depend on, as stored in ``inference.json``."""
+def settings_of(engine, win_len, hop_size):
+    """What the embeddings of the ``runtime.WindowModel`` ``engine`` depend on, as stored in
+    ``inference.json``."""
     return {
-        "precision": precision,
+        "backend": engine.backend,
+        "precision": engine.precision,
         "version": MANIFEST_VERSION,
-        "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_sha256": file_digest(checkpoint),
-        "model": type(model).__module__.split(".")[-1],
-        "samplerate": int(model.sr),
+        "checkpoint": os.path.abspath(engine.checkpoint),
+        "checkpoint_sha256": engine.digest,
+        "model": engine.name,
+        "samplerate": engine.samplerate,
         "win_len": float(win_len),
         "hop_size": float(hop_size),
-        "metric": model.segment_metric,
-        "redux": model.default_redux,
+        "metric": engine.segment_metric,
+        "redux": engine.default_redux,
     }
 
 
-SAME_SETTINGS_KEYS = ("checkpoint_sha256", "samplerate", "win_len", "hop_size", "precision")
+SAME_SETTINGS_KEYS = (
+    "checkpoint_sha256",
+    "samplerate",
+    "win_len",
+    "hop_size",
+    "backend",
+    "precision",
+)
 # what a folder written before a key was recorded was made with
-FORMER_DEFAULTS = {"precision": "32-true"}
+FORMER_DEFAULTS = {"backend": "torch", "precision": "32-true"}
 
 
 def read_manifest(folder):
@@ -178,11 +215,9 @@ def decoding_workers(nworkers, nfiles):
     return max(0, min(nworkers, nfiles - 1))
 
 
-def embed_files(
-    model, jobs, win_len, hop_size, device, nworkers=2, overwrite=False, precision="32-true"
-):
-    """Embed every (input, output) of ``jobs`` under the Fabric ``precision`` (see
-    ``lib.precision``). Existing outputs are skipped unless ``overwrite``.
+def embed_files(engine, jobs, win_len, hop_size, nworkers=2, overwrite=False):
+    """Embed every (input, output) of ``jobs`` with the ``runtime.WindowModel`` ``engine``.
+    Existing outputs are skipped unless ``overwrite``.
 
     Returns {"done": [...], "skipped": [...], "failed": [(input, reason), ...]}."""
     there = [not overwrite and os.path.isfile(dst) for _, dst in jobs]
@@ -197,17 +232,16 @@ def embed_files(
         nonlocal seconds
         src, dst = todo[i]
         try:
-            with precisions.autocast(precision, device):
-                z = window_embeddings(model, audio, win_len, hop_size, device)
-            atomic_torch_save(z.contiguous(), dst)
+            z = engine.window_embeddings(audio.numpy(), win_len, hop_size)
+            atomic_torch_save(torch.from_numpy(np.ascontiguousarray(z)), dst)
         except (RuntimeError, OSError) as err:
             raise TrackFailed(f"{src}: {type(err).__name__}: {err}") from err
         summary["done"].append(src)
-        seconds += audio.numel() / model.sr
+        seconds += audio.numel() / engine.samplerate
 
     with tqdm(total=len(todo), desc="Extract embeddings", ncols=80, ascii=True) as bar:
         failed = run_job(
-            DecodedFiles([src for src, _ in todo], model.sr),
+            DecodedFiles([src for src, _ in todo], engine.samplerate),
             keep,
             bar,
             decoding_workers(nworkers, len(todo)),
@@ -220,26 +254,17 @@ def embed_files(
 
 
 def embed_into_folder(
-    folder,
-    model,
-    checkpoint,
-    jobs,
-    win_len,
-    hop_size,
-    device,
-    nworkers=2,
-    overwrite=False,
-    extra_settings=None,
-    precision="32-true",
+    folder, engine, jobs, win_len, hop_size, nworkers=2, overwrite=False, extra_settings=None
 ):
     """``embed_files`` for outputs kept in ``folder`` under its ``inference.json``: outputs of
-    other settings are refused (unless ``overwrite``), these settings are recorded, failures
-    logged in ``folder/inference_failures.log``. Returns the summary of ``embed_files``."""
-    settings = settings_of(model, checkpoint, win_len, hop_size, precision)
+    other settings (another checkpoint, windows, backend or precision) are refused (unless
+    ``overwrite``), these settings are recorded, failures logged in
+    ``folder/inference_failures.log``. Returns the summary of ``embed_files``."""
+    settings = settings_of(engine, win_len, hop_size)
     settings.update(extra_settings or {})
     check_manifest(folder, settings, overwrite)
     write_manifest(folder, settings)
-    summary = embed_files(model, jobs, win_len, hop_size, device, nworkers, overwrite, precision)
+    summary = embed_files(engine, jobs, win_len, hop_size, nworkers, overwrite)
     write_failure_log(os.path.join(folder, FAILURE_LOG), summary["failed"])
     failed = {src for src, _ in summary["failed"]}
     summary["tracks"] = [output_track(folder, src, dst) for src, dst in jobs if src not in failed]

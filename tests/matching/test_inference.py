@@ -170,6 +170,44 @@ def test_precision_option(checkpoint, messy_folder, tmp_path, capsys):
     assert "precision: '32-true' -> 'bf16-mixed'" in capsys.readouterr().err
 
 
+def test_exported_backends_give_the_same_files_and_are_not_mixed(tmp_path, capsys):
+    """--backend onnxruntime / openvino run the checkpoint's export (made beside it on first
+    use): the same outputs as torch (relative difference < 1e-5), the backend recorded, a
+    folder of one backend not topped up by another."""
+    path, _ = tiny_checkpoint(tmp_path, randomise=0)  # as after training: windows apart
+    music = tmp_path / "music"
+    synth.make_corpus(music, works=1, versions=3, seconds=5.0, seed=0, formats=("mp3", "flac"))
+    names = sorted(str(p.relative_to(music).with_suffix(".pt")) for p in music.rglob("*.*"))
+    common = [f"--checkpoint={path}", f"--path_in={music}", "--device=cpu", "--hop_size=1"]
+    assert run(*common, f"--path_out={tmp_path / 'torch'}") == 0
+    for backend in ("onnxruntime", "openvino"):
+        out = tmp_path / backend
+        assert run(*common, f"--path_out={out}", f"--backend={backend}") == 0
+        settings = json.loads((out / "inference.json").read_text())
+        assert (settings["backend"], settings["precision"]) == (backend, "32-true")
+        for name in names:
+            want = torch.load(tmp_path / "torch" / name, weights_only=True)
+            got = torch.load(out / name, weights_only=True)
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            assert ((got - want).norm() / want.norm()).item() < 1e-5, (backend, name)
+    exports = list((path.parent / "exported").iterdir())
+    assert len(exports) == 1 and (exports[0] / "model.onnx").is_file()  # made once, reused
+    capsys.readouterr()
+    assert run(*common, f"--path_out={tmp_path / 'torch'}", "--backend=onnxruntime") == 2
+    assert "backend: 'torch' -> 'onnxruntime'" in capsys.readouterr().err
+    # the export folder itself works as --checkpoint; torch needs the checkpoint
+    out = tmp_path / "from_export"
+    by_export = [f"--checkpoint={exports[0]}", f"--path_in={music}", f"--path_out={out}"]
+    assert run(*by_export, "--backend=openvino") == 0
+    assert json.loads((out / "inference.json").read_text())["checkpoint_sha256"] == (
+        json.loads((tmp_path / "torch" / "inference.json").read_text())["checkpoint_sha256"]
+    )
+    assert run(*by_export) == 2
+    assert "the torch backend needs the checkpoint" in capsys.readouterr().err
+    assert run(*by_export, "--backend=onnxruntime", "--precision=bf16") == 2
+    assert "use --backend openvino for bf16" in capsys.readouterr().err
+
+
 def test_single_file_mode(checkpoint, messy_folder, tmp_path, capsys):
     path, _ = checkpoint
     out = tmp_path / "one" / "a.pt"

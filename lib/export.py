@@ -1,0 +1,240 @@
+"""Export a trained model for ONNX Runtime and OpenVINO (``lib.runtime``: embedding without
+PyTorch).
+
+    python -m lib.export CHECKPOINT OUT_DIR [--conf CONF]
+
+writes ``OUT_DIR/model.onnx`` (+ ``model.onnx.data``, the weights) and ``OUT_DIR/model.json``.
+The graph takes windows (B, S, L) float32 samples at the model's rate and gives embeddings
+(B, S, D): the front end (CQT and pooling, or the model's own) is inside it, batch B and window
+count S are free, and so is the window length L unless the model embeds one length only
+(``SegmentModel.fixed_window``). ``model.json`` holds what a runtime needs besides the graph:
+sample rate, training window length and default hop, how windows are padded, embedding width,
+segment distance, reduction, the checkpoint and its sha256 digest (what a catalogue records).
+
+Before anything is written the export is run by ONNX Runtime on windows of two shapes and
+compared with PyTorch (fp32): a relative difference (largest absolute difference over the largest
+absolute embedding value) above ``TOLERANCE`` is an error. Every model that ``inference.py``
+takes exports (``tests/test_export.py``).
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib import cli, runtime
+from lib.checkpoint import load_trained_model
+from lib.errors import RunError, UsageError
+from lib.matching.inference import check_takes_audio
+
+OPSET = 18
+TOLERANCE = 1e-5
+DEFAULT_HOP = 5.0  # seconds: inference.py's and match.py's default window hop
+
+
+class ExportFailed(RunError):
+    """The model could not be exported, or its export does not give PyTorch's embeddings."""
+
+
+class WindowGraph(nn.Module):
+    """What is exported: windows (B, S, L) samples -> embeddings (B, S, D) float32."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows):
+        nb, ns, length = windows.shape
+        h = self.model.window_features(windows.reshape(nb * ns, length))
+        z, _ = self.model.embed(h.reshape(nb, ns, h.shape[-2], h.shape[-1]))
+        return z.float()
+
+
+def window_samples(model, seconds):
+    """Samples of a ``seconds`` window as the runtime gives it to the graph (grown to at least
+    the training length)."""
+    length, minimum = int(seconds * model.sr), int(model.minlen * model.sr)
+    return length * max(1, -(-minimum // length))
+
+
+def info_of(model, checkpoint, digest, opset):
+    train_len = model.fixed_window or float(model.get_shingle_params()[0])
+    return {
+        "format": runtime.EXPORT_FORMAT,
+        "model": type(model).__module__.split(".")[-1],
+        "model_file": runtime.MODEL_FILE,
+        "samplerate": int(model.sr),
+        "win_len": float(train_len),
+        "hop_size": DEFAULT_HOP,
+        "min_len": float(model.minlen),
+        "frame_pad": model.frame_pad,
+        "min_pad": model.min_pad,
+        "fixed_window": model.fixed_window is not None,
+        "embedding_dim": int(model.embedding_dim),
+        "segment_metric": model.segment_metric,
+        "redux": model.default_redux,
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_sha256": digest,
+        "input": "windows (batch, windows, samples) float32",
+        "output": "embeddings (batch, windows, embedding_dim) float32",
+        "opset": opset,
+        "torch": torch.__version__,
+    }
+
+
+def relative_difference(got, want):
+    """Largest absolute difference over the largest absolute value of ``want``."""
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def check_shapes(model, train_len):
+    """The (B, S, L) shapes the export is checked on: two batch sizes and window counts, and a
+    window 1.5 s longer where the length is free."""
+    length = window_samples(model, train_len)
+    shapes = [(1, 3, length), (2, 2, length)]
+    if model.fixed_window is None:
+        shapes[1] = (2, 2, window_samples(model, train_len + 1.5))
+    return shapes
+
+
+def compare_with_torch(graph, path, shapes, seed=0):
+    """[(shape, relative difference)] of ONNX Runtime's embeddings of random windows against
+    PyTorch's."""
+    run = runtime.onnxruntime_session(path, "cpu", None)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for shape in shapes:
+        windows = 0.1 * torch.randn(*shape, generator=generator)
+        with torch.inference_mode():
+            want = graph(windows).numpy()
+        got = run(windows.numpy())[0]
+        out.append((shape, relative_difference(got, want)))
+    return out
+
+
+def export_graph(graph, sample, path, dynamic_length, opset):
+    """``torch.onnx.export`` of ``graph`` to ``path`` (its weights in ``path``.data), batch and
+    window count free, the window length free when ``dynamic_length``."""
+    axes = {0: "batch", 1: "windows"}
+    if dynamic_length:
+        axes[2] = "samples"
+    # the exporter reports each of its steps and every op it has no table for (torchvision's)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (sample,),
+            path,
+            dynamo=True,
+            opset_version=opset,
+            input_names=["windows"],
+            output_names=["embeddings"],
+            dynamic_axes={"windows": axes, "embeddings": {0: "batch", 1: "windows"}},
+            external_data=True,
+            verbose=False,
+        )
+
+
+def export(checkpoint, out_dir, conf=None, opset=OPSET, overwrite=False, say=print):
+    """Export ``checkpoint`` (config ``conf``, else beside it or stored in it) into ``out_dir``;
+    returns the info written to ``model.json`` (with the checks' relative differences)."""
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not runtime.is_export(out_dir):
+        raise UsageError(f"{out_dir}: exists and is not an export; give a new or empty folder")
+    if runtime.is_export(out_dir) and not overwrite:
+        raise UsageError(f"{out_dir}: holds an export already (--overwrite replaces it)")
+    model, _, _ = load_trained_model(checkpoint, conf, "cpu")
+    check_takes_audio(model, checkpoint)
+    info = info_of(model, checkpoint, runtime.file_digest(checkpoint), opset)
+    graph = WindowGraph(model).eval()
+    shapes = check_shapes(model, info["win_len"])
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    os.chmod(work, 0o755)  # mkdtemp makes it private; an export is read by others
+    try:
+        path = os.path.join(work, runtime.MODEL_FILE)
+        say(f"Export {info['model']} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+        sample = torch.zeros(shapes[0])
+        try:
+            export_graph(graph, sample, path, model.fixed_window is None, opset)
+        except Exception as err:
+            raise ExportFailed(f"{checkpoint}: the ONNX export failed: {err}") from err
+        checks = compare_with_torch(graph, path, shapes)
+        for shape, diff in checks:
+            say(f"  windows {tuple(shape)}: relative difference to PyTorch {diff:.2e}")
+        worst = max(diff for _, diff in checks)
+        if not worst < TOLERANCE:
+            raise ExportFailed(
+                f"{checkpoint}: the export's embeddings differ from PyTorch's by {worst:.2e} "
+                f"(relative; at most {TOLERANCE:g} expected)"
+            )
+        info["checked"] = [{"shape": list(s), "relative_difference": d} for s, d in checks]
+        with open(os.path.join(work, runtime.INFO_FILE), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(info, indent=2) + "\n")
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    finally:
+        if os.path.isdir(work):
+            shutil.rmtree(work)
+    say(f"Wrote {out_dir}/{runtime.MODEL_FILE} and {runtime.INFO_FILE}")
+    return info
+
+
+def export_folder_for(checkpoint, digest):
+    """Where ``match.py`` / ``inference.py`` keep the export of a checkpoint they were asked to
+    run on an exported backend: ``<checkpoint folder>/exported/<digest>``."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    return os.path.join(folder, "exported", digest[:16])
+
+
+def exported(checkpoint, conf=None, say=print):
+    """The export folder of ``checkpoint``: ``checkpoint`` itself when it is one, else the
+    export kept beside it (made first when missing or of other weights)."""
+    if runtime.is_export(checkpoint):
+        return checkpoint
+    if not os.path.isfile(checkpoint):
+        raise UsageError(f"{checkpoint}: checkpoint not found")
+    digest = runtime.file_digest(checkpoint)
+    folder = export_folder_for(checkpoint, digest)
+    if runtime.is_export(folder):
+        if runtime.read_info(folder)["checkpoint_sha256"] == digest:
+            return folder
+    export(checkpoint, folder, conf, overwrite=True, say=say)
+    return folder
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Export a trained model as ONNX for ONNX Runtime and OpenVINO."
+    )
+    parser.add_argument("checkpoint", help="checkpoint file (.ckpt or .pt)")
+    parser.add_argument("out_dir", help="folder to write model.onnx and model.json into")
+    parser.add_argument("--conf", default=None, help="config YAML (default: beside or inside)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    return parser.parse_args(argv)
+
+
+def command(argv):
+    args = parse_args(argv)
+    export(args.checkpoint, args.out_dir, args.conf, args.opset, args.overwrite)
+    return 0
+
+
+def main(argv=None):
+    return cli.run(command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
