@@ -248,6 +248,11 @@ def cmd_compare(args):
     if args.json:
         text = json.dumps({"a": args.a, "b": args.b, **result.as_dict()}, indent=1) + "\n"
         atomic_write(args.json, lambda h: h.write(text), text=True)
+    if args.plot:
+        names = tuple(os.path.basename(x) for x in (args.a, args.b))
+        png = result.picture(names)
+        atomic_write(args.plot, lambda h: h.write(png))
+        print(f"picture: {args.plot}")
     return 0
 
 
@@ -457,6 +462,11 @@ def parse_args(argv):
     p.add_argument("--threshold", type=float, default=None,
                    help="versions when at most this far (default: the catalogue's calibration)")
     p.add_argument("--json", default=None, help="also write the comparison to this JSON file")
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="PNG of the window-distance matrix with where A and B meet marked",
+    )
 
     p = sub.add_parser("mirex", help="MIREX cover song distance matrix")
     p.add_argument("--checkpoint", required=True)

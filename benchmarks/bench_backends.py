@@ -12,9 +12,12 @@ fp32 run in the same process, on this machine's CPU.
    embedded by the backend, against the same with torch fp32).
 
     .venv/bin/python -m benchmarks.bench_backends [--demo runs/demo] [--files 4 --seconds 60]
+        [--device cuda]
 
 Each backend runs what this machine offers: torch bf16 and OpenVINO bf16 need a CPU with native
-bf16 (AVX512-BF16 or AMX); ONNX Runtime runs the fp32 graph only.
+bf16 (AVX512-BF16 or AMX); ONNX Runtime runs the fp32 graph only; on a GPU (``--device cuda``,
+part 1) ONNX Runtime takes TensorRT's or CUDA's execution provider when its build has one
+(``onnxruntime-gpu``), OpenVINO is left out.
 """
 
 import argparse
@@ -40,20 +43,21 @@ BASE = ("torch", "32-true")
 CANDIDATES = [
     ("torch", "32"),
     ("torch", "bf16"),
+    ("torch", "16"),
     ("onnxruntime", "32"),
     ("openvino", "32"),
     ("openvino", "bf16"),
 ]
 
 
-def engines(checkpoint, say=print):
-    """{(backend, precision): runtime.WindowModel} of what this machine runs, torch fp32
-    first; the export of ``checkpoint`` is made (or found) before."""
+def engines(checkpoint, device="cpu", say=print):
+    """{(backend, precision): runtime.WindowModel} of what this machine runs on ``device``,
+    torch fp32 first; the export of ``checkpoint`` is made (or found) before."""
     exported(checkpoint, say=lambda _: None)
     found = {}
     for backend, name in CANDIDATES:
         try:
-            embedder = Embedder.load(checkpoint, device="cpu", precision=name, backend=backend)
+            embedder = Embedder.load(checkpoint, device=device, precision=name, backend=backend)
         except UsageError as err:
             say(f"   ({backend} {name}: {err})")
             continue
@@ -89,16 +93,16 @@ def bench_throughput(args):
     print(
         f"\n1. inference.py end to end, full-size CLEWS ({size:,} parameters), {len(files)} mp3 "
         f"files of {args.seconds:g} s, 20 s windows every 5 s, decoding in 1 worker process, "
-        f"{os.cpu_count()} CPU cores:"
+        f"{os.cpu_count()} CPU cores, device {args.device}:"
     )
     rates, outputs = {}, {}
-    for key, engine in engines(checkpoint).items():
+    for key, engine in engines(checkpoint, args.device).items():
         jobs = [(f, os.path.join(tmp, label(key), f"{i}.pt")) for i, f in enumerate(files)]
         summary = embed_files(engine, jobs, 20.0, 5.0, nworkers=1)
         rates[key] = summary["audio_seconds"] / summary["wall_seconds"]
         outputs[key] = torch.cat([torch.load(dst, weights_only=True) for _, dst in jobs]).numpy()
         print(
-            f"   {label(key):>21}: {rates[key]:6.2f} s of audio per second "
+            f"   {label(key):>21}: {rates[key]:7.2f} s of audio per second "
             f"({rates[key] / rates[BASE]:.2f}x torch fp32), embeddings differ by "
             f"{relative(outputs[key], outputs[BASE]):.1e}"
         )
@@ -179,6 +183,7 @@ def bench_parity(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="part 1's device (cpu, cuda)")
     parser.add_argument("--files", type=int, default=4, help="mp3 files of part 1")
     parser.add_argument("--seconds", type=float, default=60.0, help="their length")
     parser.add_argument("--demo", default=None, help="demo.py's output folder (part 2)")

@@ -108,7 +108,7 @@ def check_shapes(model, train_len):
 def compare_with_torch(graph, path, shapes, seed=0):
     """[(shape, relative difference)] of ONNX Runtime's embeddings of random windows against
     PyTorch's."""
-    run = runtime.onnxruntime_session(path, "cpu", None)
+    run = runtime.onnxruntime_session(path, "cpu", runtime.default_threads())
     generator = torch.Generator().manual_seed(seed)
     out = []
     for shape in shapes:

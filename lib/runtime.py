@@ -166,14 +166,15 @@ def file_digest(path, chunk=1 << 22):
 
 class ExportedModel(WindowModel):
     """A ``lib.export`` folder run by ``backend`` (onnxruntime or openvino) at ``precision``;
-    ``threads``: intra-op threads (None: the runtime's default, every core)."""
+    ``threads``: intra-op threads (None: every core this process may use, as PyTorch does;
+    ONNX Runtime's own default counts physical cores and may leave half of them idle)."""
 
     def __init__(self, folder, backend="onnxruntime", precision="32", device="cpu", threads=None):
         self.folder = os.fspath(folder)
         self.info = read_info(self.folder)
         self.backend = backend
         self.precision = check_backend(backend, precision, device)
-        self.device = "cpu" if device == "auto" and backend == "openvino" else device
+        self.device = resolved_device(device, backend)
         info = self.info
         self.samplerate, self.name = int(info["samplerate"]), info["model"]
         self.segment_metric, self.default_redux = info["segment_metric"], info["redux"]
@@ -181,8 +182,10 @@ class ExportedModel(WindowModel):
         self.checkpoint = info["checkpoint"]
         self._digest = info["checkpoint_sha256"]
         path = os.path.join(self.folder, info.get("model_file", MODEL_FILE))
+        threads = threads or default_threads()
         if backend == "onnxruntime":
             self._run = onnxruntime_session(path, device, threads)
+            self.device = f"{self.device} ({self._run.provider})"
         else:
             self._run = openvino_model(path, self.precision, threads)
 
@@ -213,27 +216,59 @@ class ExportedModel(WindowModel):
         return np.concatenate(parts)
 
 
+def resolved_device(device, backend):
+    """``device`` with ``auto`` made concrete: ONNX Runtime's GPU when its build has one, else
+    the CPU (OpenVINO runs on the CPU here)."""
+    if device != "auto":
+        return str(device)
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "cuda"
+    return "cpu"
+
+
+def default_threads():
+    """The cores this process may use (PyTorch's default thread count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def onnxruntime_session(path, device, threads):
-    """A function windows (B, S, L) -> [embeddings (B, S, D)] of an ONNX Runtime session."""
+    """A function windows (B, S, L) -> [embeddings (B, S, D)] of an ONNX Runtime session on
+    the CPU, or on a GPU (``device`` cuda[:N]) by TensorRT's execution provider (CUDA's where
+    TensorRT cannot build the graph); its ``provider`` attribute names the one that runs."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    providers = ["CPUExecutionProvider"]
+    options.intra_op_num_threads = int(threads)
+    choices = [["CPUExecutionProvider"]]
     if str(device).startswith("cuda"):
         available = onnxruntime.get_available_providers()
-        wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
-        found = [p for p in wanted if p in available]
-        if not found:
+        if "CUDAExecutionProvider" not in available:
             raise UsageError(
                 f"--device {device}: this onnxruntime has no CUDA execution provider "
                 "(install onnxruntime-gpu)"
             )
-        providers = found + providers
-    session = onnxruntime.InferenceSession(path, options, providers=providers)
+        index = {"device_id": int(str(device).partition(":")[2] or 0)}
+        cuda = [("CUDAExecutionProvider", index), "CPUExecutionProvider"]
+        choices = [cuda]
+        if "TensorrtExecutionProvider" in available:
+            choices.insert(0, [("TensorrtExecutionProvider", index)] + cuda)
+    for k, providers in enumerate(choices):
+        try:
+            session = onnxruntime.InferenceSession(path, options, providers=providers)
+            break
+        except Exception:  # TensorRT libraries missing or the graph refused: CUDA then
+            if k == len(choices) - 1:
+                raise
     name = session.get_inputs()[0].name
-    return lambda windows: session.run(None, {name: windows})
+
+    def run(windows):
+        return session.run(None, {name: windows})
+
+    run.provider = session.get_providers()[0]
+    return run
 
 
 def openvino_model(path, precision, threads):
@@ -243,8 +278,7 @@ def openvino_model(path, precision, threads):
 
     core = openvino.Core()
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16-mixed" else "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    config["INFERENCE_NUM_THREADS"] = int(threads)
     if precision == "bf16-mixed":
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if "BF16" not in capabilities:

@@ -7,9 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+from matplotlib import image
 
 import inference
 import match
+from lib.matching import api
 from lib.matching import catalogue as C
 from lib import synth
 from lib.audio import load_audio, write_audio
@@ -287,9 +289,15 @@ def test_compare_says_where_two_recordings_meet(setup, tmp_path, capsys):
     clip = excerpt(setup, "v1", 6.5)
     track = sorted((audio / "work002").glob("v1.*"))[0]
     other = sorted((audio / "work004").glob("v0.*"))[0]
-    out = tmp_path / "c.json"
-    assert compare(clip, track, f"--checkpoint={path}", "--hop_size=1", f"--json={out}") == 0
+    out, plot = tmp_path / "c.json", tmp_path / "c.png"
+    assert compare(
+        clip, track, f"--checkpoint={path}", "--hop_size=1", f"--json={out}", f"--plot={plot}"
+    ) == 0
     printed = capsys.readouterr().out
+    picture = image.imread(plot)  # the matrix, with the alignment drawn in its own green
+    assert picture.shape[0] > 200 and picture.shape[1] > 300
+    green = np.all(np.abs(picture[..., :3] - np.array([0x3D, 0xDC, 0x84]) / 255) < 0.02, axis=-1)
+    assert green.sum() > 50
     same = json.loads(out.read_text())
     assert same["verdict"].startswith("no decision") and same["version"] is None
     assert same["a_s"] == [0.0, pytest.approx(20.0, abs=0.01)]
@@ -311,6 +319,25 @@ def test_compare_says_where_two_recordings_meet(setup, tmp_path, capsys):
     assert result["verdict"] == "versions" and result["threshold_source"] == "threshold"
     assert compare(clip, other, f"--catalogue={cat}", f"--threshold={between}") == 0
     assert "not versions" in capsys.readouterr().out
+
+
+def test_picture_of_a_query_match_agrees_with_the_match(setup):
+    """Catalogue.compare_track (a query result's picture) places the clip where the query did,
+    from the windows the catalogue holds, at the query's distance."""
+    _, _, _, cat = setup
+    catalogue = api.Catalogue(cat, device="cpu")
+    clip = excerpt(setup, "v1", 6.5)
+    best = catalogue.query(str(clip), topk=1, exact=True).matches[0]
+    embedder = catalogue.embedder
+    waveform = embedder.waveform(str(clip))
+    settings = catalogue.settings
+    windows = embedder.embed_waveform(waveform, settings["win_len"], settings["hop_size"])
+    result = catalogue.compare_track(windows, waveform.size / SR, best.row)
+    assert result.distance == pytest.approx(best.distance, rel=1e-3)
+    assert result.b_s[0] == pytest.approx(best.track_s[0], abs=1e-6)
+    assert result.a_s == pytest.approx(best.clip_s, abs=1e-6)
+    assert result.segments.shape == (len(windows), int((~catalogue.data.mask[best.row]).sum()))
+    assert result.picture(("clip", best.id)).startswith(b"\x89PNG")
 
 
 def test_compare_needs_a_model_and_readable_audio(setup, tmp_path, capsys):

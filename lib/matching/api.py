@@ -32,7 +32,7 @@ from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
 from lib.extract import file_digest
 from lib.files import atomic_write
-from lib.matching import calibration, catalogue, inference
+from lib.matching import calibration, catalogue, inference, picture
 
 ADDED_DIR = "added"  # under a catalogue: embeddings of added audio (a stopped add resumes)
 DEFAULT_HOP = 5.0
@@ -493,6 +493,33 @@ class Catalogue:
             redux or settings["redux"],
             threshold,
         )
+        return self._decided(result, threshold)
+
+    def compare_track(self, windows, duration, row, redux=None, threshold=None):
+        """The ``Comparison`` of a clip's window embeddings ``windows`` (S, D; the catalogue's
+        windows and hop) of ``duration`` s with catalogue track ``row``, from the windows the
+        catalogue holds (no audio decoded): the picture of a query's match."""
+        settings, data = self.settings, self._data
+        if not 0 <= row < len(self):
+            raise UsageError(f"row {row}: the catalogue has {len(self)} tracks")
+        valid = ~data.mask[row]
+        track = np.asarray(data.z[row][valid], dtype=np.float32)
+        # the track's length as its windows cover it (its last window may run past its end)
+        covered = data.window_seconds(int(valid.sum()) - 1)[1]
+        result = comparison(
+            windows,
+            track,
+            (duration, covered),
+            settings["metric"],
+            redux or settings["redux"],
+            float(settings["win_len"]),
+            float(settings["hop_size"]),
+            threshold,
+        )
+        return self._decided(result, threshold)
+
+    def _decided(self, result, threshold):
+        """``result`` with the calibrated threshold of one comparison unless ``threshold``."""
         single = None if threshold is not None else self.decision_for(1)
         if single is not None:
             result.threshold, result.threshold_source = single.threshold, "calibrated"
@@ -613,6 +640,10 @@ class Comparison:
     durations: tuple  # (A, B) seconds
     threshold: float = None  # distance at or below which they are versions; None: none given
     threshold_source: str = None  # "threshold" (given) or "calibrated" (a catalogue's)
+    # (Sa, Sb) distances between every window of A and every window of B (``picture``)
+    segments: np.ndarray = field(default=None, repr=False)
+    win_len: float = None  # seconds per window
+    hop: float = None  # seconds between windows (A's and B's)
 
     @property
     def is_version(self):
@@ -637,6 +668,10 @@ class Comparison:
             "pairs": self.pairs,
         }
 
+    def picture(self, names=("A", "B")):
+        """PNG bytes: the window-distance matrix with where A and B meet (``picture.png``)."""
+        return picture.comparison_png(self, names)
+
 
 def compare(
     embedder, a, b, samplerate=None, win_len=None, hop=DEFAULT_HOP, redux=None, threshold=None
@@ -649,11 +684,18 @@ def compare(
     length = embedder.window_length(win_len)
     waveforms = [embedder.waveform(x, samplerate) for x in (a, b)]
     durations = tuple(w.size / embedder.samplerate for w in waveforms)
-    za, zb = (torch.from_numpy(embedder.embed_waveform(w, length, hop)) for w in waveforms)
+    za, zb = (embedder.embed_waveform(w, length, hop) for w in waveforms)
     engine = embedder.engine
-    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=engine.segment_metric)
-    reduced = tensor_ops.distance_tensor_redux(seg[None, None], redux or engine.default_redux)
-    distance = float(reduced)
+    redux = redux or engine.default_redux
+    return comparison(za, zb, durations, engine.segment_metric, redux, length, hop, threshold)
+
+
+def comparison(za, zb, durations, metric, redux, win_len, hop, threshold=None):
+    """The ``Comparison`` of the window embeddings ``za`` (Sa, D) and ``zb`` (Sb, D) of two
+    recordings of ``durations`` s, windows of ``win_len`` s every ``hop`` s."""
+    za, zb = (torch.from_numpy(np.asarray(z, dtype=np.float32)) for z in (za, zb))
+    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=metric)
+    distance = float(tensor_ops.distance_tensor_redux(seg[None, None], redux))
     seg = seg.numpy()
     windows_b = np.arange(seg.shape[1])
     offset = catalogue.best_offset(seg, windows_b, hop, hop)
@@ -661,7 +703,7 @@ def compare(
     overlap = max(0.0, min(durations[0] - start_a, durations[1] - start_b))
 
     def window_s(i, duration):
-        return [i * hop, min(i * hop + length, duration)]
+        return [i * hop, min(i * hop + win_len, duration)]
 
     pairs = [
         {"a_s": window_s(i, durations[0]), "b_s": window_s(j, durations[1]), "distance": d}
@@ -675,6 +717,9 @@ def compare(
         durations,
         threshold,
         None if threshold is None else "threshold",
+        seg,
+        win_len,
+        hop,
     )
 
 

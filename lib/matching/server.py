@@ -5,6 +5,12 @@ start there; a catalogue summary page; the same answers as JSON.
     GET  /                 the page (upload form, recorder)
     POST /query            multipart form, field ``clip``: the result page (``?format=json``:
                            JSON, as ``match.py query --json`` writes one clip)
+    GET  /compare          two uploads: are they versions, and where do they meet?
+    POST /compare          multipart form, fields ``a`` and ``b``: the verdict, the matched
+                           ranges and the picture of their window distances (``?format=json``:
+                           JSON, as ``match.py compare --json`` writes it)
+    GET  /picture/T/N      the picture of uploaded clip T against catalogue track N (a query
+                           result's, from the windows the catalogue holds)
     GET  /catalogue        summary: tracks, windows, index, calibration (and its plot)
     GET  /audio/track/N    the audio of catalogue track N (row), for the players
     GET  /audio/clip/T     an uploaded clip (token T), for the players
@@ -20,6 +26,7 @@ Queries are answered one at a time (the model has the CPU to itself); decoding o
 at most one decoder per core left to it.
 """
 
+import base64
 import collections
 import html
 import os
@@ -175,7 +182,8 @@ def page(title, body):
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        "<nav><a href='./'>Search</a><a href='catalogue'>Catalogue</a></nav>"
+        "<nav><a href='./'>Search</a><a href='compare'>Compare two recordings</a>"
+        "<a href='catalogue'>Catalogue</a></nav>"
         f"<h1>{html.escape(title)}</h1>{body}</body></html>"
     )
 
@@ -192,12 +200,55 @@ def form_html(limit):
     )
 
 
-def error_response(status, message, limit, as_json=False):
-    """The error as JSON, or as the search page with the message above the form."""
+def compare_form_html(limit):
+    accept = ",".join(AUDIO_EXTENSIONS) + ",audio/*"
+    return (
+        "<form id='compare' method='post' action='compare' enctype='multipart/form-data'>"
+        f"<p>A <input type='file' name='a' id='a' accept='{accept}' required></p>"
+        f"<p>B <input type='file' name='b' id='b' accept='{accept}' required></p>"
+        "<p><button type='submit' id='compare-button'>Compare</button> "
+        f"<small>audio up to {limit / 1e6:g} MB in all</small></p></form>"
+    )
+
+
+def error_response(status, message, limit, as_json=False, comparing=False):
+    """The error as JSON, or as the search (or comparison) page with the message above the
+    form."""
     if as_json:
         return JSONResponse({"error": message, "status": status}, status_code=status)
     body = f"<div class='error' id='error'>{html.escape(message)}</div>"
+    if comparing:
+        return HTMLResponse(
+            page("Compare two recordings", body + compare_form_html(limit)), status_code=status
+        )
     return HTMLResponse(page("Version search", body + form_html(limit)), status_code=status)
+
+
+def comparison_html(names, result, png):
+    verdict_class = {True: "found", False: "none", None: "unknown"}[result.is_version]
+    (a0, a1), (b0, b1) = result.a_s, result.b_s
+    decided = ""
+    if result.threshold is not None:
+        decided = f" ({result.threshold_source} threshold {result.threshold:.4f})"
+    rows = "".join(
+        f"<tr><td class='num'>{clock(p['a_s'][0])}-{clock(p['a_s'][1])}</td>"
+        f"<td class='num'>{clock(p['b_s'][0])}-{clock(p['b_s'][1])}</td>"
+        f"<td class='num'>{p['distance']:.4f}</td></tr>"
+        for p in result.pairs
+    )
+    picture = base64.b64encode(png).decode("ascii")
+    return (
+        f"<p>A <b>{html.escape(names[0])}</b> ({clock(result.durations[0])}), "
+        f"B <b>{html.escape(names[1])}</b> ({clock(result.durations[1])})</p>"
+        f"<div class='verdict {verdict_class}' id='verdict'>{html.escape(result.verdict)}</div>"
+        f"<p id='distance'>distance {result.distance:.4f}{html.escape(decided)}</p>"
+        f"<p id='alignment'>best alignment: A {clock(a0)}-{clock(a1)} ~ B {clock(b0)}-"
+        f"{clock(b1)}</p>"
+        f"<img id='picture' src='data:image/png;base64,{picture}' alt='window distances of A "
+        "and B, where they meet marked'>"
+        "<table id='pairs'><thead><tr><th>A</th><th>B</th><th>distance</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def result_html(name, token, result, decision):
@@ -226,12 +277,15 @@ def result_html(name, token, result, decision):
             "</audio></td>"
             f"<td class='num track'>{clock(t0)}-{clock(t1)} "
             f"<audio controls preload='none' src='audio/track/{m.row}#t={t0:.1f},{t1:.1f}'>"
-            "</audio></td></tr>"
+            "</audio></td>"
+            f"<td><details><summary>picture</summary><img loading='lazy' class='picture' "
+            f"src='picture/{token}/{m.row}' alt='window distances of the clip and the track'>"
+            "</details></td></tr>"
         )
     lines.append(
         "<table id='matches'><thead><tr><th>rank</th><th>track</th><th>distance</th>"
         "<th>verdict</th><th>p(false alarm)</th><th>in the clip</th><th>in the track</th>"
-        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>where they meet</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     return "".join(lines)
 
@@ -296,16 +350,48 @@ class Service:
     def query(self, path):
         """The ``QueryResult`` of an uploaded clip; a file that is not audio is an
         ``UploadError`` saying why."""
-        embedder = self.catalogue.embedder
+        waveform = self.decoded(path)
+        with self.lock:
+            self.catalogue.refresh()
+            samplerate = self.catalogue.embedder.samplerate
+            return self.catalogue.query(waveform, samplerate=samplerate, topk=self.topk)
+
+    def decoded(self, path):
+        """The waveform of an uploaded file at the model's rate; ``UploadError`` if it is not
+        audio."""
         try:
             with self.decoders:
-                waveform = embedder.waveform(path)
+                return self.catalogue.embedder.waveform(path)
         except AudioError as err:
             reason = str(err).split(": ", 1)[-1]
             raise UploadError(422, f"the upload could not be used as audio: {reason}") from err
+
+    def compare(self, path_a, path_b):
+        """The ``Comparison`` of two uploads (the catalogue's windows and calibration) and its
+        picture."""
+        embedder = self.catalogue.embedder
+        a, b = self.decoded(path_a), self.decoded(path_b)
         with self.lock:
-            self.catalogue.refresh()
-            return self.catalogue.query(waveform, samplerate=embedder.samplerate, topk=self.topk)
+            result = self.catalogue.compare(a, b, samplerate=embedder.samplerate)
+        return result, result.picture(("A", "B"))
+
+    def picture(self, token, row):
+        """PNG of uploaded clip ``token`` against catalogue track ``row`` (None when the clip
+        is gone or the row does not exist)."""
+        path = self.clip_path(token)
+        if path is None or not os.path.isfile(path) or not 0 <= row < len(self.catalogue):
+            return None
+        embedder = self.catalogue.embedder
+        waveform = self.decoded(path)
+        settings = self.catalogue.settings
+        with self.lock:
+            windows = embedder.embed_waveform(
+                waveform, float(settings["win_len"]), float(settings["hop_size"])
+            )
+        duration = waveform.size / embedder.samplerate
+        result = self.catalogue.compare_track(windows, duration, row)
+        track = self.catalogue.tracks[row]["id"]
+        return result.picture(("clip", track))
 
 
 def make_app(service):
@@ -339,6 +425,50 @@ def make_app(service):
         decision = service.catalogue.decision
         body = result_html(name, token, result, decision) + "<h2>Another clip</h2>"
         return HTMLResponse(page("Version search", body + form_html(service.limit)))
+
+    async def compare_page(request):
+        return HTMLResponse(page("Compare two recordings", compare_form_html(service.limit)))
+
+    async def read_pair(request):
+        """[(file name, bytes)] of the form's ``a`` and ``b`` files."""
+        try:
+            async with request.form(max_files=2, max_fields=4) as form:
+                found = []
+                for field in ("a", "b"):
+                    upload = form.get(field)
+                    if upload is None or isinstance(upload, str):
+                        raise UploadError(400, f"no file {field.upper()} in the request")
+                    found.append((os.path.basename(upload.filename or ""), await upload.read()))
+                return found
+        except HTTPException as err:
+            raise UploadError(400, f"not a valid upload form: {err.detail}") from err
+
+    async def compare(request):
+        as_json = request.query_params.get("format") == "json"
+        try:
+            (name_a, data_a), (name_b, data_b) = await read_pair(request)
+            token_a = await run_in_threadpool(service.save_upload, name_a, data_a)
+            token_b = await run_in_threadpool(service.save_upload, name_b, data_b)
+            result, png = await run_in_threadpool(
+                service.compare, service.clip_path(token_a), service.clip_path(token_b)
+            )
+        except UploadError as err:
+            return error_response(err.status, str(err), service.limit, as_json, comparing=True)
+        if as_json:
+            return JSONResponse({"a": name_a, "b": name_b, **result.as_dict()})
+        body = comparison_html((name_a, name_b), result, png) + "<h2>Two more</h2>"
+        return HTMLResponse(page("Compare two recordings", body + compare_form_html(service.limit)))
+
+    async def match_picture(request):
+        try:
+            png = await run_in_threadpool(
+                service.picture, request.path_params["token"], request.path_params["row"]
+            )
+        except UploadError as err:
+            return Response(str(err), status_code=err.status)
+        if png is None:
+            return Response("no such clip or track (only recent uploads are kept)", 404)
+        return Response(png, media_type="image/png")
 
     async def catalogue(request):
         cat = service.catalogue
@@ -390,6 +520,9 @@ def make_app(service):
     routes = [
         Route("/", home),
         Route("/query", query, methods=["POST"]),
+        Route("/compare", compare_page),
+        Route("/compare", compare, methods=["POST"]),
+        Route("/picture/{token:str}/{row:int}", match_picture),
         Route("/catalogue", catalogue),
         Route("/audio/track/{row:int}", track_audio),
         Route("/audio/clip/{token:str}", clip_audio),
@@ -437,13 +570,22 @@ def wait_for_url(lines, on_line=None):
 def post_upload(base_url, name, data, fmt=None, field="clip", timeout=600):
     """(HTTP status, body text) of uploading ``data`` as the file ``name`` to ``/query``
     (``fmt="json"``: the JSON answer)."""
+    return post_files(base_url, "query", [(field, name, data)], fmt, timeout)
+
+
+def post_files(base_url, route, files, fmt=None, timeout=600):
+    """(HTTP status, body text) of a multipart form of ``files`` [(field, file name, bytes)]
+    posted to ``route`` (``fmt="json"``: the JSON answer)."""
     boundary = secrets.token_hex(16)
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-        f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-    ).encode()
-    body = head + data + f"\r\n--{boundary}--\r\n".encode()
-    url = base_url + "query" + (f"?format={fmt}" if fmt else "")
+    body = b""
+    for field, name, data in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        body += head + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    url = base_url + route + (f"?format={fmt}" if fmt else "")
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )

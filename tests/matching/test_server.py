@@ -9,6 +9,7 @@ chromium-driver, installed by ``install_requirements.sh --browser`` when missing
 uploads a clip through the form, and the result table is read from the page; a screenshot of
 the result page is kept (``CLEWS_SCREENSHOT`` names where, for the record)."""
 
+import base64
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import data_preproc
 import match
 from lib import synth
 from lib.audio import load_audio, write_audio
-from lib.matching.server import post_upload, wait_for_url
+from lib.matching.server import post_files, post_upload, wait_for_url
 from tests.corpus import ROOT
 from tests.trained_model import PATH as TRAINED
 
@@ -166,6 +167,43 @@ def test_a_clip_of_a_track_gives_it_first_with_where(served):
     status, body, _ = get(url + f"audio/track/{row}")
     source = sorted((audio / "work003").glob("v1.*"))[0]
     assert status == 200 and body == source.read_bytes()
+
+
+def test_compare_two_uploads_and_the_picture_of_each_match(served):
+    """Two uploads: a 10 s excerpt from 8 s of a track against the track lines up there, and
+    is closer than against another work; the page shows the picture. A query's matches each
+    link the picture of the clip against that track."""
+    root, audio, url, _ = served
+    clip = clip_bytes(root, audio, 5, 0, 8.0)
+    track = sorted((audio / "work005").glob("v0.*"))[0]
+    other = sorted((audio / "work010").glob("v1.*"))[0]
+    assert track.suffix == other.suffix == ".mp3"  # both fit the 1 MB limit with the clip
+    pair = [("a", "clip.mp3", clip), ("b", track.name, track.read_bytes())]
+    status, text = post_files(url, "compare", pair, fmt="json")
+    assert status == 200, text
+    same = json.loads(text)
+    assert same["a"] == "clip.mp3" and abs(same["b_s"][0] - 8.0) <= 2.0
+    assert same["a_s"][1] - same["a_s"][0] == pytest.approx(10.0, abs=0.05)
+    status, text = post_files(url, "compare", [pair[0], ("b", "o.mp3", other.read_bytes())], "json")
+    assert status == 200 and json.loads(text)["distance"] > same["distance"]
+    status, page = post_files(url, "compare", pair)
+    assert status == 200 and "id='verdict'" in page and "best alignment: A 0:00.0-0:10.0" in page
+    png = base64.b64decode(re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page).group(1))
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    status, text = post_files(url, "compare", pair[:1], fmt="json")
+    assert status == 400 and "no file B" in json.loads(text)["error"]
+    status, body, _ = get(url + "compare")
+    assert status == 200 and b"name='a'" in body and b"name='b'" in body
+    # a query's matches: the picture of the clip against each track, from the catalogue
+    status, page = post_clip(url, "clip.mp3", clip)
+    token = re.search(r"audio/clip/([0-9a-f]+)", page).group(1)
+    rows = re.findall(rf"picture/{token}/(\d+)", page)
+    assert len(rows) == 3
+    status, body, headers = get(url + f"picture/{token}/{rows[0]}")
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert body.startswith(b"\x89PNG")
+    assert get(url + f"picture/{token}/999")[0] == 404
+    assert get(url + "picture/0123abcd/0")[0] == 404
 
 
 def test_refused_uploads_say_why_and_the_server_keeps_answering(served):
