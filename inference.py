@@ -59,7 +59,7 @@ def parse_args(argv):
         default="32",
         help="32 (default, the original's numbers); bf16: mixed precision on a GPU or a CPU with "
         "native bf16 (torch), OpenVINO's bf16 precision hint (openvino); 16: fp16 mixed "
-        "precision on a GPU (torch)",
+        "precision on a GPU (torch); int8: an export's int8 model (lib.export --int8)",
     )
     parser.add_argument(
         "--backend",

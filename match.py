@@ -30,8 +30,8 @@ import os
 import socket
 import sys
 
-from lib import cli, runtime, tensor_ops
-from lib.matching import api, calibration, catalogue, inference
+from lib import cli, reductions, runtime
+from lib.matching import api, calibration, catalogue
 from lib.audio import AudioError
 from lib.matching.catalogue import clock
 from lib.errors import UsageError
@@ -98,7 +98,8 @@ def cmd_index(args):
         f"Catalogue {args.out}: {len(cat.tracks)} tracks, {cat.index.ntotal} windows, "
         f"{cat.info['kind']}"
     )
-    report_failed(failed, os.path.join(args.out, "embeddings", inference.FAILURE_LOG))
+    log = api.torch_parts().inference.FAILURE_LOG
+    report_failed(failed, os.path.join(args.out, "embeddings", log))
     return 1 if failed else 0
 
 
@@ -115,7 +116,7 @@ def cmd_add(args):
     if done["already"]:
         print(f"{len(done['already'])} file(s) already in the catalogue, left as they are")
     print(f"Catalogue {args.catalogue}: {before} + {len(done['added'])} = {len(cat)} tracks")
-    log = os.path.join(args.catalogue, api.ADDED_DIR, inference.FAILURE_LOG)
+    log = os.path.join(args.catalogue, api.ADDED_DIR, api.torch_parts().inference.FAILURE_LOG)
     report_failed(done["failed"], log)
     return 1 if done["failed"] else 0
 
@@ -355,7 +356,8 @@ def parse_args(argv):
             "--precision",
             default="32",
             help="32 (default); bf16: mixed precision on a GPU or a CPU with native bf16 (torch), "
-            "OpenVINO's bf16 precision hint (openvino); 16: fp16 on a GPU (torch)",
+            "OpenVINO's bf16 precision hint (openvino); 16: fp16 on a GPU (torch); int8: an "
+            "export's int8 model (python -m lib.export --int8)",
         )
         p.add_argument(
             "--backend",
@@ -486,7 +488,7 @@ def parse_args(argv):
             parser.error(f"--{name} must be > 0, got {value}")
     if getattr(args, "redux", None):
         try:
-            tensor_ops.parse_redux(args.redux)
+            reductions.parse_redux(args.redux)
         except ValueError as err:
             parser.error(f"--redux: {err}")
     return args

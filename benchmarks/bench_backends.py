@@ -15,7 +15,9 @@ fp32 run in the same process, on this machine's CPU.
         [--device cuda]
 
 Each backend runs what this machine offers: torch bf16 and OpenVINO bf16 need a CPU with native
-bf16 (AVX512-BF16 or AMX); ONNX Runtime runs the fp32 graph only; on a GPU (``--device cuda``,
+bf16 (AVX512-BF16 or AMX); ONNX Runtime runs the fp32 graph (and the int8 one) only; int8 is the
+export's int8 model (``python -m lib.export --int8``), calibrated on part 1's mp3 files and on
+the demo's training tracks; on a GPU (``--device cuda``,
 part 1) ONNX Runtime takes TensorRT's or CUDA's execution provider when its build has one
 (``onnxruntime-gpu``), OpenVINO is left out.
 """
@@ -28,12 +30,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from lib import retrieval, synth
+from lib import retrieval, runtime, synth
 from lib.audio import load_audio
 from lib.checkpoint import save_checkpoint
 from lib.dataset import Dataset
 from lib.errors import UsageError
-from lib.export import exported
+from lib.export import export
 from lib.matching import catalogue
 from lib.matching.api import Embedder
 from lib.matching.inference import embed_files
@@ -47,13 +49,25 @@ CANDIDATES = [
     ("onnxruntime", "32"),
     ("openvino", "32"),
     ("openvino", "bf16"),
+    ("onnxruntime", "int8"),
+    ("openvino", "int8"),
 ]
 
 
-def engines(checkpoint, device="cpu", say=print):
+def export_with_int8(checkpoint, audio):
+    """The export beside ``checkpoint`` with an int8 model calibrated on ``audio`` (made when
+    missing)."""
+    folder = runtime.export_folder_for(checkpoint, runtime.file_digest(checkpoint))
+    if not (runtime.is_export(folder) and "int8" in runtime.read_info(folder)):
+        export(checkpoint, folder, overwrite=True, int8_audio=audio)
+    return folder
+
+
+def engines(checkpoint, calibration_audio, device="cpu", say=print):
     """{(backend, precision): runtime.WindowModel} of what this machine runs on ``device``,
-    torch fp32 first; the export of ``checkpoint`` is made (or found) before."""
-    exported(checkpoint, say=lambda _: None)
+    torch fp32 first; the export of ``checkpoint`` (with its int8 model, calibrated on
+    ``calibration_audio``) is made (or found) before."""
+    export_with_int8(checkpoint, calibration_audio)
     found = {}
     for backend, name in CANDIDATES:
         try:
@@ -96,7 +110,7 @@ def bench_throughput(args):
         f"{os.cpu_count()} CPU cores, device {args.device}:"
     )
     rates, outputs = {}, {}
-    for key, engine in engines(checkpoint, args.device).items():
+    for key, engine in engines(checkpoint, os.path.join(tmp, "in"), args.device).items():
         jobs = [(f, os.path.join(tmp, label(key), f"{i}.pt")) for i, f in enumerate(files)]
         summary = embed_files(engine, jobs, 20.0, 5.0, nworkers=1)
         rates[key] = summary["audio_seconds"] / summary["wall_seconds"]
@@ -112,6 +126,19 @@ def test_tracks(demo):
     conf = OmegaConf.load(os.path.join(demo, "runs", "demo-clews", "configuration.yaml"))
     conf.data.path = conf.path
     return Dataset(conf.data, "test", fullsongs=True, checks=False)
+
+
+def training_audio(demo):
+    """A folder of links to the demo's training tracks: what the int8 model is calibrated on
+    (never the test tracks it is measured on)."""
+    conf = OmegaConf.load(os.path.join(demo, "runs", "demo-clews", "configuration.yaml"))
+    conf.data.path = conf.path
+    train = Dataset(conf.data, "train", fullsongs=True, checks=False)
+    folder = tempfile.mkdtemp(prefix="bench_backends_train_")
+    for i, key in enumerate(train.versions):
+        source = os.path.abspath(train.filename[key])
+        os.symlink(source, os.path.join(folder, f"{i:04d}{os.path.splitext(source)[1]}"))
+    return folder
 
 
 def track_map(engine, dataset, waveforms, win_len, hop):
@@ -151,7 +178,7 @@ def top10(engine, waveforms, clips, folder):
 def bench_parity(args):
     dataset = test_tracks(args.demo)
     checkpoint = os.path.join(args.demo, "runs", "demo-clews", "checkpoint_last.ckpt")
-    found = engines(checkpoint)
+    found = engines(checkpoint, training_audio(args.demo))
     sr = found[BASE].samplerate
     waveforms = [load_audio(dataset.filename[k], sr) for k in dataset.versions]
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lib.config import EVALUATION_SECTIONS, ConfigError, load_yaml, typed_run_config
 from lib.errors import RunError
-from lib.files import atomic_torch_save, safe_torch_load
+from lib.torch_files import atomic_torch_save, safe_torch_load
 from lib.model_base import build_model
 
 # wrappers that DDP / Fabric / torch.compile put in front of parameter names

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lib.errors import RunError
-from lib.files import atomic_torch_save, safe_torch_load
+from lib.torch_files import atomic_torch_save, safe_torch_load
 
 # what to do about audio files found missing or unreadable after preprocessing
 RECHECK_HINT = "run data_preproc.py again (--check=full decodes every file) to drop them"

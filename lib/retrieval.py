@@ -20,8 +20,10 @@ Segment distances come from matrix products with the model's ``segment_metric`` 
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lib import metrics
@@ -141,7 +143,7 @@ def _scale(metric, dim):
 def block_distances(q, c, redux, metric="nsqeuc", inf=tensor_ops.INF):
     """Track distances (bq, bc) between query tracks ``q`` and candidate tracks ``c``
     (``Embeddings`` on the compute device) with segment distances ``metric``, reduced by
-    ``redux`` (a name or its ``tensor_ops.Reduction``). A pair with no valid segment pair gets
+    ``redux`` (a name or its ``reductions.Reduction``). A pair with no valid segment pair gets
     ``inf``."""
     redux = tensor_ops.parse_redux(redux)
     if not redux.symmetric and redux.base in FAST_REDUCTIONS:
@@ -238,6 +240,22 @@ def _greedy_pairs(x, qq, heads, cols, num, floor=0.0):
             heads_flat.index_copy_(0, flat, best + qq_flat.index_select(0, flat))
             cols_flat.index_copy_(0, flat, where)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.inf))
+
+
+def track_scores(query, z, mask, redux, metric):
+    """Track distances (C,) float32 from one clip's windows ``query`` (Sq, D) numpy to C
+    catalogue tracks' windows ``z`` (C, S, D) numpy fp16 (``mask`` (C, S) True at padding) with
+    ``redux``: ``reductions.track_scores`` by this engine (the torch backend's)."""
+    q = torch.from_numpy(np.asarray(query, dtype=np.float16))[None]
+    none = torch.zeros(1, dtype=torch.long)
+    ids = torch.arange(len(z))
+    with warnings.catch_warnings():
+        # slices of a read-only memory map are only read here: no copy needed
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        zt = torch.from_numpy(np.ascontiguousarray(z))
+    candidates = Embeddings(ids, ids, zt, torch.from_numpy(np.ascontiguousarray(mask)))
+    clip = Embeddings(none, none, q, None)
+    return block_distances(clip, candidates.trimmed(), redux, metric)[0].numpy()
 
 
 ###################################################################################################

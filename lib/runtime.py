@@ -15,6 +15,8 @@ gives the PyTorch numbers to < 1e-5):
     openvino    bf16 OpenVINO with the inference precision hint bf16: its own bf16 kernels, on a
                      CPU that computes bf16 natively (AVX512-BF16 or AMX); a precision, like
                      PyTorch's bf16 autocast, not the same numbers as fp32
+    either      int8 the export's int8 model (``python -m lib.export --int8=AUDIO``: weights and
+                     activations quantized, activation ranges measured on that music)
 """
 
 import abc
@@ -25,14 +27,20 @@ import os
 
 import numpy as np
 
+from lib import reductions
 from lib.errors import RunError, UsageError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+# what embeddings recorded before their backend and precision were (folders, catalogues) were
+# made with
+FORMER_SETTINGS = {"backend": "torch", "precision": "32-true"}
 EXPORT_FORMAT = 1
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # with ``python -m lib.export --int8=AUDIO``
 INFO_FILE = "model.json"
 PRECISION_NAMES = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed"}
 PRECISION_NAMES.update({"bf16-mixed": "bf16-mixed", "16": "16-mixed", "16-mixed": "16-mixed"})
+PRECISION_NAMES["int8"] = "int8"
 
 
 class ExportError(RunError):
@@ -108,6 +116,11 @@ class WindowModel(abc.ABC):
         """Seconds per window: ``win_len``, or the training length when None or <= 0."""
         return float(win_len) if win_len is not None and win_len > 0 else float(self.train_len)
 
+    def track_scores(self, query, z, mask, redux, metric):
+        """A catalogue query's track distances (``reductions.track_scores``: numpy; the torch
+        backend computes them with its retrieval engine, as catalogues always have)."""
+        return reductions.track_scores(query, z, mask, redux, metric)
+
 
 ###################################################################################################
 # Exported models
@@ -131,19 +144,38 @@ def read_info(folder):
     return info
 
 
+def export_folder_for(checkpoint, digest):
+    """Where the export of a checkpoint is kept when ``inference.py`` / ``match.py`` are asked
+    to run it on an exported backend: ``<checkpoint folder>/exported/<digest>``."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    return os.path.join(folder, "exported", digest[:16])
+
+
+def export_beside(checkpoint):
+    """The export kept beside ``checkpoint`` (``export_folder_for``) when it is there and of
+    these weights, else None."""
+    if not os.path.isfile(checkpoint):
+        return None
+    digest = file_digest(checkpoint)
+    folder = export_folder_for(checkpoint, digest)
+    if is_export(folder) and read_info(folder)["checkpoint_sha256"] == digest:
+        return folder
+    return None
+
+
 def is_export(path):
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, INFO_FILE))
 
 
 def check_backend(backend, precision, device="cpu"):
-    """Fabric's name of ``precision`` for an exported model on ``backend``; ``UsageError``
-    naming the pair when the backend does not offer it (fp16 and ONNX Runtime's bf16 would be
-    other graphs: not offered)."""
+    """Fabric's name of ``precision`` for an exported model on ``backend`` (or ``int8``: the
+    export's int8 model, on either backend); ``UsageError`` naming the pair when the backend
+    does not offer it (fp16 and ONNX Runtime's bf16 would be other graphs: not offered)."""
     if backend not in BACKENDS[1:]:
         raise UsageError(f"--backend {backend}: an exported model runs on onnxruntime or openvino")
     name = PRECISION_NAMES.get(str(precision))
     if name is None:
-        raise UsageError(f"--precision {precision}: not one of 32, bf16, 16")
+        raise UsageError(f"--precision {precision}: not one of 32, bf16, 16, int8")
     if name == "16-mixed":
         raise UsageError(f"--precision {precision}: not offered with --backend {backend}; use 32")
     if name == "bf16-mixed" and backend == "onnxruntime":
@@ -182,6 +214,13 @@ class ExportedModel(WindowModel):
         self.checkpoint = info["checkpoint"]
         self._digest = info["checkpoint_sha256"]
         path = os.path.join(self.folder, info.get("model_file", MODEL_FILE))
+        if self.precision == "int8":
+            if "int8" not in info:
+                raise UsageError(
+                    f"{self.folder}: no int8 model; export with python -m lib.export "
+                    "--int8=AUDIO_FOLDER (music to calibrate it on)"
+                )
+            path = os.path.join(self.folder, info["int8"]["model_file"])
         threads = threads or default_threads()
         if backend == "onnxruntime":
             self._run = onnxruntime_session(path, device, threads)
@@ -273,7 +312,8 @@ def onnxruntime_session(path, device, threads):
 
 def openvino_model(path, precision, threads):
     """A function windows (B, S, L) -> [embeddings (B, S, D)] of an OpenVINO CPU model compiled
-    with the inference precision hint of ``precision`` (f32 or bf16)."""
+    with the inference precision hint of ``precision`` (f32 or bf16; an int8 model's quantized
+    layers run in int8 under f32)."""
     import openvino
 
     core = openvino.Core()

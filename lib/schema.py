@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional, Union
 
 from omegaconf import MISSING
 
-from lib import tensor_ops
+from lib import reductions
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,10 @@ SCHEDULE = Valid(grammar=schedule_problem)
 def redux_problem(name):
     """What is wrong with a segment-distance reduction's name (None: nothing)."""
     try:
-        tensor_ops.parse_redux(name)
+        reductions.parse_redux(name)
     except ValueError as err:
         head, dash, rest = str(name).partition("-")
-        close = difflib.get_close_matches(head, list(tensor_ops.REDUCTIONS), n=1)
+        close = difflib.get_close_matches(head, list(reductions.REDUCTIONS), n=1)
         hint = f"; did you mean {close[0]}{dash}{rest}?" if close and close[0] != head else ""
         return f"is not a reduction ({str(err).split('valid: ')[-1]}){hint}"
     return None

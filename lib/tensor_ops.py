@@ -8,12 +8,11 @@ Conventions shared by every function here:
 """
 
 import math
-import re
-from typing import NamedTuple, Optional
 
 import torch
 
-INF = 1e12
+# the reduction names (the grammar) are torch-free, for the matcher (lib/reductions.py)
+from lib.reductions import INF, parse_redux
 
 PAD_MODES = ("repeat", "zeros", "crazy")
 CUT_MODES = ("start", "end", "random")
@@ -251,59 +250,6 @@ def tensor_quantile(x, q, dim=-1):
 ###################################################################################################
 # Segment-distance reductions
 ###################################################################################################
-
-# name -> whether it accepts a "-N" suffix
-REDUCTIONS = {
-    "min": False,
-    "max": False,
-    "mean": False,
-    "minmean": False,
-    "meanmin": False,
-    "randmin": False,
-    "bpwr": True,
-    "best": True,
-    "worst": True,
-    "bestmin": True,
-}
-
-
-def valid_reductions():
-    """Human-readable list of the accepted reduction names."""
-    names = [n + ("[-N]" if suffix else "") for n, suffix in REDUCTIONS.items()]
-    return ", ".join(names) + "; any of them with an 's' prefix for the symmetric version"
-
-
-class Reduction(NamedTuple):
-    """A segment-distance reduction, parsed once from its name (``str()`` gives the name back):
-    ``bpwr-5`` is (False, "bpwr", 5), ``smeanmin`` (True, "meanmin", None)."""
-
-    symmetric: bool
-    base: str
-    n: Optional[int]
-
-    def __str__(self):
-        suffix = "" if self.n is None else f"-{self.n}"
-        return ("s" if self.symmetric else "") + self.base + suffix
-
-
-def parse_redux(redux):
-    """The ``Reduction`` of a name (a ``Reduction`` is returned as it is); ValueError if
-    unknown."""
-    if isinstance(redux, Reduction):
-        return redux
-    if not isinstance(redux, str):
-        raise ValueError(f"reduction must be a string, got {redux!r}; valid: {valid_reductions()}")
-    match = re.fullmatch(r"(s?)([a-z]+)(?:-(\d+))?", redux)
-    if match is not None:
-        sym, base, num = match.groups()
-        if sym and base not in REDUCTIONS:
-            sym, base = "", sym + base
-        if base in REDUCTIONS and (num is None or REDUCTIONS[base]):
-            if num is not None and int(num) < 1:
-                raise ValueError(f"reduction {redux!r}: N must be >= 1")
-            return Reduction(bool(sym), base, int(num) if num is not None else None)
-    raise ValueError(f"unknown segment-distance reduction {redux!r}; valid: {valid_reductions()}")
-
 
 def distance_tensor_redux(dist, redux, mask=None, squeeze=True, eps=1e-7, inf=INF):
     """Reduce segment-pair distances to one distance per (query item, candidate item).

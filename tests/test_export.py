@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lib import export, runtime
+from lib import export, runtime, synth
 from lib.checkpoint import save_checkpoint
+from lib.errors import UsageError
 from lib.extract import window_embeddings
 from lib.model_base import build_model
 
@@ -119,3 +120,36 @@ def test_export_refusals(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert export.main([str(path), str(out), "--overwrite"]) == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export-")] == []
+
+
+def test_int8_model_calibrated_on_music(tmp_path, capsys):
+    """--int8=AUDIO adds a statically quantized model (activation ranges from that music) that
+    both exported backends run at --precision int8: close to fp32, not equal; an export without
+    one says how to make it."""
+    path, model = random_checkpoint(tmp_path, "config/small-clews.yaml")
+    music = tmp_path / "music"
+    synth.make_corpus(music, works=2, versions=2, seconds=12.0, seed=1, formats=("wav",))
+    (music / "broken.mp3").write_bytes(b"not audio")  # skipped: others are plenty
+    out = tmp_path / "out"
+    assert export.main([str(path), str(out), f"--int8={music}", "--int8_windows=8"]) == 0
+    info = json.loads((out / runtime.INFO_FILE).read_text())
+    assert info["int8"]["calibration"]["windows"] == 8
+    assert 0 < info["int8"]["relative_difference"] < 0.2
+    assert (out / runtime.INT8_FILE).is_file()
+    rng = np.random.default_rng(5)
+    audio = (0.1 * rng.standard_normal(int(25 * model.sr))).astype(np.float32)
+    full = runtime.ExportedModel(out, "onnxruntime", "32", threads=1).window_embeddings(
+        audio, 10.0, 5.0
+    )
+    for backend in ("onnxruntime", "openvino"):
+        eight = runtime.ExportedModel(out, backend, "int8", threads=1)
+        assert eight.precision == "int8"
+        z = eight.window_embeddings(audio, 10.0, 5.0)
+        diff = np.linalg.norm(z - full) / np.linalg.norm(full)
+        assert z.shape == full.shape and 1e-4 < diff < 0.3, (backend, diff)
+    plain = tmp_path / "plain"
+    export.export(path, plain, say=lambda _: None)
+    with pytest.raises(UsageError, match="--int8=AUDIO_FOLDER"):
+        runtime.ExportedModel(plain, "onnxruntime", "int8")
+    assert export.main([str(path), str(tmp_path / "x"), f"--int8={tmp_path / 'nothing'}"]) == 2
+    assert "no audio files to calibrate" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from lib import reductions
 from lib import tensor_ops as T
 from lib.tensor_ops import INF, distance_tensor_redux, force_length, get_frames
 
@@ -251,7 +252,7 @@ def _plain_redux(d, m, redux):
     row_min = {i: min(d[i, j] for j in range(s2) if not m[i, j]) for i in rows}
     name, _, num = redux.partition("-")
     n = int(num) if num else None
-    if redux.startswith("s") and name[1:] in T.REDUCTIONS:
+    if redux.startswith("s") and name[1:] in reductions.REDUCTIONS:
         base = redux[1:]
         return 0.5 * (_plain_redux(d, m, base) + _plain_redux(d.T, m.T, base))
     if name == "min":

@@ -16,23 +16,38 @@
 Every failure is an exception of this project (``lib.errors``: ``UsageError`` for bad
 arguments, ``RunError`` subclasses such as ``AudioError`` and ``CatalogueError`` naming the file
 and the problem).
+
+Without PyTorch (``requirements-runtime.txt``): an exported model (``python -m lib.export``) on
+``backend="onnxruntime"`` or ``"openvino"`` embeds clips, opens catalogues, queries and compares
+them; what runs the PyTorch model or its embedding job over files (the torch backend, building,
+adding, calibrating, MIREX) imports those modules when called (``torch_parts``).
 """
 
 import os
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
-import torch
 
-from lib import export, retrieval, runtime, store, tensor_ops
-from lib import precision as precisions
+from lib import reductions, runtime, store
 from lib.audio import load_audio
-from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
-from lib.extract import file_digest
 from lib.files import atomic_write
-from lib.matching import calibration, catalogue, inference, picture
+from lib.matching import calibration, catalogue, picture
+
+def torch_parts():
+    """The PyTorch side, imported when first needed (see the module's doc): the namespace of
+    ``torch``, ``lib.export``, ``lib.retrieval`` and ``lib.matching.inference``."""
+    import torch
+
+    from lib import export, retrieval
+    from lib.matching import inference
+
+    return types.SimpleNamespace(
+        torch=torch, export=export, retrieval=retrieval, inference=inference
+    )
+
 
 ADDED_DIR = "added"  # under a catalogue: embeddings of added audio (a stopped add resumes)
 DEFAULT_HOP = 5.0
@@ -61,19 +76,23 @@ class Embedder:
         missing: ``lib.export.exported``); ``digest``: the checkpoint's sha256 when known."""
         if backend not in runtime.BACKENDS:
             raise UsageError(f"backend {backend!r}: one of {', '.join(runtime.BACKENDS)}")
+        checkpoint = os.fspath(checkpoint)
         if backend != "torch":
-            folder = export.exported(os.fspath(checkpoint), conf)
-            return cls(runtime.ExportedModel(folder, backend, precision, device))
-        if runtime.is_export(os.fspath(checkpoint)):
+            if not runtime.is_export(checkpoint):  # its export; made first (with PyTorch)
+                found = runtime.export_beside(checkpoint)
+                checkpoint = found or torch_parts().export.exported(checkpoint, conf)
+            return cls(runtime.ExportedModel(checkpoint, backend, precision, device))
+        if runtime.is_export(checkpoint):
             raise UsageError(
                 f"{checkpoint}: an exported model runs on --backend onnxruntime or openvino; "
                 "the torch backend needs the checkpoint"
             )
-        device = inference.pick_device(device)
-        mixed = precisions.check(precision, device, "precision")
-        model, _, _ = load_trained_model(checkpoint, conf, device)
-        inference.check_takes_audio(model, checkpoint)
-        return cls(inference.TorchWindows(model, checkpoint, device, mixed, digest))
+        if str(precision) == "int8":
+            raise UsageError(
+                "precision int8 is an export's int8 model: --backend onnxruntime or openvino"
+            )
+        inference = torch_parts().inference
+        return cls(inference.torch_windows(checkpoint, conf, device, precision, digest))
 
     @property
     def checkpoint(self):
@@ -142,7 +161,7 @@ class Embedder:
         """``inference.py``'s folder mode: every (input, output) of ``jobs`` into ``folder``
         (resumable, checked against the settings recorded there, unless ``overwrite``
         recomputes them); returns its summary."""
-        return inference.embed_into_folder(
+        return torch_parts().inference.embed_into_folder(
             folder, self.engine, jobs, win_len, hop, nworkers, overwrite, extra_settings
         )
 
@@ -272,6 +291,7 @@ class Catalogue:
         recomputes them). Returns (catalogue, [(file, reason)] of the files that could not be
         read)."""
         work = os.path.join(folder, "embeddings")
+        inference = torch_parts().inference
         jobs, other = inference.plan_folder(os.fspath(audio), work)
         if other:
             print(f"  {len(other)} file(s) without an audio extension left out, e.g. {other[0]}")
@@ -288,7 +308,7 @@ class Catalogue:
         """A catalogue in ``folder`` of the outputs of ``inference.py`` in the folder
         ``embeddings`` (its embedding store; collected first from its ``.pt`` files when an
         earlier version wrote none); ``index``, ``nlist``: the FAISS index."""
-        found = inference.folder_store(os.fspath(embeddings))
+        found = torch_parts().inference.folder_store(os.fspath(embeddings))
         windows = int((~found.mask).sum())
         print(f"Index {len(found.manifest['tracks'])} tracks, {windows} windows...")
         index_store(folder, found, index, nlist)
@@ -340,7 +360,7 @@ class Catalogue:
     def made_with(self):
         """(backend, precision) that made the catalogue's embeddings (a catalogue written
         before they were recorded: torch, 32-true)."""
-        recorded = {**inference.FORMER_DEFAULTS, **self.settings}
+        recorded = {**runtime.FORMER_SETTINGS, **self.settings}
         return recorded["backend"], recorded["precision"]
 
     def load_embedder(self, checkpoint=None, conf=None):
@@ -351,7 +371,7 @@ class Catalogue:
         if runtime.is_export(checkpoint):
             digest = runtime.read_info(checkpoint)["checkpoint_sha256"]
         elif os.path.isfile(checkpoint):
-            digest = file_digest(checkpoint)
+            digest = runtime.file_digest(checkpoint)
         else:
             raise UsageError(
                 f"{checkpoint}: checkpoint of the catalogue not found (give where it is now: "
@@ -440,7 +460,16 @@ class Catalogue:
         hop = float(hop) if hop else float(self.settings["hop_size"])
         windows = embedder.embed_waveform(waveform, win_len, hop)
         found = catalogue.search(
-            self._data, windows, topk, redux, exact, neighbours, shortlist, nprobe, clip_hop=hop
+            self._data,
+            windows,
+            topk,
+            redux,
+            exact,
+            neighbours,
+            shortlist,
+            nprobe,
+            clip_hop=hop,
+            scores=embedder.engine.track_scores,
         )
         decision = None if max_distance is not None else self.decision
         threshold = max_distance
@@ -542,6 +571,7 @@ class Catalogue:
         self.check_same_embeddings(embedder)
         work = os.path.join(self.folder, ADDED_DIR)
         win_len, hop = float(self.settings["win_len"]), float(self.settings["hop_size"])
+        inference = torch_parts().inference
         jobs = [(t["source"], inference.output_for_source(work, t["source"])) for t in todo]
         summary = embedder.embed_folder_into(work, jobs, win_len, hop, nworkers)
         out["failed"] = summary["failed"]
@@ -560,7 +590,7 @@ class Catalogue:
         """[{"id", "source", "already"?}] for the files to add; clashing ids are an error."""
         if isinstance(audio, (str, os.PathLike)) and os.path.isdir(audio):
             root = os.fspath(audio)
-            files, _ = inference.find_files(root)
+            files, _ = torch_parts().inference.find_files(root)
             names = [os.path.splitext(os.path.relpath(f, root))[0] for f in files]
         else:
             single = isinstance(audio, (str, os.PathLike))
@@ -619,7 +649,7 @@ def index_store(folder, embeddings, kind="auto", nlist=None):
     """A catalogue in ``folder`` of an embedding store of ``inference.py``'s kind (its tracks and
     the settings it records); ``kind``, ``nlist``: the FAISS index (``lib.matching.catalogue``)."""
     manifest = embeddings.manifest
-    recorded = {**inference.FORMER_DEFAULTS, **manifest["settings"]}
+    recorded = {**runtime.FORMER_SETTINGS, **manifest["settings"]}
     settings = {k: recorded[k] for k in CATALOGUE_SETTINGS}
     return catalogue.build(folder, manifest["tracks"], embeddings, settings, kind, nlist)
 
@@ -693,10 +723,8 @@ def compare(
 def comparison(za, zb, durations, metric, redux, win_len, hop, threshold=None):
     """The ``Comparison`` of the window embeddings ``za`` (Sa, D) and ``zb`` (Sb, D) of two
     recordings of ``durations`` s, windows of ``win_len`` s every ``hop`` s."""
-    za, zb = (torch.from_numpy(np.asarray(z, dtype=np.float32)) for z in (za, zb))
-    seg = tensor_ops.pairwise_distance_matrix(za, zb, mode=metric)
-    distance = float(tensor_ops.distance_tensor_redux(seg[None, None], redux))
-    seg = seg.numpy()
+    seg = reductions.segment_distances(za, zb, metric)
+    distance = float(reductions.distance_redux(seg[None, None], redux)[0, 0])
     windows_b = np.arange(seg.shape[1])
     offset = catalogue.best_offset(seg, windows_b, hop, hop)
     start_a, start_b = max(0.0, -offset), max(0.0, offset)
@@ -753,6 +781,7 @@ def mirex_distances(
         rows = catalogue.collection_rows(listed, asked)
     except catalogue.CatalogueError as err:
         raise UsageError(f"{queries}: {err}") from err
+    parts = torch_parts()
     work = workdir or os.fspath(out) + ".embeddings"
     jobs = [(path, os.path.join(work, f"{i + 1:06d}.pt")) for i, path in enumerate(listed)]
     length = embedder.window_length(win_len)
@@ -763,11 +792,12 @@ def mirex_distances(
     done["redux"] = redux
     if summary["failed"]:
         return done
-    embedded = store.read(os.path.join(work, inference.STORE_DIR))  # the collection, in order
+    torch, retrieval = parts.torch, parts.retrieval
+    embedded = store.read(os.path.join(work, parts.inference.STORE_DIR))  # the collection
     ids = torch.arange(len(listed))
     z, mask = torch.from_numpy(embedded.z), torch.from_numpy(embedded.mask)
     tracks = retrieval.Embeddings(ids, ids, z, mask).trimmed()
-    parsed = tensor_ops.parse_redux(redux)  # once for every block
+    parsed = reductions.parse_redux(redux)  # once for every block
     bq, bc = retrieval.block_sizes(tracks.z.size(1), tracks.z.size(1), len(rows), len(listed))
     dist = torch.cat(
         [

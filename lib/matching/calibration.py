@@ -25,19 +25,17 @@ catalogue grows.
 import functools
 import hashlib
 import io
+import math
 import os
 import time
 
 import numpy as np
-from scipy.special import gammaln
-from tqdm import tqdm
 
-from lib import store, tensor_ops
-from lib.matching import catalogue, inference
+from lib import reductions, store
 from lib.audio import AudioError, get_info, load_audio
 from lib.errors import RunError, UsageError
 from lib.files import atomic_write
-from lib.metadata import load_metadata
+from lib.matching import catalogue
 
 CALIBRATION_DIR = "calibration"  # under a catalogue: embeddings of the labelled set
 
@@ -49,6 +47,9 @@ class CalibrationError(RunError):
 ###################################################################################################
 # False-alarm rate and threshold from measured distances
 ###################################################################################################
+
+
+lgamma = np.vectorize(math.lgamma, otypes=[np.float64])  # log Gamma of each element
 
 
 def false_alarm_rate(nonversion, counts, size, threshold):
@@ -74,7 +75,7 @@ def none_within(above, counts, size):
     exact = counts >= n
     ok = exact & (above >= n)
     a, c = above[ok], counts[ok]
-    out[ok] = np.exp(gammaln(a + 1) - gammaln(a - n + 1) - gammaln(c + 1) + gammaln(c - n + 1))
+    out[ok] = np.exp(lgamma(a + 1) - lgamma(a - n + 1) - lgamma(c + 1) + lgamma(c - n + 1))
     rest = ~exact & (counts > 0)
     out[rest] = (above[rest] / counts[rest]) ** n
     return out
@@ -302,6 +303,12 @@ def calibrate(
     checkpoint) embeds its tracks with the catalogue's settings (kept under
     ``<catalogue>/calibration``: a stopped run resumes) and clips
     drawn from them. Returns [(file, reason)] of unreadable files, which are left out."""
+    # measuring embeds audio files (the PyTorch job): imported here, so that reading a
+    # calibration (``Decision``) needs no torch
+    from tqdm import tqdm
+
+    from lib.matching import inference
+
     if not 0 < target < 1:
         raise UsageError(f"false-alarm target must be between 0 and 1, got {target}")
     if clip_len <= 0 or clips_per_track < 1:
@@ -325,7 +332,7 @@ def calibrate(
     durations = [get_info(t["source"]).duration for t, _ in kept]  # the file as it is now
     draws = draw_clips(durations, clip_len, clips_per_track, seed)
     rows = np.arange(len(kept))
-    redux = tensor_ops.parse_redux(settings["redux"])
+    redux = reductions.parse_redux(settings["redux"])
 
     def clips():
         for track, start in draws:
@@ -340,7 +347,9 @@ def calibrate(
         nonversion, counts, true = measure(
             cliques,
             clips(),
-            lambda q: catalogue.track_distances(labelled, q, rows, redux),
+            lambda q: catalogue.track_distances(
+                labelled, q, rows, redux, scores=embedder.engine.track_scores
+            ),
             progress=lambda: bar.update(1),
         )
     name = write_measurements(folder, nonversion, counts, true)
@@ -367,6 +376,8 @@ def calibrate(
 def labelled_tracks(meta, audio_root, partition):
     """[{"id", "source", "clique"}] of the versions of ``partition`` in the metadata file
     ``meta``; files that are missing are an error naming them."""
+    from lib.metadata import load_metadata  # a torch file: see ``calibrate``
+
     info, splits = load_metadata(meta)
     if partition not in splits:
         raise UsageError(f"{meta}: no partition {partition!r} (has {', '.join(sorted(splits))})")

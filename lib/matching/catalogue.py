@@ -21,14 +21,11 @@ import os
 import re
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-import torch
-
-from lib import retrieval, store, tensor_ops
+from lib import reductions, store
 from lib.errors import RunError
 from lib.files import atomic_write, exclusive_lock, read_json
 
@@ -319,20 +316,6 @@ class CatalogueState:
         start = window * float(self.settings["hop_size"])
         return start, start + float(self.settings["win_len"])
 
-    def embeddings(self, rows):
-        """``retrieval.Embeddings`` of the tracks at ``rows`` (sorted indices or a slice)."""
-        if isinstance(rows, slice):
-            ids = torch.arange(self.z.shape[0])[rows]
-        else:
-            rows = np.asarray(rows)
-            ids = torch.as_tensor(rows, dtype=torch.long)
-        with warnings.catch_warnings():
-            # slices of the read-only memory map are only read by the engine: no copy needed
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            z = torch.from_numpy(np.ascontiguousarray(self.z[rows]))
-        mask = torch.from_numpy(np.ascontiguousarray(self.mask[rows]))
-        return retrieval.Embeddings(ids, ids, z, mask)
-
 
 def load(folder, mmap=True):
     """The catalogue in ``folder`` as ``catalogue.json`` names it now. A writer that publishes a
@@ -436,31 +419,26 @@ def shortlist(cat, query, neighbours=256, size=100, nprobe=16):
     return ranked[: int(size)]
 
 
-def track_distances(cat, query, rows, redux, block=1024):
-    """Stage 2: exact track distances (len(rows),) between the clip windows ``query`` (Sq, D)
-    and the catalogue tracks ``rows``."""
-    q = torch.from_numpy(np.asarray(query, dtype=np.float16))[None]
-    qemb = retrieval.Embeddings(
-        torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), q, None
-    )
+def track_distances(cat, query, rows, redux, block=512, scores=reductions.track_scores):
+    """Stage 2: exact track distances (len(rows),) float32 between the clip windows ``query``
+    (Sq, D) and the catalogue tracks ``rows``, a block of tracks at a time, by ``scores`` (numpy
+    by default; ``runtime.WindowModel.track_scores``: the backend's own)."""
     out = []
     rows = np.asarray(rows)
     whole = len(rows) == cat.z.shape[0] and np.array_equal(rows, np.arange(len(rows)))
     for i in range(0, len(rows), block):
         # every track: contiguous slices, no gather copy
         part = slice(i, i + block) if whole else rows[i : i + block]
-        cand = cat.embeddings(part).trimmed()
-        out.append(retrieval.block_distances(qemb, cand, redux, metric=cat.metric)[0])
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        out.append(scores(query, cat.z[part], cat.mask[part], redux, cat.metric))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def segment_distances(cat, query, row):
     """(Sq, Sc) segment distances of the clip windows to the valid windows of track ``row``,
     and those windows' indices."""
     valid = np.nonzero(~cat.mask[row])[0]
-    c = torch.from_numpy(np.asarray(cat.z[row, valid], dtype=np.float32))
-    q = torch.from_numpy(np.asarray(query, dtype=np.float32))
-    return tensor_ops.pairwise_distance_matrix(q, c, mode=cat.metric).numpy(), valid
+    track = np.asarray(cat.z[row, valid], dtype=np.float32)
+    return reductions.segment_distances(query, track, cat.metric), valid
 
 
 def closest_pairs(dist, valid, count):
@@ -510,11 +488,12 @@ def search(
     nprobe=16,
     pairs=5,
     clip_hop=None,
+    scores=reductions.track_scores,
 ):
     """The ``topk`` catalogue tracks closest to the clip windows ``query`` (Sq, D) (windows
     every ``clip_hop`` s; default: the catalogue's hop), as ``TrackHit`` objects sorted by
-    distance."""
-    redux = tensor_ops.parse_redux(redux or cat.settings["redux"])  # once for every block
+    distance; ``scores``: see ``track_distances``."""
+    redux = reductions.parse_redux(redux or cat.settings["redux"])  # once for every block
     query = np.asarray(query, dtype=np.float32)
     if query.ndim != 2 or query.shape[1] != cat.z.shape[2]:
         raise CatalogueError(f"query windows must be (S, {cat.z.shape[2]}), got {query.shape}")
@@ -522,7 +501,7 @@ def search(
         rows = np.arange(cat.z.shape[0])
     else:
         rows = np.sort(shortlist(cat, query, neighbours, size, nprobe))
-    dist = track_distances(cat, query, rows, redux)
+    dist = track_distances(cat, query, rows, redux, scores=scores)
     order = np.argsort(dist, kind="stable")[:topk]
     track_hop = float(cat.settings["hop_size"])
     clip_hop = track_hop if clip_hop is None else float(clip_hop)

@@ -22,11 +22,13 @@ import torch
 from tqdm import tqdm
 
 from lib import precision as precisions
-from lib import runtime, store
+from lib import retrieval, runtime, store
 from lib.audio import AUDIO_EXTENSIONS, load_audio
+from lib.checkpoint import load_trained_model
 from lib.errors import UsageError
 from lib.extract import Decoding, TrackFailed, file_digest, run_job, window_embeddings
-from lib.files import LoadError, atomic_torch_save, atomic_write, read_json, safe_torch_load
+from lib.files import LoadError, atomic_write, read_json
+from lib.torch_files import atomic_torch_save, safe_torch_load
 
 MANIFEST = "inference.json"
 STORE_DIR = "store"  # under --path_out: the folder's embeddings as one embedding store
@@ -125,11 +127,24 @@ class TorchWindows(runtime.WindowModel):
             self._digest = file_digest(self.checkpoint)
         return self._digest
 
+    def track_scores(self, query, z, mask, redux, metric):
+        return retrieval.track_scores(query, z, mask, redux, metric)
+
     def window_embeddings(self, waveform, win_len, hop, max_windows=32):
         audio = torch.from_numpy(np.ascontiguousarray(waveform))
         with torch.inference_mode(), precisions.autocast(self.precision, self.device):
             z = window_embeddings(self.model, audio, win_len, hop, self.device, max_windows)
         return z.numpy()
+
+
+def torch_windows(checkpoint, conf=None, device="auto", precision="32", digest=None):
+    """The ``TorchWindows`` of a checkpoint (``conf``: its config YAML, by default beside it or
+    inside it) on ``device`` (auto: the GPU when there is one) at ``precision``."""
+    device = pick_device(device)
+    mixed = precisions.check(precision, device, "precision")
+    model, _, _ = load_trained_model(checkpoint, conf, device)
+    check_takes_audio(model, checkpoint)
+    return TorchWindows(model, checkpoint, device, mixed, digest)
 
 
 def window_length(model, win_len):
@@ -163,8 +178,6 @@ SAME_SETTINGS_KEYS = (
     "backend",
     "precision",
 )
-# what a folder written before a key was recorded was made with
-FORMER_DEFAULTS = {"backend": "torch", "precision": "32-true"}
 
 
 def read_manifest(folder):
@@ -177,7 +190,7 @@ def check_manifest(folder, settings, overwrite):
     old = read_manifest(folder)
     if old is None or overwrite:
         return
-    old = {**FORMER_DEFAULTS, **old}
+    old = {**runtime.FORMER_SETTINGS, **old}
     changed = [k for k in SAME_SETTINGS_KEYS if old.get(k) != settings[k]]
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed)

@@ -1,8 +1,8 @@
 """The picture of where two recordings meet (``match.py compare --plot``, the web page): the
 distance between every window of A (rows, A's time downwards) and every window of B (columns,
 B's time rightwards), dark where close; the best alignment of A on B drawn as a diagonal through
-the window pairs it lines up, and the closest window pairs circled. Two versions that share a passage
-show a dark diagonal there; unrelated recordings show no line."""
+the window pairs it lines up, and the closest window pairs circled. Two versions that share a
+passage show a dark diagonal there; unrelated recordings show no line."""
 
 import io
 

@@ -206,6 +206,11 @@ def test_exported_backends_give_the_same_files_and_are_not_mixed(tmp_path, capsy
     assert "the torch backend needs the checkpoint" in capsys.readouterr().err
     assert run(*by_export, "--backend=onnxruntime", "--precision=bf16") == 2
     assert "use --backend openvino for bf16" in capsys.readouterr().err
+    # int8 is an export's int8 model (python -m lib.export --int8=AUDIO)
+    assert run(*by_export, "--backend=openvino", "--precision=int8") == 2
+    assert "no int8 model; export with python -m lib.export --int8" in capsys.readouterr().err
+    assert run(*common, f"--path_out={tmp_path / 'i8'}", "--precision=int8") == 2
+    assert "--backend onnxruntime or openvino" in capsys.readouterr().err
 
 
 def test_single_file_mode(checkpoint, messy_folder, tmp_path, capsys):
