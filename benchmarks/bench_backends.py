@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks.bench_precision import test_tracks
 from lib import retrieval, runtime, synth
 from lib.audio import load_audio
 from lib.checkpoint import save_checkpoint
@@ -120,12 +121,6 @@ def bench_throughput(args):
             f"({rates[key] / rates[BASE]:.2f}x torch fp32), embeddings differ by "
             f"{relative(outputs[key], outputs[BASE]):.1e}"
         )
-
-
-def test_tracks(demo):
-    conf = OmegaConf.load(os.path.join(demo, "runs", "demo-clews", "configuration.yaml"))
-    conf.data.path = conf.path
-    return Dataset(conf.data, "test", fullsongs=True, checks=False)
 
 
 def training_audio(demo):

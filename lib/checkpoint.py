@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lib.config import EVALUATION_SECTIONS, ConfigError, load_yaml, typed_run_config
-from lib.errors import RunError
+from lib.errors import RunError, UsageError
 from lib.torch_files import atomic_torch_save, safe_torch_load
 from lib.model_base import build_model
 
@@ -171,3 +171,14 @@ def load_trained_model(checkpoint, conf_path=None, device="cpu"):
     state = load_checkpoint(checkpoint)
     conf, source = run_config(checkpoint, state, conf_path)
     return trained_model(state, conf, source, checkpoint).to(device), conf, source
+
+
+def check_takes_audio(model, checkpoint):
+    """A ``UsageError`` for a model of a feature dataset (``model.input: pcp``): embedding
+    audio files needs a model that takes audio."""
+    if model.input_kind != "audio":
+        raise UsageError(
+            f"{checkpoint}: this model takes precomputed pitch-class features (model.input="
+            f"{model.input_kind}), not audio; embed audio with a model trained with "
+            "model.input=audio, evaluate feature datasets with test.py"
+        )

@@ -32,9 +32,8 @@ from torch import nn
 
 from lib import cli, runtime
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
-from lib.checkpoint import load_trained_model
+from lib.checkpoint import check_takes_audio, load_trained_model
 from lib.errors import RunError, UsageError
-from lib.matching.inference import check_takes_audio
 
 OPSET = 18
 TOLERANCE = 1e-5

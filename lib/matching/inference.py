@@ -24,7 +24,7 @@ from tqdm import tqdm
 from lib import precision as precisions
 from lib import retrieval, runtime, store
 from lib.audio import AUDIO_EXTENSIONS, load_audio
-from lib.checkpoint import load_trained_model
+from lib.checkpoint import check_takes_audio, load_trained_model
 from lib.errors import UsageError
 from lib.extract import Decoding, TrackFailed, file_digest, run_job, window_embeddings
 from lib.files import LoadError, atomic_write, read_json
@@ -85,17 +85,6 @@ def plan_folder(path_in, path_out):
     return jobs, other
 
 
-def check_takes_audio(model, checkpoint):
-    """A ``UsageError`` for a model of a feature dataset (``model.input: pcp``): embedding
-    audio files needs a model that takes audio."""
-    if model.input_kind != "audio":
-        raise UsageError(
-            f"{checkpoint}: this model takes precomputed pitch-class features (model.input="
-            f"{model.input_kind}), not audio; embed audio with a model trained with "
-            "model.input=audio, evaluate feature datasets with test.py"
-        )
-
-
 def pick_device(name):
     """``auto`` = the GPU when there is one; an unavailable device is an ``InferenceError``."""
     if name == "auto":
@@ -145,11 +134,6 @@ def torch_windows(checkpoint, conf=None, device="auto", precision="32", digest=N
     model, _, _ = load_trained_model(checkpoint, conf, device)
     check_takes_audio(model, checkpoint)
     return TorchWindows(model, checkpoint, device, mixed, digest)
-
-
-def window_length(model, win_len):
-    """Window length in seconds: ``win_len``, or the model's training length when <= 0."""
-    return float(win_len) if win_len > 0 else float(model.get_shingle_params()[0])
 
 
 def settings_of(engine, win_len, hop_size):
