@@ -27,8 +27,10 @@ checkpoint / catalogue, 2 bad arguments, 130 interrupted.
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 
 from lib import cli, reductions, runtime
 from lib.matching import api, calibration, catalogue
@@ -277,6 +279,14 @@ def listening_socket(host, port):
     return sock
 
 
+class Stopped(Exception):
+    """SIGTERM (systemd, docker stop, kill): a stop that was asked for."""
+
+
+def raise_stopped(signum, frame):
+    raise Stopped()
+
+
 def cmd_serve(args):
     import uvicorn  # only the server needs it
 
@@ -289,11 +299,19 @@ def cmd_serve(args):
     print("\n".join(cat.describe()))
     print(server.serving_line(args.catalogue, host, port), flush=True)
     config = uvicorn.Config(server.make_app(service), log_level="warning", access_log=False)
+    # uvicorn shuts down on SIGTERM, then raises the signal again under the handler it found:
+    # Python's default would end the process there, before the uploads folder is removed
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_stopped) if in_main else None
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except Stopped:
+        print("stopped (SIGTERM)", flush=True)
     finally:
         service.close()
         sock.close()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -24,13 +24,13 @@ part 1) ONNX Runtime takes TensorRT's or CUDA's execution provider when its buil
 
 import argparse
 import os
-import tempfile
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from benchmarks.bench_precision import test_tracks
+from benchmarks.common import scratch_folder
 from lib import retrieval, runtime, synth
 from lib.audio import load_audio
 from lib.checkpoint import save_checkpoint
@@ -98,7 +98,7 @@ def full_clews_checkpoint(folder, seed=0):
 
 
 def bench_throughput(args):
-    tmp = tempfile.mkdtemp(prefix="bench_backends_")
+    tmp = scratch_folder("bench_backends_")
     checkpoint, size = full_clews_checkpoint(tmp)
     synth.make_corpus(
         os.path.join(tmp, "in"), works=1, versions=args.files, seconds=args.seconds, seed=0,
@@ -129,7 +129,7 @@ def training_audio(demo):
     conf = OmegaConf.load(os.path.join(demo, "runs", "demo-clews", "configuration.yaml"))
     conf.data.path = conf.path
     train = Dataset(conf.data, "train", fullsongs=True, checks=False)
-    folder = tempfile.mkdtemp(prefix="bench_backends_train_")
+    folder = scratch_folder("bench_backends_train_")
     for i, key in enumerate(train.versions):
         source = os.path.abspath(train.filename[key])
         os.symlink(source, os.path.join(folder, f"{i:04d}{os.path.splitext(source)[1]}"))
@@ -188,7 +188,7 @@ def bench_parity(args):
     )
     print(f"   {'backend':>21}{'track MAP':>11}{'20 s MAP':>10}{'emb. diff':>11}{'top-10':>8}")
     base = {}
-    tmp = tempfile.mkdtemp(prefix="bench_backends_cat_")
+    tmp = scratch_folder("bench_backends_cat_")
     for key, engine in found.items():
         track, z = track_map(engine, dataset, waveforms, -1, 5.0)
         window, _ = track_map(engine, dataset, waveforms, 20.0, 5.0)

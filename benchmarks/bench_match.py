@@ -19,12 +19,12 @@ weights) on generated audio; audio seconds embedded per wall-clock second.
 
 import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.common import scratch_folder
 from lib import reductions
 from lib.matching import catalogue as C
 from lib import retrieval as R
@@ -55,7 +55,7 @@ def percentile_ms(values, q):
 
 
 def bench_search(args):
-    tmp = tempfile.mkdtemp(prefix="bench_match_")
+    tmp = scratch_folder("bench_match_")
     t0 = time.time()
     z = make_catalogue(args.tracks, args.windows, args.dim)
     tracks = [{"id": f"t{i}"} for i in range(len(z))]
@@ -149,7 +149,7 @@ def bench_inference(args):
     conf = OmegaConf.load("config/dvi2-clews.yaml")
     torch.manual_seed(0)
     model = build_model(conf.model, sr=16000).eval()
-    tmp = tempfile.mkdtemp(prefix="bench_inference_")
+    tmp = scratch_folder("bench_inference_")
     synth.make_corpus(
         os.path.join(tmp, "in"),
         works=1,

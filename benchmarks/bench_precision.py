@@ -14,7 +14,6 @@ against the 32-bit run of the same process, on this machine's CPU (or a GPU with
 
 import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.bench_train_step import SR, bench_conf
+from benchmarks.common import scratch_folder
 from lib import precision, retrieval, synth
 from lib.matching import catalogue
 from lib.audio import load_audio
@@ -47,7 +47,7 @@ def relative(a, b):
 
 def bench_embedding(args, modes):
     model = full_clews().to(args.device)
-    tmp = tempfile.mkdtemp(prefix="bench_precision_")
+    tmp = scratch_folder("bench_precision_")
     synth.make_corpus(
         os.path.join(tmp, "in"), works=1, versions=args.files, seconds=args.seconds, seed=0,
         formats=("mp3",),
@@ -144,7 +144,7 @@ def top10_agreement(model, dataset, mode, device, clips=20):
         tracks.append({"id": key})
     settings = {"win_len": slen, "hop_size": shop, "metric": model.segment_metric,
                 "redux": model.default_redux}
-    folder = tempfile.mkdtemp(prefix="bench_precision_cat_")
+    folder = scratch_folder("bench_precision_cat_")
     catalogue.build(folder, tracks, embeddings, settings, kind="flat")
     cat = catalogue.load(folder)
     rng = np.random.default_rng(0)

@@ -15,7 +15,6 @@
 import argparse
 import multiprocessing
 import os
-import tempfile
 import threading
 import time
 
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from benchmarks import bench_eval, bench_match  # noqa: E402
+from benchmarks.common import scratch_folder  # noqa: E402
 from lib.matching import catalogue  # noqa: E402
 from lib import retrieval as R  # noqa: E402
 from lib.extract import window_embeddings  # noqa: E402
@@ -90,7 +90,7 @@ def query_curve(args):
     for windows in args.windows_sizes:
         z = bench_match.make_catalogue(windows // 24, 24, args.qdim)
         tracks = len(z)
-        folder = tempfile.mkdtemp(prefix="bench_scaling_")
+        folder = scratch_folder("bench_scaling_")
         settings = {"win_len": 20.0, "hop_size": 5.0, "metric": "nsqeuc", "redux": "bpwr-5"}
         catalogue.build(folder, [{"id": str(i)} for i in range(tracks)], list(z), settings,
                         kind="ivf")

@@ -1,4 +1,9 @@
-"""Helpers shared by the benchmarks: synthetic audio files like the ones users have."""
+"""Helpers shared by the benchmarks: synthetic audio files like the ones users have, and scratch
+folders that go when the benchmark does."""
+
+import atexit
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -20,3 +25,12 @@ def music_like(seconds, seed=0, sr=44100):
 
 def write_music(path, seconds, seed=0, sr=44100):
     write_audio(path, music_like(seconds, seed, sr), sr)
+
+
+def scratch_folder(prefix):
+    """A new folder under the system's temporary folder, removed when the process exits (also
+    after an error or Ctrl-C): a benchmark's files (full-size checkpoints, exports, catalogues)
+    take gigabytes."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -1,12 +1,16 @@
 """The plumbing of the benchmarks that train (their measurements are not CI's business)."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
 
 from benchmarks.bench_small_recipe import fixed_split, run_name, table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cliques(n):
@@ -714,3 +718,23 @@ def test_paper_kept_analysis_is_reused_only_for_the_very_run_it_was_made_of(tmp_
     # an entry without its run's fingerprint (the first format) is not reused
     (tmp_path / ANALYSIS_FILE).write_text(json.dumps({"partial-clews-s0": {"10": {"x": 1}}}))
     assert read_analysis(str(tmp_path)) == {}
+
+
+def test_scratch_folders_go_when_the_benchmark_ends_even_by_an_error(tmp_path):
+    # a benchmark writes gigabytes (full-size checkpoints, exports); none may stay behind
+    code = (
+        "import os, sys\n"
+        "from benchmarks.common import scratch_folder\n"
+        "folder = scratch_folder('bench_test_')\n"
+        "open(os.path.join(folder, 'big.bin'), 'wb').write(b'x' * 1000)\n"
+        "print(folder, flush=True)\n"
+        "raise RuntimeError('the benchmark failed')\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "the benchmark failed" in done.stderr
+    folder = done.stdout.strip()
+    assert folder.startswith(str(tmp_path)) and not os.path.exists(folder)
+    assert list(tmp_path.iterdir()) == []

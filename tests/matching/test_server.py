@@ -37,12 +37,13 @@ SR = 16000
 SEED, WORKS, VERSIONS, SECONDS = 11, 24, 3, 30.0
 
 
-def start_server(catalogue, *extra):
+def start_server(catalogue, *extra, env=None):
     """(process, base URL) of ``match.py serve`` on a free local port."""
     command = [sys.executable, "match.py", "serve", f"--catalogue={catalogue}", "--port=0"]
     process = subprocess.Popen(
         [*command, "--device=cpu", *extra],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -337,3 +338,23 @@ def test_a_calibration_made_while_serving_gives_verdicts(served):
     assert status == 200 and b"calibration.png" in body
     status, body, headers = get(url + "calibration.png")
     assert status == 200 and body.startswith(b"\x89PNG")
+
+
+def test_a_server_stopped_by_sigterm_exits_cleanly_and_leaves_no_uploads(served, tmp_path):
+    # systemd and docker stop a server with SIGTERM; uvicorn re-raised it under Python's default
+    # handler, so the process died before removing its uploads folder (it piled up in /tmp)
+    root, audio, _, _ = served
+    process, url = start_server(root / "cat", env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        uploads = [p for p in tmp_path.iterdir() if p.name.startswith("clews-serve-")]
+        assert len(uploads) == 1
+        clip = next((audio / "work000").iterdir())
+        status, text = post_clip(url, clip.name, clip.read_bytes(), fmt="json")
+        assert status == 200, text
+        assert len(list(uploads[0].iterdir())) == 1
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "stopped (SIGTERM)" in output
+    assert list(tmp_path.iterdir()) == []
