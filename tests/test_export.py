@@ -5,6 +5,7 @@ models of pitch-class features and folders that are not exports are refused."""
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -66,6 +67,8 @@ def test_every_audio_model_exports_with_pytorchs_embeddings(name, tmp_path):
         model.default_redux,
     )
     assert written["fixed_window"] == (name == "deezer")
+    # the CQT models' transforms are exported compact (lib.layers.CompactCqt), checked as well
+    assert written["compact_cqt"] == (0 if name == "deezer" else 1)
     assert len(written["checked"]) == 2
     assert all(c["relative_difference"] < export.TOLERANCE for c in written["checked"])
     # the runtime frames a waveform as the PyTorch path does: 3.3 windows, the last padded
@@ -136,6 +139,14 @@ def test_int8_model_calibrated_on_music(tmp_path, capsys):
     assert info["int8"]["calibration"]["windows"] == 8
     assert 0 < info["int8"]["relative_difference"] < 0.2
     assert (out / runtime.INT8_FILE).is_file()
+    # the CQT's convolutions (one per octave of the compact transform) stay fp32
+    graph = onnx.load(out / runtime.INT8_FILE, load_external_data=False).graph
+    weights = {tensor.name: tensor.data_type for tensor in graph.initializer}
+    cqt = [n.input[1] for n in graph.node if n.op_type == "Conv" and "cqt" in n.input[1]]
+    assert len(cqt) == model.conf.cqt.noctaves
+    assert all(weights.get(name) == onnx.TensorProto.FLOAT for name in cqt), cqt
+    others = [n.input[1] for n in graph.node if n.op_type == "Conv" and "cqt" not in n.input[1]]
+    assert others and all(name not in weights for name in others)  # dequantized int8
     rng = np.random.default_rng(5)
     audio = (0.1 * rng.standard_normal(int(25 * model.sr))).astype(np.float32)
     full = runtime.ExportedModel(out, "onnxruntime", "32", threads=1).window_embeddings(

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from lib.layers import CQTPrepare, GeMPool, InstanceBatchNorm2d, MyIBNResBlock, PadConv2d, make_cqt
+from lib.layers import (
+    CompactCqt,
+    CQTPrepare,
+    GeMPool,
+    InstanceBatchNorm2d,
+    MyIBNResBlock,
+    PadConv2d,
+    compact_cqts,
+    make_cqt,
+)
 
 
 def test_cqt_frames_and_pitch():
@@ -102,3 +111,39 @@ def test_bottleneck_block_by_hand():
     assert down.convs[0].out_channels == 4 and down.residual[0].kernel_size == (3, 3)
     assert down(x).shape == (2, 16, 3, 3)
     assert torch.allclose(down(x), torch.relu(down.convs(x) + down.residual(x)))
+
+
+@pytest.mark.parametrize(
+    "sr, hoplen, noctaves, nbinsoct, fscale",
+    [(16000, 0.02, 7, 12, 1.0), (16000, 0.02, 6, 12, 0.5), (22050, 0.0928798, 6, 12, 0.5),
+     (16000, 0.04, 5, 24, 1.0)],
+)
+def test_compact_cqt_gives_the_transforms_output_with_a_fraction_of_the_work(
+    sr, hoplen, noctaves, nbinsoct, fscale
+):
+    # CLEWS's, the small baselines', MOVE's at 22.05 kHz and a 24-bins-per-octave one; lengths
+    # just above the reflect padding's minimum, on and off the hop
+    cqt = make_cqt(sr, hoplen, noctaves, nbinsoct, fscale).eval()
+    compact = CompactCqt(cqt).eval()
+    generator = torch.Generator().manual_seed(0)
+    hop, width = cqt.hop_length, cqt.kernel_width
+    for length in (width // 2 + 1, 20 * sr, 20 * sr + hop // 3, 7 * hop + width):
+        x = 0.1 * torch.randn(3, length, generator=generator)
+        with torch.inference_mode():
+            want, got = cqt(x), compact(x)
+        assert got.shape == want.shape, length
+        assert ((got - want).abs().max() / want.abs().max()).item() < 1e-6, length
+    multiply_adds = sum(b.numel() for n, b in compact.named_buffers() if "kernels" in n)
+    full = cqt.cqt_kernels_real.numel() + cqt.cqt_kernels_imag.numel()
+    if (sr, hoplen, noctaves) == (16000, 0.02, 7):
+        assert multiply_adds / full < 0.15  # CLEWS: 16,384-sample kernels, ~8,200 used at most
+
+
+def test_compact_cqts_replaces_every_transform_of_a_model_in_place():
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(make_cqt(16000, 0.02, 2, 12), torch.nn.AvgPool1d(5, 5)),
+        make_cqt(16000, 0.02, 3, 12),
+    )
+    assert compact_cqts(model) == 2
+    assert isinstance(model[0][0], CompactCqt) and isinstance(model[1], CompactCqt)
+    assert compact_cqts(model) == 0
