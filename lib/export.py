@@ -35,8 +35,8 @@ from torch import nn
 from lib import cli, runtime
 from lib.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from lib.checkpoint import check_takes_audio, load_trained_model
-from lib.layers import compact_cqts
 from lib.errors import RunError, UsageError
+from lib.layers import compact_cqts
 
 OPSET = 18
 TOLERANCE = 1e-5
