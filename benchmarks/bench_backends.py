@@ -58,9 +58,10 @@ CANDIDATES = [
 def export_with_int8(checkpoint, audio):
     """The export beside ``checkpoint`` with an int8 model calibrated on ``audio`` (made when
     missing)."""
-    folder = runtime.export_folder_for(checkpoint, runtime.file_digest(checkpoint))
+    digest = runtime.file_digest(checkpoint)
+    folder = runtime.export_folder_for(checkpoint, digest)
     if not (runtime.is_export(folder) and "int8" in runtime.read_info(folder)):
-        export(checkpoint, folder, overwrite=True, int8_audio=audio)
+        export(checkpoint, folder, overwrite=True, int8_audio=audio, digest=digest)
     return folder
 
 

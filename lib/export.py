@@ -164,10 +164,12 @@ def export(
     say=print,
     int8_audio=None,
     int8_windows=INT8_WINDOWS,
+    digest=None,
 ):
     """Export ``checkpoint`` (config ``conf``, else beside it or stored in it) into ``out_dir``,
     with an int8 model calibrated on the audio under ``int8_audio`` when given; returns the info
-    written to ``model.json`` (with the checks' relative differences)."""
+    written to ``model.json`` (with the checks' relative differences). ``digest``: the
+    checkpoint's sha256 when known."""
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not runtime.is_export(out_dir):
         raise UsageError(f"{out_dir}: exists and is not an export; give a new or empty folder")
@@ -175,7 +177,7 @@ def export(
         raise UsageError(f"{out_dir}: holds an export already (--overwrite replaces it)")
     model, _, _ = load_trained_model(checkpoint, conf, "cpu")
     check_takes_audio(model, checkpoint)
-    info = info_of(model, checkpoint, runtime.file_digest(checkpoint), opset)
+    info = info_of(model, checkpoint, digest or runtime.file_digest(checkpoint), opset)
     graph = WindowGraph(model).eval()
     references = torch_references(graph, check_shapes(model, info["win_len"]))
     # the model's own CQT multiplies its kernels' zero padding too (7x the work for CLEWS)
@@ -325,19 +327,20 @@ def add_int8(work, model, audio, count, say=print):
     }
 
 
-def exported(checkpoint, conf=None, say=print):
+def exported(checkpoint, conf=None, say=print, digest=None):
     """The export folder of ``checkpoint``: ``checkpoint`` itself when it is one, else the
     export kept beside it (``runtime.export_folder_for``; made first when missing or of other
-    weights)."""
+    weights). ``digest``: the checkpoint's sha256 when known; hashed once otherwise."""
     if runtime.is_export(checkpoint):
         return checkpoint
     if not os.path.isfile(checkpoint):
         raise UsageError(f"{checkpoint}: checkpoint not found")
-    found = runtime.export_beside(checkpoint)
+    digest = digest or runtime.file_digest(checkpoint)
+    found = runtime.export_beside(checkpoint, digest)
     if found is not None:
         return found
-    folder = runtime.export_folder_for(checkpoint, runtime.file_digest(checkpoint))
-    export(checkpoint, folder, conf, overwrite=True, say=say)
+    folder = runtime.export_folder_for(checkpoint, digest)
+    export(checkpoint, folder, conf, overwrite=True, say=say, digest=digest)
     return folder
 
 

@@ -151,12 +151,13 @@ def export_folder_for(checkpoint, digest):
     return os.path.join(folder, "exported", digest[:16])
 
 
-def export_beside(checkpoint):
+def export_beside(checkpoint, digest=None):
     """The export kept beside ``checkpoint`` (``export_folder_for``) when it is there and of
-    these weights, else None."""
+    these weights, else None; ``digest``: the checkpoint's sha256 when known (hashing a
+    full-size checkpoint takes seconds)."""
     if not os.path.isfile(checkpoint):
         return None
-    digest = file_digest(checkpoint)
+    digest = digest or file_digest(checkpoint)
     folder = export_folder_for(checkpoint, digest)
     if is_export(folder) and read_info(folder)["checkpoint_sha256"] == digest:
         return folder

@@ -36,6 +36,7 @@ from lib.errors import UsageError
 from lib.files import atomic_write
 from lib.matching import calibration, catalogue, picture
 
+
 def torch_parts():
     """The PyTorch side, imported when first needed (see the module's doc): the namespace of
     ``torch``, ``lib.export``, ``lib.retrieval`` and ``lib.matching.inference``."""
@@ -79,8 +80,10 @@ class Embedder:
         checkpoint = os.fspath(checkpoint)
         if backend != "torch":
             if not runtime.is_export(checkpoint):  # its export; made first (with PyTorch)
-                found = runtime.export_beside(checkpoint)
-                checkpoint = found or torch_parts().export.exported(checkpoint, conf)
+                if os.path.isfile(checkpoint):
+                    digest = digest or runtime.file_digest(checkpoint)
+                found = runtime.export_beside(checkpoint, digest)
+                checkpoint = found or torch_parts().export.exported(checkpoint, conf, digest=digest)
             return cls(runtime.ExportedModel(checkpoint, backend, precision, device))
         if runtime.is_export(checkpoint):
             raise UsageError(
